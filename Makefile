@@ -1,0 +1,29 @@
+# Each user-facing target sets itself up: a fresh machine needs only python3 (>= 3.11) and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench slow clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/bayesmix demo --out demo-output --overwrite
+
+test: $(STAMP)
+	$(BIN)/ruff check bayesmix tests benchmarks
+	$(BIN)/python -m pytest -q
+
+slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_map.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

@@ -1,0 +1,39 @@
+"""bayesmix: Bayesian estimation of mixing coefficients in image sequences.
+
+Each frame is modelled as ``y_i = x_i * A + (1 - x_i) * B + noise``. The pixels enter every
+inference path only through four per-frame statistics computed in one pass
+(:func:`frame_stats`); the fast path (:func:`fit_map`) then gives the MAP and the exact
+posterior of every weight given the learned noise scale.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from bayesmix import priors
+from bayesmix._map import fit_map, fit_map_stats
+from bayesmix._results import MapResult
+from bayesmix._simulate import Simulation, sample_references, simulate
+from bayesmix._stats import FrameStats, frame_stats
+from bayesmix.priors import Beta, InverseGamma, Jeffreys, TruncatedNormal, Uniform
+
+try:
+    __version__ = version("bayesmix")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Beta",
+    "FrameStats",
+    "InverseGamma",
+    "Jeffreys",
+    "MapResult",
+    "Simulation",
+    "TruncatedNormal",
+    "Uniform",
+    "__version__",
+    "fit_map",
+    "fit_map_stats",
+    "frame_stats",
+    "priors",
+    "sample_references",
+    "simulate",
+]

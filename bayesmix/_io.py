@@ -1,0 +1,151 @@
+"""Input boundary: check and normalise frames, references and masks.
+
+Everything user-supplied passes through :func:`prepare` once; the numerical code behind it can
+then assume clean inputs. Frames are not copied here (a memory-mapped stack stays on disk): they
+are converted chunk by chunk in the statistics pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = ["Stack", "atomic_write", "prepare", "work_dtype"]
+
+
+class Stack(NamedTuple):
+    """A validated frame stack, ready for the statistics pass."""
+
+    frames: Any  #: array-like of shape (N, *S), not yet converted
+    ref_a: np.ndarray  #: float64, shape (P,), the selected pixels of A
+    ref_b: np.ndarray  #: float64, shape (P,)
+    pixels: np.ndarray | None  #: flat indices of the pixels kept by the mask, or None for all
+    frame_shape: tuple[int, ...]  #: S
+    dtype: np.dtype  #: float dtype the pass computes in (float32 or float64)
+
+
+def work_dtype(dtype: np.dtype) -> np.dtype:
+    """Float dtype used for a stack of ``dtype``: exact for every value the input can hold."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float64 or (dtype.kind in "iu" and dtype.itemsize > 2):
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def _as_array(name: str, value: Any) -> Any:
+    if hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__getitem__"):
+        return value
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be an array, got {type(value).__name__}: {exc}") from None
+
+
+def _check_numeric(name: str, dtype: Any) -> None:
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "fiu":
+        raise ValueError(
+            f"{name} must hold real numbers (float or integer), got dtype {dtype}; "
+            "convert it with np.asarray(..., dtype=float)"
+        )
+
+
+def _reference(name: str, value: Any) -> np.ndarray:
+    ref = np.asarray(_as_array(name, value))
+    _check_numeric(name, ref.dtype)
+    if ref.size == 0:
+        raise ValueError(f"{name} is empty (shape {ref.shape}); a reference frame needs pixels")
+    ref = ref.astype(np.float64)
+    bad = ~np.isfinite(ref)
+    if bad.any():
+        raise ValueError(
+            f"{name} has {int(bad.sum())} non-finite pixel(s) (NaN or Inf); references must be "
+            "finite: fill them, or exclude those pixels with mask="
+        )
+    return ref
+
+
+def prepare(frames: Any, ref_a: Any, ref_b: Any, mask: Any = None) -> Stack:
+    """Validate the inputs of a fit and return a :class:`Stack`.
+
+    Raises ``ValueError`` with what was expected, what was received and how to fix it.
+    """
+    a = _reference("ref_a", ref_a)
+    b = _reference("ref_b", ref_b)
+    if a.shape != b.shape:
+        raise ValueError(f"ref_a and ref_b must have the same shape, got {a.shape} and {b.shape}")
+    frames = _as_array("frames", frames)
+    _check_numeric("frames", frames.dtype)
+    shape = tuple(frames.shape)
+    if shape[1:] != a.shape:
+        raise ValueError(
+            f"frames must have shape (N, *S) with S = reference shape {a.shape}, got {shape}; "
+            f"a single frame needs a leading axis: frames[None]"
+        )
+    if shape[0] == 0:
+        raise ValueError("frames is an empty stack (0 frames); nothing to fit")
+
+    pixels = None
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.dtype != np.bool_:
+            raise ValueError(
+                f"mask must be a boolean array, got dtype {m.dtype}; use mask.astype(bool) "
+                "(True keeps a pixel)"
+            )
+        if m.shape != a.shape:
+            raise ValueError(f"mask must have the reference shape {a.shape}, got {m.shape}")
+        if not m.any():
+            raise ValueError("mask selects no pixel; True marks the pixels to keep")
+        if not m.all():
+            pixels = np.flatnonzero(m)
+    a = a.reshape(-1)
+    b = b.reshape(-1)
+    if pixels is not None:
+        a, b = a[pixels], b[pixels]
+    if not np.any(a != b):
+        raise ValueError(
+            "ref_a and ref_b are identical on the selected pixels, so the mixing weight is not "
+            "identifiable; check that two different references were passed"
+        )
+    return Stack(frames, a, b, pixels, shape[1:], work_dtype(frames.dtype))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, overwrite: bool = False) -> Path:
+    """Write a file atomically: ``write(tmp)`` fills a temporary file beside ``path``, renamed
+    over ``path`` only once complete. An existing ``path`` is an error unless ``overwrite``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+    >>> _ = atomic_write(out, lambda tmp: pathlib.Path(tmp).write_text("hi"))
+    >>> out.read_text()
+    'hi'
+    >>> atomic_write(out, lambda tmp: None)
+    Traceback (most recent call last):
+    ...
+    FileExistsError: ... already exists; pass overwrite=True (--overwrite) to replace it
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output directory {parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path

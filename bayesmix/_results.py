@@ -1,0 +1,190 @@
+"""Result containers and their conversions (numpy, pandas, xarray)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bayesmix._posterior import posterior_quantiles
+from bayesmix._stats import FrameStats
+from bayesmix.priors import SigmaPrior, XPrior
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xarray as xr
+
+__all__ = ["MapResult"]
+
+
+def _check_prob(prob: float) -> float:
+    prob = float(prob)
+    if not 0.0 < prob < 1.0:
+        raise ValueError(f"prob must be in (0, 1), e.g. 0.9 for a 90% interval, got {prob}")
+    return prob
+
+
+def _label(q: float) -> str:
+    """Column name of a quantile: 0.05 -> 'q05', 0.975 -> 'q97.5'."""
+    s = f"{100 * q:g}"
+    return "q" + (s if "." in s else s.zfill(2))
+
+
+@dataclass(frozen=True)
+class MapResult:
+    """The fast path's answer: per-frame MAP and exact posterior given the learned noise scale.
+
+    Attributes
+    ----------
+    x : ndarray, shape (N,)
+        MAP of each frame's weight of ``ref_a`` (given ``sigma``), within the prior's bounds.
+    mean, sd : ndarray, shape (N,)
+        Posterior mean and sd of each weight given ``sigma``.
+    sigma : float
+        Noise scale: joint MAP with the weights (or the value given to the fit).
+    r2 : ndarray, shape (N,)
+        Per-frame R^2 of the unconstrained least-squares fit (the classic ``lstsq`` answer).
+    at_bound : ndarray of bool, shape (N,)
+        Frames whose posterior piles up at a bound of the prior (its mode is on the bound).
+    stats : FrameStats
+        The per-frame sufficient statistics the fit was computed from.
+    prior, sigma_prior
+        The priors used.
+    n_iter : int
+        Coordinate-ascent iterations; ``converged`` tells whether the tolerance was reached.
+    frame : ndarray, shape (N,)
+        Frame labels (default ``0..N-1``).
+    """
+
+    x: np.ndarray
+    mean: np.ndarray
+    sd: np.ndarray
+    sigma: float
+    r2: np.ndarray
+    at_bound: np.ndarray
+    stats: FrameStats = field(repr=False)
+    prior: XPrior
+    sigma_prior: SigmaPrior
+    sigma_fixed: bool = False
+    n_iter: int = 0
+    converged: bool = True
+    frame: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.frame is None:
+            object.__setattr__(self, "frame", np.arange(self.n_frames))
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames N."""
+        return int(self.x.shape[0])
+
+    @property
+    def sigma_sd(self) -> float:
+        """Approximate posterior sd of sigma, ``sigma / sqrt(2 n)`` (0 when sigma was given)."""
+        if self.sigma_fixed:
+            return 0.0
+        return self.sigma / math.sqrt(2.0 * float(np.sum(self.stats.n)))
+
+    def quantiles(self, q: Any) -> np.ndarray:
+        """Posterior quantiles of each weight given sigma.
+
+        Parameters
+        ----------
+        q : float or array of shape (K,)
+            Probabilities in (0, 1).
+
+        Returns
+        -------
+        ndarray, shape (N, K)
+        """
+        qs = np.atleast_1d(np.asarray(q, np.float64))
+        if qs.ndim != 1 or not np.all((qs > 0) & (qs < 1)):
+            raise ValueError(f"quantile probabilities must lie in (0, 1), got {q!r}")
+        return posterior_quantiles(self.prior, self.stats, self.sigma, qs)
+
+    def interval(self, prob: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+        """Equal-tailed posterior interval of each weight given sigma.
+
+        Exact for the truncated-normal and uniform priors; for Beta by quadrature.
+
+        Parameters
+        ----------
+        prob : float
+            Probability mass inside the interval, in (0, 1).
+
+        Returns
+        -------
+        lo, hi : ndarray, shape (N,)
+        """
+        prob = _check_prob(prob)
+        tail = 0.5 * (1.0 - prob)
+        qs = self.quantiles([tail, 1.0 - tail])
+        return qs[:, 0], qs[:, 1]
+
+    def _columns(self, prob: float) -> dict[str, np.ndarray]:
+        lo, hi = self.interval(prob)
+        tail = 0.5 * (1.0 - prob)
+        return {
+            "x_map": self.x,
+            "mean": self.mean,
+            "sd": self.sd,
+            _label(tail): lo,
+            _label(1.0 - tail): hi,
+            "r2": self.r2,
+            "at_bound": self.at_bound,
+            "xhat": np.asarray(self.stats.xhat),
+            "n_pixels": np.asarray(self.stats.n, np.int64),
+        }
+
+    def to_dataframe(self, prob: float = 0.9) -> pd.DataFrame:
+        """One row per frame: MAP, mean, sd, the ``prob`` interval, R^2, flags.
+
+        Examples
+        --------
+        >>> import bayesmix
+        >>> sim = bayesmix.simulate(20, shape=(16, 16), seed=1)
+        >>> df = bayesmix.fit_map(sim.frames, sim.ref_a, sim.ref_b).to_dataframe()
+        >>> list(df.columns)
+        ['x_map', 'mean', 'sd', 'q05', 'q95', 'r2', 'at_bound', 'xhat', 'n_pixels']
+        """
+        import pandas as pd
+
+        df = pd.DataFrame(self._columns(_check_prob(prob)), index=pd.Index(self.frame, name="frame"))
+        df.attrs.update(self._attrs())
+        return df
+
+    def to_xarray(self, prob: float = 0.9) -> xr.Dataset:
+        """The per-frame results as an :class:`xarray.Dataset` with dimension ``frame``."""
+        import xarray as xr
+
+        cols = self._columns(_check_prob(prob))
+        ds = xr.Dataset({k: ("frame", v) for k, v in cols.items()}, coords={"frame": self.frame})
+        ds.attrs.update({k: str(v) if not isinstance(v, (int, float)) else v for k, v in self._attrs().items()})
+        return ds
+
+    def _attrs(self) -> dict[str, Any]:
+        from bayesmix import __version__
+
+        return {
+            "sigma": self.sigma,
+            "sigma_fixed": self.sigma_fixed,
+            "prior": repr(self.prior),
+            "sigma_prior": repr(self.sigma_prior),
+            "n_iter": self.n_iter,
+            "bayesmix_version": __version__,
+        }
+
+    def summary(self) -> str:
+        """A few lines for a terminal: sigma, the range of x, the flags."""
+        lines = [
+            f"MapResult: {self.n_frames} frames, sigma = {self.sigma:.6g}"
+            + ("" if self.sigma_fixed else f" +/- {self.sigma_sd:.2g}"),
+            f"  x MAP: median {np.median(self.x):.4f}, range [{self.x.min():.4f}, {self.x.max():.4f}]",
+            f"  posterior sd: median {np.median(self.sd):.4g}",
+            f"  frames at a bound: {int(self.at_bound.sum())}; R^2 median {np.median(self.r2):.4f}",
+            f"  prior: {self.prior!r}",
+        ]
+        return "\n".join(lines)

@@ -1,0 +1,313 @@
+"""One pass over the pixels: the per-frame sufficient statistics.
+
+Writing ``d = A - B`` and ``r = y - B``, a frame's Gaussian likelihood depends on its pixels only
+through four numbers (see :mod:`bayesmix._likelihood`)::
+
+    xhat = (r . d) / (d . d)          least-squares weight of A
+    rss  = ||r - xhat d||^2           residual sum of squares at xhat
+    dd   = d . d                      over the frame's valid pixels
+    n    = number of valid pixels
+
+The pass is a fused, multithreaded kernel (numba) that reads each frame once. It works on
+``r' = y - c`` with ``c = (A + B) / 2``, which removes the frame's common level, and sums
+float32 data in short float32 blocks added into float64, so rounding stays at the level of the
+data's own precision. ``rss`` is taken as ``q - s^2/dd`` only when that subtraction loses less than
+a few bits; otherwise a second sweep over the (cache-resident) row computes the residual directly.
+Frames with NaN/Inf pixels take a slower path that leaves those pixels out. Integer stacks are
+read as they are and converted in registers (float32 up to 16 bits, float64 above).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, NamedTuple
+
+import numba as nb
+import numpy as np
+
+from bayesmix._io import Stack, prepare
+
+__all__ = ["FrameStats", "bucket_size", "frame_stats", "pad_stats", "stats_from_stack"]
+
+# Reassociation lets the reductions vectorise; no 'nnan'/'ninf', so NaN still propagates and
+# flags the rows that need the masked path.
+_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+_BLOCK = 1024  # pixels per float32 partial sum (split again across SIMD lanes)
+_ROWS_PER_TASK = 32
+_NATIVE = {np.dtype(t) for t in ("f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8")}
+_CANCEL = 16.0  # second sweep when q / rss > 16, i.e. the subtraction would lose > 4 bits
+
+
+class FrameStats(NamedTuple):
+    """Per-frame sufficient statistics, each an array of shape (N,) (float64; ``n`` int64).
+
+    The Gaussian log-likelihood of frame ``i`` depends on its pixels only through these:
+
+    .. math::
+
+        \\log p(y_i \\mid x, \\sigma) = -n_i \\log\\sigma - \\tfrac{n_i}{2}\\log 2\\pi
+            - \\frac{\\mathrm{rss}_i + \\mathrm{dd}_i (x - \\hat x_i)^2}{2\\sigma^2}
+    """
+
+    xhat: np.ndarray  #: least-squares weight of A, unconstrained
+    rss: np.ndarray  #: residual sum of squares at xhat
+    dd: np.ndarray  #: ||A - B||^2 over the frame's valid pixels
+    n: np.ndarray  #: number of valid pixels
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames N."""
+        return int(np.shape(self.xhat)[0])
+
+    @property
+    def r2(self) -> np.ndarray:
+        """Per-frame R^2 of the least-squares fit, ``1 - rss / ||y - B||^2``.
+
+        The same number as the classic per-image ``scipy.linalg.lstsq`` answer, with
+        ``||y - B||^2 = rss + dd * xhat^2`` (Pythagoras, no second pass).
+        """
+        rss = np.asarray(self.rss)
+        total = rss + np.asarray(self.dd) * np.asarray(self.xhat) ** 2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, 1.0 - rss / total, 0.0)
+
+
+@nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _sweep(y, c, d):
+    """Sums s' = sum (y - c) d and q' = sum (y - c)^2 in blocks."""
+    zero = d[0] - d[0]
+    s = 0.0
+    q = 0.0
+    for j0 in range(0, y.shape[0], _BLOCK):
+        # Slices give the inner loop a plain trip count, which is what lets LLVM vectorise it.
+        yb, cb, db = y[j0 : j0 + _BLOCK], c[j0 : j0 + _BLOCK], d[j0 : j0 + _BLOCK]
+        bs = zero
+        bq = zero
+        for j in range(yb.shape[0]):
+            r = yb[j] - cb[j]
+            bs += r * db[j]
+            bq += r * r
+        s += bs
+        q += bq
+    return s, q
+
+
+@nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _residual(y, c, d, dl):
+    """rss = sum (y - c - dl d)^2, the centred second sweep (``dl`` in the row's dtype)."""
+    zero = d[0] - d[0]
+    q = 0.0
+    for j0 in range(0, y.shape[0], _BLOCK):
+        yb, cb, db = y[j0 : j0 + _BLOCK], c[j0 : j0 + _BLOCK], d[j0 : j0 + _BLOCK]
+        bq = zero
+        for j in range(yb.shape[0]):
+            e = yb[j] - cb[j] - dl * db[j]
+            bq += e * e
+        q += bq
+    return q
+
+
+@nb.njit(cache=True)
+def _masked_row(y, c, d):
+    """Statistics of a row with non-finite pixels, which are left out. Float64 throughout."""
+    n = 0
+    ninf = 0
+    dd = 0.0
+    s = 0.0
+    for j in range(y.shape[0]):
+        v = y[j]
+        if np.isfinite(v):
+            n += 1
+            dj = np.float64(d[j])
+            dd += dj * dj
+            s += (np.float64(v) - c[j]) * dj
+        elif np.isinf(v):
+            ninf += 1
+    if n == 0 or dd == 0.0:
+        return n, dd, np.nan, np.nan, ninf
+    delta = s / dd
+    rss = 0.0
+    for j in range(y.shape[0]):
+        v = y[j]
+        if np.isfinite(v):
+            e = (np.float64(v) - c[j]) - delta * np.float64(d[j])
+            rss += e * e
+    return n, dd, delta, rss, ninf
+
+
+# fastmath here too: inlined helpers are compiled with their caller's flags.
+@nb.njit(parallel=True, fastmath=_FASTMATH, cache=True)
+def _stats_kernel(y2d, pixels, c, d, dd, xhat, rss, ddo, n, ninf):
+    """Fill the per-frame outputs for the rows of ``y2d`` (shape (m, P_all))."""
+    m = y2d.shape[0]
+    p = c.shape[0]
+    gather = pixels.shape[0] > 0
+    ntasks = (m + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for t in nb.prange(ntasks):
+        buf = np.empty(p, dtype=y2d.dtype)
+        delta_w = np.empty(1, dtype=c.dtype)  # delta rounded to the row's dtype
+        for i in range(t * _ROWS_PER_TASK, min((t + 1) * _ROWS_PER_TASK, m)):
+            if gather:
+                for j in range(p):
+                    buf[j] = y2d[i, pixels[j]]
+                row = buf
+            else:
+                row = y2d[i]
+            s, q = _sweep(row, c, d)
+            if np.isfinite(s) and np.isfinite(q):
+                delta = s / dd
+                r = q - s * delta
+                if not r * _CANCEL > q:
+                    delta_w[0] = delta
+                    r = _residual(row, c, d, delta_w[0])
+                xhat[i] = 0.5 + delta
+                rss[i] = r
+                ddo[i] = dd
+                n[i] = p
+                ninf[i] = 0
+            else:
+                k, ddi, delta, r, ki = _masked_row(row, c, d)
+                xhat[i] = 0.5 + delta
+                rss[i] = r
+                ddo[i] = ddi
+                n[i] = k
+                ninf[i] = ki
+
+
+def _chunks(n_frames: int, frame_bytes: int, chunk_size: int | None) -> int:
+    if chunk_size is None:
+        # ~32 MiB per chunk: large enough for the threads to share, small enough for a copy.
+        return max(1, min(n_frames, (32 << 20) // max(frame_bytes, 1)))
+    if int(chunk_size) != chunk_size or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    return int(chunk_size)
+
+
+def stats_from_stack(stack: Stack, *, chunk_size: int | None = None, stacklevel: int = 2) -> FrameStats:
+    """The statistics pass over a validated :class:`~bayesmix._io.Stack`."""
+    dt = stack.dtype
+    d_full = stack.ref_a - stack.ref_b
+    d = d_full.astype(dt)
+    c = (0.5 * (stack.ref_a + stack.ref_b)).astype(dt)
+    dd = float(np.dot(d.astype(np.float64), d.astype(np.float64)))
+    pixels = stack.pixels if stack.pixels is not None else np.empty(0, np.int64)
+    pixels = np.ascontiguousarray(pixels, dtype=np.int64)
+
+    frames = stack.frames
+    n_frames = int(frames.shape[0])
+    p_all = int(np.prod(stack.frame_shape))
+    step = _chunks(n_frames, p_all * dt.itemsize, chunk_size)
+    xhat = np.empty(n_frames)
+    rss = np.empty(n_frames)
+    ddo = np.empty(n_frames)
+    n = np.empty(n_frames, np.int64)
+    ninf = np.empty(n_frames, np.int64)
+    for i in range(0, n_frames, step):
+        j = min(i + step, n_frames)
+        chunk = np.asarray(frames[i:j])
+        # The kernel reads float32/64 and 8-64 bit integers as they are (a view of a contiguous
+        # stack); anything else (float16, byte-swapped, strided) costs one chunk-sized copy.
+        native = chunk.dtype if chunk.dtype in _NATIVE else dt
+        chunk = np.ascontiguousarray(chunk, dtype=native).reshape(j - i, p_all)
+        _stats_kernel(chunk, pixels, c, d, dd, xhat[i:j], rss[i:j], ddo[i:j], n[i:j], ninf[i:j])
+
+    empty = np.flatnonzero(n == 0)
+    if empty.size:
+        raise ValueError(
+            f"{empty.size} frame(s) have no finite pixel (all NaN/Inf), e.g. frame(s) "
+            f"{empty[:5].tolist()}; drop them from the stack or fill them"
+        )
+    flat = np.flatnonzero(~(ddo > 0))
+    if flat.size:
+        raise ValueError(
+            f"{flat.size} frame(s) are finite only where ref_a == ref_b, so their weight is not "
+            f"identifiable, e.g. frame(s) {flat[:5].tolist()}"
+        )
+    n_inf = int(ninf.sum())
+    if n_inf:
+        warnings.warn(
+            f"{n_inf} pixel(s) in {int(np.count_nonzero(ninf))} frame(s) are +/-Inf and were left "
+            "out of those frames, like NaN pixels; check the data for saturation or a bad "
+            "log/division upstream",
+            RuntimeWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return FrameStats(xhat=xhat, rss=rss, dd=ddo, n=n)
+
+
+def frame_stats(
+    frames: Any,
+    ref_a: Any,
+    ref_b: Any,
+    *,
+    mask: Any = None,
+    chunk_size: int | None = None,
+) -> FrameStats:
+    """Per-frame sufficient statistics of a frame stack, in one pass over the pixels.
+
+    Parameters
+    ----------
+    frames : array, shape (N, *S)
+        The stack: N frames of shape S, e.g. (N, H, W), (N, H, W, C) or (N, P) for spectra.
+        Integer images are converted to float chunk by chunk; a memory-mapped array is streamed.
+        NaN pixels are left out of their frame (so are +/-Inf, with a warning).
+    ref_a, ref_b : array, shape S
+        The two reference frames; ``x`` is the weight of ``ref_a``.
+    mask : bool array, shape S, optional
+        Pixels to use (True keeps a pixel). Default: all.
+    chunk_size : int, optional
+        Frames per chunk; default about 32 MiB of frames.
+
+    Returns
+    -------
+    FrameStats
+        ``xhat``, ``rss``, ``dd``, ``n``, each of shape (N,).
+
+    Notes
+    -----
+    With :math:`d = A - B` and :math:`r_i = y_i - B` over the valid pixels of frame i,
+
+    .. math::
+
+        \\hat x_i = \\frac{r_i \\cdot d}{d \\cdot d}, \\qquad
+        \\mathrm{rss}_i = \\lVert r_i - \\hat x_i d \\rVert^2 .
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bayesmix import frame_stats
+    >>> a, b = np.array([1.0, 2.0, 3.0]), np.array([0.0, 1.0, 1.0])
+    >>> st = frame_stats(np.stack([0.25 * a + 0.75 * b]), a, b)
+    >>> float(st.xhat[0]), float(st.rss[0]), float(st.dd[0]), int(st.n[0])
+    (0.25, 0.0, 6.0, 3)
+    """
+    return stats_from_stack(prepare(frames, ref_a, ref_b, mask), chunk_size=chunk_size)
+
+
+def bucket_size(n: int) -> int:
+    """Smallest m * 2^e >= n with 8 <= m < 16 (at most 12.5% padding).
+
+    Jitted functions see padded lengths only, so stacks of similar size share one compilation.
+    """
+    n = max(int(n), 16)
+    e = max(n.bit_length() - 4, 0)
+    return -(-n // (1 << e)) * (1 << e)
+
+
+def pad_stats(stats: FrameStats, size: int) -> tuple[FrameStats, np.ndarray]:
+    """Pad to ``size`` frames with inert frames (n = 0, dd = 1); also return the validity mask."""
+    n = stats.n_frames
+    extra = size - n
+    valid = np.zeros(size, bool)
+    valid[:n] = True
+
+    def pad(a, value, dtype):
+        return np.concatenate([np.asarray(a, dtype), np.full(extra, value, dtype)])
+
+    padded = FrameStats(
+        xhat=pad(stats.xhat, 0.5, np.float64),
+        rss=pad(stats.rss, 0.0, np.float64),
+        dd=pad(stats.dd, 1.0, np.float64),
+        n=pad(stats.n, 0, np.float64),
+    )
+    return padded, valid
