@@ -117,7 +117,9 @@ def prepare(frames: Any, ref_a: Any, ref_b: Any, mask: Any = None) -> Stack:
     return Stack(frames, a, b, pixels, shape[1:], work_dtype(frames.dtype))
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, overwrite: bool = False) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[str], None], *, overwrite: bool = False
+) -> Path:
     """Write a file atomically: ``write(tmp)`` fills a temporary file beside ``path``, renamed
     over ``path`` only once complete. An existing ``path`` is an error unless ``overwrite``.
 
@@ -135,7 +137,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, overw
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(
+            f"{path} already exists; pass overwrite=True (--overwrite) to replace it"
+        )
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"output directory {parent} does not exist")

@@ -152,7 +152,9 @@ class MapResult:
         """
         import pandas as pd
 
-        df = pd.DataFrame(self._columns(_check_prob(prob)), index=pd.Index(self.frame, name="frame"))
+        df = pd.DataFrame(
+            self._columns(_check_prob(prob)), index=pd.Index(self.frame, name="frame")
+        )
         df.attrs.update(self._attrs())
         return df
 
@@ -162,7 +164,9 @@ class MapResult:
 
         cols = self._columns(_check_prob(prob))
         ds = xr.Dataset({k: ("frame", v) for k, v in cols.items()}, coords={"frame": self.frame})
-        ds.attrs.update({k: str(v) if not isinstance(v, (int, float)) else v for k, v in self._attrs().items()})
+        ds.attrs.update(
+            {k: str(v) if not isinstance(v, (int, float)) else v for k, v in self._attrs().items()}
+        )
         return ds
 
     def _attrs(self) -> dict[str, Any]:
@@ -182,7 +186,8 @@ class MapResult:
         lines = [
             f"MapResult: {self.n_frames} frames, sigma = {self.sigma:.6g}"
             + ("" if self.sigma_fixed else f" +/- {self.sigma_sd:.2g}"),
-            f"  x MAP: median {np.median(self.x):.4f}, range [{self.x.min():.4f}, {self.x.max():.4f}]",
+            f"  x MAP: median {np.median(self.x):.4f}, "
+            f"range [{self.x.min():.4f}, {self.x.max():.4f}]",
             f"  posterior sd: median {np.median(self.sd):.4g}",
             f"  frames at a bound: {int(self.at_bound.sum())}; R^2 median {np.median(self.r2):.4f}",
             f"  prior: {self.prior!r}",

@@ -120,7 +120,9 @@ def simulate(
     ref_a = np.asarray(ref_a, np.float64)
     ref_b = np.asarray(ref_b, np.float64)
     if ref_a.shape != ref_b.shape:
-        raise ValueError(f"ref_a and ref_b must have the same shape, got {ref_a.shape} and {ref_b.shape}")
+        raise ValueError(
+            f"ref_a and ref_b must have the same shape, got {ref_a.shape} and {ref_b.shape}"
+        )
     if x is None:
         x = check_prior(prior).sample(rng, n_frames)
     x = np.asarray(x, np.float64)

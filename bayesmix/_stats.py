@@ -183,7 +183,9 @@ def _chunks(n_frames: int, frame_bytes: int, chunk_size: int | None) -> int:
     return int(chunk_size)
 
 
-def stats_from_stack(stack: Stack, *, chunk_size: int | None = None, stacklevel: int = 2) -> FrameStats:
+def stats_from_stack(
+    stack: Stack, *, chunk_size: int | None = None, stacklevel: int = 2
+) -> FrameStats:
     """The statistics pass over a validated :class:`~bayesmix._io.Stack`."""
     dt = stack.dtype
     d_full = stack.ref_a - stack.ref_b

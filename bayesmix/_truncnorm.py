@@ -83,9 +83,7 @@ def tn_moments(m, s, lo, hi):
     rw = rate * w
     em1 = jnp.expm1(jnp.minimum(rw, 700.0))
     t_mean = jnp.where(rw < 700.0, 1.0 / rate - w / em1, 1.0 / rate)
-    t_var = jnp.where(
-        rw < 700.0, 1.0 / rate**2 - w * w * (em1 + 1.0) / (em1 * em1), 1.0 / rate**2
-    )
+    t_var = jnp.where(rw < 700.0, 1.0 / rate**2 - w * w * (em1 + 1.0) / (em1 * em1), 1.0 / rate**2)
     deep = b < -_TAIL
     mu = jnp.where(deep, b - t_mean, mu)
     var = jnp.where(deep, t_var, var)

@@ -102,7 +102,10 @@ def _demo(args: argparse.Namespace) -> int:
         f"\nsigma: learned {res.sigma:.5f} (true {sim.sigma:.5f}); "
         f"posterior sd median {np.median(res.sd):.4f} (Cramer-Rao sigma/||A-B|| = {crb:.4f})"
     )
-    print(f"posterior-mean RMSE vs truth {rmse:.4f}; 90% intervals cover {100 * covered:.1f}% of true x")
+    print(
+        f"posterior-mean RMSE vs truth {rmse:.4f}; "
+        f"90% intervals cover {100 * covered:.1f}% of true x"
+    )
     print(f"full results ({len(df.columns)} columns per frame): {results_path}")
     return 0
 
