@@ -9,7 +9,10 @@ posterior of every weight given the learned noise scale.
 from importlib.metadata import PackageNotFoundError, version
 
 from bayesmix import priors
+from bayesmix._arviz import Diagnostics, diagnose
 from bayesmix._map import fit_map, fit_map_stats
+from bayesmix._nuts import sample, sample_stats
+from bayesmix._report import report
 from bayesmix._results import MapResult
 from bayesmix._simulate import Simulation, sample_references, simulate
 from bayesmix._stats import FrameStats, frame_stats
@@ -22,6 +25,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "Beta",
+    "Diagnostics",
     "FrameStats",
     "InverseGamma",
     "Jeffreys",
@@ -30,10 +34,14 @@ __all__ = [
     "TruncatedNormal",
     "Uniform",
     "__version__",
+    "diagnose",
     "fit_map",
     "fit_map_stats",
     "frame_stats",
     "priors",
+    "report",
+    "sample",
     "sample_references",
+    "sample_stats",
     "simulate",
 ]

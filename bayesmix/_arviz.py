@@ -1,0 +1,230 @@
+"""Every ArviZ call of bayesmix lives here: InferenceData, diagnostics, ArviZ plots.
+
+ArviZ 0.x (InferenceData API); keeping it in one module makes a later move to ArviZ 1.x a
+one-file change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bayesmix._stats import FrameStats
+
+if TYPE_CHECKING:
+    import arviz as az
+    import pandas as pd
+
+    from bayesmix._results import MapResult
+
+__all__ = ["Diagnostics", "diagnose", "to_inference_data"]
+
+# Thresholds of the verdict (Vehtari et al. 2021 for R-hat and ESS; Betancourt 2016 for BFMI).
+RHAT_MAX = 1.01
+ESS_MIN_PER_CHAIN = 100
+BFMI_MIN = 0.3
+
+
+def to_inference_data(
+    *,
+    x: np.ndarray,
+    sigma: np.ndarray,
+    extra: dict[str, np.ndarray],
+    log_likelihood: np.ndarray | None,
+    stats: FrameStats,
+    fit: MapResult,
+    attrs: dict[str, Any],
+) -> az.InferenceData:
+    """Assemble the InferenceData of a NUTS run (arrays of shape (chain, draw, ...))."""
+    import arviz as az
+
+    from bayesmix import __version__
+
+    frame = np.asarray(fit.frame)
+    coords = {"frame": frame}
+    dims = {"x": ["frame"], "y": ["frame"]}
+    sample_stats = {
+        "diverging": extra["diverging"].astype(bool),
+        "n_steps": extra["num_steps"],
+        "tree_depth": np.log2(np.maximum(extra["num_steps"], 1)).astype(int) + 1,
+        "energy": extra["energy"],
+        "acceptance_rate": extra["accept_prob"],
+        "step_size": extra["adapt_state.step_size"],
+        "lp": -extra["potential_energy"],
+    }
+    observed = {
+        "xhat": np.asarray(stats.xhat),
+        "rss": np.asarray(stats.rss),
+        "dd": np.asarray(stats.dd),
+        "n_pixels": np.asarray(stats.n),
+    }
+    constant = {"x_map": fit.x, "sigma_map": np.asarray(fit.sigma)}
+    all_attrs = {
+        "prior": repr(fit.prior),
+        "prior_low": fit.prior.bounds[0],
+        "prior_high": fit.prior.bounds[1],
+        "sigma_prior": repr(fit.sigma_prior),
+        "bayesmix_version": __version__,
+        "inference_library": "numpyro",
+        **attrs,
+    }
+    idata = az.from_dict(
+        posterior={"x": x, "sigma": sigma},
+        sample_stats=sample_stats,
+        log_likelihood=None if log_likelihood is None else {"y": log_likelihood},
+        observed_data={k: v for k, v in observed.items()},
+        constant_data=constant,
+        coords=coords,
+        dims={**dims, **{k: ["frame"] for k in observed}, "x_map": ["frame"]},
+        attrs=all_attrs,
+    )
+    return idata
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """Convergence diagnostics of a NUTS run, with a verdict.
+
+    Attributes
+    ----------
+    verdict : {'pass', 'warn'}
+        'pass' when every check holds; otherwise 'warn' with the ``reasons``.
+    reasons : tuple of str
+        What failed, in words, with what to do.
+    rhat_max, ess_bulk_min, ess_tail_min : float
+        Worst values over ``sigma`` and every ``x``.
+    divergences : int
+        Divergent transitions after warm-up.
+    bfmi : ndarray, shape (chain,)
+        Bayesian fraction of missing information per chain.
+    table : pandas.DataFrame
+        Per-variable R-hat and ESS (``x[frame]`` rows and ``sigma``).
+    """
+
+    verdict: str
+    reasons: tuple[str, ...]
+    rhat_max: float
+    ess_bulk_min: float
+    ess_tail_min: float
+    divergences: int
+    bfmi: np.ndarray
+    n_chains: int
+    n_draws: int
+    table: pd.DataFrame = field(repr=False)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """Per-variable R-hat, bulk and tail ESS, worst first."""
+        return self.table
+
+    def __str__(self) -> str:
+        head = (
+            f"{self.verdict.upper()}: R-hat max {self.rhat_max:.4f}, ESS bulk min "
+            f"{self.ess_bulk_min:.0f}, ESS tail min {self.ess_tail_min:.0f}, "
+            f"{self.divergences} divergences, BFMI min {np.min(self.bfmi):.2f} "
+            f"({self.n_chains} chains x {self.n_draws} draws)"
+        )
+        return "\n".join([head, *(f"  - {r}" for r in self.reasons)])
+
+
+def diagnose(idata: az.InferenceData) -> Diagnostics:
+    """R-hat, bulk/tail ESS, divergences and BFMI of a :func:`bayesmix.sample` result.
+
+    Parameters
+    ----------
+    idata : arviz.InferenceData
+        With ``posterior`` (``x``, ``sigma``) and ``sample_stats``.
+
+    Returns
+    -------
+    Diagnostics
+        ``verdict`` 'pass' or 'warn' with the ``reasons``; ``to_dataframe()`` per variable.
+    """
+    import arviz as az
+    import pandas as pd
+
+    if not hasattr(idata, "posterior") or "x" not in idata.posterior:
+        raise ValueError("diagnose needs the InferenceData of bayesmix.sample (posterior 'x')")
+    post = idata.posterior[["x", "sigma"]]
+    n_chains, n_draws = post.sizes["chain"], post.sizes["draw"]
+    rhat = az.rhat(post)
+    ess_bulk = az.ess(post, method="bulk")
+    ess_tail = az.ess(post, method="tail")
+    frame = post["x"].coords["frame"].values
+    table = pd.DataFrame(
+        {
+            "rhat": np.append(rhat["x"].values, float(rhat["sigma"])),
+            "ess_bulk": np.append(ess_bulk["x"].values, float(ess_bulk["sigma"])),
+            "ess_tail": np.append(ess_tail["x"].values, float(ess_tail["sigma"])),
+        },
+        index=[f"x[{f}]" for f in frame] + ["sigma"],
+    ).sort_values("rhat", ascending=False)
+    divergences = int(idata.sample_stats["diverging"].values.sum())
+    bfmi = np.asarray(az.bfmi(idata))
+    ess_min = ESS_MIN_PER_CHAIN * n_chains
+    reasons = []
+    rhat_max = float(np.nanmax(table["rhat"]))
+    if n_chains < 2:
+        reasons.append("one chain: R-hat cannot detect non-convergence; run >= 4 chains")
+    elif not rhat_max <= RHAT_MAX:
+        reasons.append(f"R-hat {rhat_max:.3f} > {RHAT_MAX} ({table.index[0]}): run longer chains")
+    ess_b, ess_t = float(table["ess_bulk"].min()), float(table["ess_tail"].min())
+    if not ess_b >= ess_min:
+        reasons.append(
+            f"bulk ESS {ess_b:.0f} < {ess_min} ({table['ess_bulk'].idxmin()}): draw more"
+        )
+    if not ess_t >= ess_min:
+        reasons.append(
+            f"tail ESS {ess_t:.0f} < {ess_min} ({table['ess_tail'].idxmin()}): draw more"
+        )
+    if divergences:
+        reasons.append(
+            f"{divergences} divergent transitions: raise target_accept (e.g. 0.95) and check "
+            "frames at a bound"
+        )
+    if np.any(bfmi < BFMI_MIN):
+        reasons.append(f"BFMI {np.min(bfmi):.2f} < {BFMI_MIN}: the energy is poorly explored")
+    return Diagnostics(
+        verdict="warn" if reasons else "pass",
+        reasons=tuple(reasons),
+        rhat_max=rhat_max,
+        ess_bulk_min=ess_b,
+        ess_tail_min=ess_t,
+        divergences=divergences,
+        bfmi=bfmi,
+        n_chains=n_chains,
+        n_draws=n_draws,
+        table=table,
+    )
+
+
+def summary_table(idata: az.InferenceData, prob: float = 0.9) -> pd.DataFrame:
+    """``arviz.summary`` of ``sigma`` and every ``x`` with an equal-tailed ``prob`` interval."""
+    import arviz as az
+
+    return az.summary(idata, var_names=["sigma", "x"], hdi_prob=prob, kind="all", round_to="none")
+
+
+def loo(idata: az.InferenceData) -> Any:
+    """PSIS-LOO of the per-frame log-likelihood."""
+    import arviz as az
+
+    return az.loo(idata, pointwise=True)
+
+
+def plot_trace(idata: az.InferenceData, axes: Any, names: list[str], frames: list | None) -> Any:
+    """Trace (left column) and rank plots (right) of ``names`` on ``axes`` (shape (k, 2))."""
+    import arviz as az
+
+    coords = None if frames is None else {"frame": frames}
+    return az.plot_trace(
+        idata, var_names=names, coords=coords, kind="rank_bars", compact=False, axes=axes
+    )
+
+
+def plot_energy(idata: az.InferenceData, ax: Any) -> Any:
+    """ArviZ's energy plot (marginal vs transition energy) on ``ax``."""
+    import arviz as az
+
+    return az.plot_energy(idata, ax=ax)

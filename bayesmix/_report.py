@@ -1,0 +1,343 @@
+"""A self-contained HTML report of a fit (MapResult or NUTS InferenceData).
+
+Plots are drawn on matplotlib ``Figure`` objects with the Agg canvas (no pyplot state, no
+backend switch in the user's process) and embedded as base64 PNGs, so the report is one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bayesmix._io import atomic_write, prepare
+from bayesmix._results import MapResult
+from bayesmix._stats import FrameStats
+
+__all__ = ["report"]
+
+SECTIONS = (
+    "Weights per frame",
+    "Summary",
+    "Diagnostics",
+    "Trace and rank plots",
+    "Energy",
+    "Residual image",
+    "Flagged frames",
+)
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
+table { border-collapse: collapse; font-size: .85em; } td, th { padding: 2px 8px; }
+tr:nth-child(even) { background: #f4f4f4; } img { max-width: 100%; }
+.pass { color: #176117; font-weight: bold; } .warn { color: #a05a00; font-weight: bold; }
+"""
+
+
+def _png(fig: Any) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img alt="plot" src="data:image/png;base64,{data}">'
+
+
+def _figure(w: float = 10, h: float = 3.6) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h))
+
+
+class _View:
+    """What the report needs, from either kind of result."""
+
+    def __init__(self, result: Any, prob: float) -> None:
+        tail = 0.5 * (1 - prob)
+        if isinstance(result, MapResult):
+            self.kind = "MAP (fast path)"
+            self.frame = np.asarray(result.frame)
+            self.center = result.mean
+            self.lo, self.hi = result.interval(prob)
+            self.x_map = result.x
+            self.sigma = result.sigma
+            self.stats = result.stats
+            self.bounds = result.prior.bounds
+            self.prior = repr(result.prior)
+            self.idata = None
+        elif hasattr(result, "posterior") and "x" in result.posterior:
+            self.kind = "NUTS (full posterior)"
+            post = result.posterior
+            x = post["x"].values.reshape(-1, post.sizes["frame"])
+            self.frame = post["frame"].values
+            self.center = x.mean(0)
+            self.lo, self.hi = np.quantile(x, [tail, 1 - tail], axis=0)
+            self.x_map = result.constant_data["x_map"].values
+            self.sigma = float(post["sigma"].mean())
+            obs = result.observed_data
+            self.stats = FrameStats(
+                obs["xhat"].values, obs["rss"].values, obs["dd"].values, obs["n_pixels"].values
+            )
+            self.prior = str(result.attrs.get("prior", ""))
+            self.bounds = (
+                float(result.attrs.get("prior_low", 0.0)),
+                float(result.attrs.get("prior_high", 1.0)),
+            )
+            self.idata = result
+        else:
+            raise ValueError(
+                "report needs a MapResult (bayesmix.fit_map) or the InferenceData of "
+                f"bayesmix.sample, got {type(result).__name__}"
+            )
+        lo_b, hi_b = self.bounds
+        self.at_bound = (self.x_map <= lo_b) | (self.x_map >= hi_b)
+        self.r2 = self.stats.r2
+        self.misfit_p = _misfit_pvalue(self.stats, self.sigma)
+
+
+def _misfit_pvalue(stats: FrameStats, sigma: float) -> np.ndarray:
+    """Upper-tail p-value of rss / sigma^2 ~ chi^2(n - 1): small = the frame is badly fit."""
+    from scipy.stats import chi2
+
+    dof = np.maximum(np.asarray(stats.n, np.float64) - 1.0, 1.0)
+    return chi2.sf(np.asarray(stats.rss) / sigma**2, dof)
+
+
+def _weights_plot(v: _View, prob: float) -> str:
+    fig = _figure()
+    ax = fig.add_subplot()
+    idx = np.arange(v.center.size)
+    ax.fill_between(
+        idx, v.lo, v.hi, color="tab:blue", alpha=0.3, lw=0, label=f"{prob:.0%} interval"
+    )
+    ax.plot(idx, v.center, color="tab:blue", lw=0.8, label="posterior mean")
+    ax.set_xlabel("frame (input order)")
+    ax.set_ylabel("x (weight of reference A)")
+    ax.set_ylim(v.bounds[0] - 0.02, v.bounds[1] + 0.02)
+    ax.legend(loc="upper right")
+    ax.set_title(f"Mixing weight per frame, {v.kind}")
+    return _png(fig)
+
+
+def _summary_html(v: _View, result: Any) -> str:
+    import pandas as pd
+
+    rows = {
+        "frames": v.center.size,
+        "method": v.kind,
+        "prior": v.prior,
+        "sigma (noise sd)": f"{v.sigma:.6g}",
+        "x mean: median [min, max]": f"{np.median(v.center):.4f} [{v.center.min():.4f}, "
+        f"{v.center.max():.4f}]",
+        "interval width: median": f"{np.median(v.hi - v.lo):.4g}",
+        "R^2: median": f"{np.median(v.r2):.4f}",
+        "frames at a bound": int(v.at_bound.sum()),
+    }
+    table = pd.DataFrame({"value": rows}).to_html(border=0)
+    if v.idata is not None:
+        from bayesmix._arviz import summary_table
+
+        summ = summary_table(v.idata).head(12)
+        table += "<p>ArviZ summary (sigma and the first frames):</p>" + summ.to_html(
+            border=0, float_format=lambda f: f"{f:.4g}"
+        )
+    return table
+
+
+def _diagnostics_html(v: _View, result: Any) -> tuple[str, Any]:
+    if v.idata is None:
+        ok = bool(result.converged)
+        verdict = "pass" if ok else "warn"
+        text = (
+            f"MAP by coordinate ascent: {'converged' if ok else 'did not converge'} in "
+            f"{result.n_iter} iterations. Intervals are exact given sigma; no MCMC diagnostics "
+            "apply (run bayesmix.sample for the joint posterior)."
+        )
+        return f'<p class="{verdict}">{verdict.upper()}</p><p>{html.escape(text)}</p>', None
+    from bayesmix._arviz import diagnose
+
+    diag = diagnose(v.idata)
+    lines = "".join(f"<li>{html.escape(r)}</li>" for r in diag.reasons)
+    body = (
+        f'<p class="{diag.verdict}">{diag.verdict.upper()}</p>'
+        f"<p>{html.escape(str(diag).splitlines()[0])}</p>"
+        + (f"<ul>{lines}</ul>" if lines else "")
+        + diag.to_dataframe().head(10).to_html(border=0, float_format=lambda f: f"{f:.4g}")
+    )
+    return body, diag
+
+
+def _trace_html(v: _View, diag: Any) -> str:
+    if v.idata is None:
+        return "<p>Not applicable to a MAP result.</p>"
+    from bayesmix._arviz import plot_trace
+
+    worst = [int(name[2:-1]) if name[2:-1].lstrip("-").isdigit() else name[2:-1]
+             for name in diag.table.index if name.startswith("x[")][:3]  # fmt: skip
+    frames = [f for f in v.frame if f in worst] or list(v.frame[:3])
+    fig = _figure(10, 2.6 * (1 + len(frames)))
+    axes = fig.subplots(1 + len(frames), 2, squeeze=False)
+    plot_trace(v.idata, axes[:1], ["sigma"], None)
+    plot_trace(v.idata, axes[1:], ["x"], frames)
+    for row, name in zip(axes, ["sigma"] + [f"x[frame {f}]" for f in frames], strict=True):
+        row[0].set_title(f"{name}: density per chain")
+        row[1].set_title(f"{name}: rank plot")
+    fig.suptitle("Chains of sigma and of the worst-mixing weights (uniform ranks = good mixing)")
+    return _png(fig)
+
+
+def _energy_html(v: _View) -> str:
+    if v.idata is None:
+        return "<p>Not applicable to a MAP result.</p>"
+    from bayesmix._arviz import plot_energy
+
+    fig = _figure(6, 3.6)
+    ax = fig.add_subplot()
+    plot_energy(v.idata, ax)
+    ax.set_title("Energy: marginal vs transition (similar widths = good exploration)")
+    return _png(fig)
+
+
+def _residual_html(v: _View, frames: Any, ref_a: Any, ref_b: Any, mask: Any) -> str:
+    if frames is None:
+        return "<p>Pass <code>frames=, ref_a=, ref_b=</code> to report() to see it.</p>"
+    stack = prepare(frames, ref_a, ref_b, mask)
+    shape = stack.frame_shape
+    n = stack.frames.shape[0]
+    if n != v.center.size:
+        raise ValueError(f"frames has {n} frames but the result has {v.center.size}")
+    # mean_i (y_i - B - x_i d) = mean(y) - B - mean(x) d: one chunked pass for the mean frame.
+    total = np.zeros(int(np.prod(shape)))
+    count = np.zeros_like(total)
+    for i in range(0, n, 1024):
+        chunk = np.asarray(stack.frames[i : i + 1024], np.float64).reshape(-1, total.size)
+        ok = np.isfinite(chunk)
+        total += np.where(ok, chunk, 0.0).sum(0)
+        count += ok.sum(0)
+    a = np.asarray(ref_a, np.float64).reshape(-1)
+    b = np.asarray(ref_b, np.float64).reshape(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        resid = total / count - b - float(np.mean(v.center)) * (a - b)
+    if stack.pixels is not None:
+        keep = np.zeros(total.size, bool)
+        keep[stack.pixels] = True
+        resid[~keep] = np.nan
+    fig = _figure(6.5, 4.5)
+    ax = fig.add_subplot()
+    if len(shape) == 1:
+        ax.plot(resid)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xlabel("channel")
+        ax.set_ylabel("mean residual")
+    else:
+        img = resid.reshape(shape)
+        img = img if img.ndim == 2 else np.nanmean(img.reshape(shape[0], shape[1], -1), axis=2)
+        lim = float(np.nanmax(np.abs(img))) or 1.0
+        im = ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        fig.colorbar(im, ax=ax, label="mean residual (data - model)")
+        ax.set_xlabel("pixel column")
+        ax.set_ylabel("pixel row")
+    ax.set_title("Mean residual per pixel: where the two-reference model fails")
+    noise = v.sigma / np.sqrt(n)
+    return _png(fig) + (
+        f"<p>Pure noise would leave residuals of about sigma/sqrt(N) = {noise:.3g}; "
+        f"the largest here is {np.nanmax(np.abs(resid)):.3g}.</p>"
+    )
+
+
+def _flagged_html(v: _View) -> str:
+    import pandas as pd
+
+    bad = v.misfit_p < 1e-3
+    flagged = np.flatnonzero(v.at_bound | bad)
+    text = (
+        f"<p>{int(v.at_bound.sum())} frame(s) with the posterior piled up at a bound; "
+        f"{int(bad.sum())} frame(s) badly fit (residual larger than the noise explains: "
+        "chi-square p &lt; 0.001, i.e. a low R^2 for their contrast).</p>"
+    )
+    if flagged.size == 0:
+        return text
+    show = flagged[:50]
+    df = pd.DataFrame(
+        {
+            "x": v.center[show],
+            "lo": v.lo[show],
+            "hi": v.hi[show],
+            "R^2": v.r2[show],
+            "misfit p": v.misfit_p[show],
+            "at bound": v.at_bound[show],
+        },
+        index=pd.Index(v.frame[show], name="frame"),
+    )
+    more = f"<p>... and {flagged.size - 50} more.</p>" if flagged.size > 50 else ""
+    return text + df.to_html(border=0, float_format=lambda f: f"{f:.4g}") + more
+
+
+def report(
+    result: Any,
+    path: str | Path,
+    *,
+    frames: Any = None,
+    ref_a: Any = None,
+    ref_b: Any = None,
+    mask: Any = None,
+    prob: float = 0.9,
+    overwrite: bool = False,
+    title: str = "bayesmix report",
+) -> Path:
+    """Write a self-contained HTML report of a fit.
+
+    Parameters
+    ----------
+    result : MapResult or arviz.InferenceData
+        From :func:`bayesmix.fit_map` or :func:`bayesmix.sample`.
+    path : str or Path
+        Where to write the HTML (atomically; an existing file is kept unless ``overwrite``).
+    frames, ref_a, ref_b, mask : optional
+        The data of the fit, for the residual image (one pass for the mean frame).
+    prob : float
+        Probability of the intervals shown.
+    overwrite : bool
+        Replace an existing file.
+    title : str
+        Heading of the page.
+
+    Returns
+    -------
+    Path
+        The file written. Sections: weights per frame with bands, summary, diagnostics verdict,
+        trace/rank plots, energy plot, residual image, flagged frames.
+    """
+    if not 0 < prob < 1:
+        raise ValueError(f"prob must be in (0, 1), got {prob}")
+    v = _View(result, prob)
+    diag_html, diag = _diagnostics_html(v, result)
+    body = {
+        "Weights per frame": _weights_plot(v, prob),
+        "Summary": _summary_html(v, result),
+        "Diagnostics": diag_html,
+        "Trace and rank plots": _trace_html(v, diag),
+        "Energy": _energy_html(v),
+        "Residual image": _residual_html(v, frames, ref_a, ref_b, mask),
+        "Flagged frames": _flagged_html(v),
+    }
+    from bayesmix import __version__
+
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<p>bayesmix {__version__} &middot; {html.escape(v.kind)} &middot; "
+        f"{v.center.size} frames</p>",
+    ]
+    for name in SECTIONS:
+        anchor = name.lower().replace(" ", "-")
+        parts.append(f"<section id='{anchor}'><h2>{name}</h2>{body[name]}</section>")
+    parts.append("</body></html>")
+    page = "\n".join(parts)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(page, "utf-8"), overwrite=overwrite)
