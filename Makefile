@@ -24,6 +24,7 @@ slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_map.py
+	$(BIN)/python benchmarks/bench_nuts.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

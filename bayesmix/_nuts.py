@@ -111,7 +111,7 @@ _MCMC_CACHE: dict[tuple, Any] = {}
 BUILDS: Counter[str] = Counter()
 
 
-def _mcmc(prior, num_chains, num_warmup, num_samples, method, dtype, target_accept, progress):
+def _mcmc(prior, n, num_chains, num_warmup, num_samples, method, dtype, target_accept, progress):
     """An MCMC object per configuration, reused so that the same shapes compile once.
 
     The data go in as traced arguments (``jit_model_args=True``); only the prior (its kind and
@@ -119,7 +119,8 @@ def _mcmc(prior, num_chains, num_warmup, num_samples, method, dtype, target_acce
     """
     from numpyro.infer import MCMC, NUTS
 
-    key = (prior, num_chains, num_warmup, num_samples, method, dtype, target_accept, progress)
+    # NumPyro's compiled sampler is tied to the data shapes: the frame count is part of the key.
+    key = (prior, n, num_chains, num_warmup, num_samples, method, dtype, target_accept, progress)
     if key not in _MCMC_CACHE:
         if len(_MCMC_CACHE) >= 8:
             _MCMC_CACHE.pop(next(iter(_MCMC_CACHE)))
@@ -200,7 +201,7 @@ def sample_stats(
             ft(u_scale),
         )
         mcmc = _mcmc(
-            fit.prior, int(num_chains), int(num_warmup), int(num_samples), method, dtype,
+            fit.prior, n, int(num_chains), int(num_warmup), int(num_samples), method, dtype,
             float(target_accept), bool(progress),
         )  # fmt: skip
         init_params = {k: jnp.asarray(v, ft) for k, v in init.items()}

@@ -29,7 +29,15 @@ from bayesmix._stats import FrameStats, bucket_size, pad_stats
 from bayesmix._truncnorm import tn_moments, tn_quantile
 from bayesmix.priors import XPrior
 
-__all__ = ["PriorParams", "mode", "posterior_quantiles", "prior_params", "quantiles", "summary"]
+__all__ = [
+    "PriorParams",
+    "mode",
+    "moments",
+    "posterior_quantiles",
+    "prior_params",
+    "quantiles",
+    "summary",
+]
 
 _NEWTON_STEPS = 60
 _GRID = 2048
@@ -151,6 +159,15 @@ def summary(kind: str, stats: FrameStats, sigma2, pp: PriorParams):
         )
     at_bound = (x <= pp.lo) | (x >= pp.hi)
     return x, mean, sd, at_bound
+
+
+def moments(kind: str, stats: FrameStats, sigma2, pp: PriorParams):
+    """``(mean, sd)`` of each frame's posterior given sigma."""
+    if kind == "gaussian":
+        m, s = _gaussian(stats, sigma2, pp)
+        return tn_moments(m, s, pp.lo, pp.hi)
+    _, mean, sd = jax.lax.map(lambda st: _beta_summary1(st, sigma2, pp), stats, batch_size=_BATCH)
+    return mean, sd
 
 
 def quantiles(kind: str, stats: FrameStats, sigma2, pp: PriorParams, qs) -> jnp.ndarray:

@@ -62,7 +62,7 @@ def test_joint_map_equals_scipy_optimize_on_all_pixels(prior, sigma_prior):
     sim = bayesmix.simulate(25, shape=(6, 6), noise=0.6, seed=2)
     frames = sim.frames.astype(np.float64).reshape(25, -1)
     a, b = sim.ref_a.ravel(), sim.ref_b.ravel()
-    res = fit_map(frames, a, b, prior=prior, sigma_prior=sigma_prior)
+    res = fit_map(frames, a, b, prior=prior, sigma_prior=sigma_prior, sigma_method="joint")
     lo, hi = prior.bounds
     eps = 1e-9
     start = np.concatenate([np.full(25, 0.5 * (lo + hi)), [1.0]])
