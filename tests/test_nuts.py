@@ -77,7 +77,7 @@ def nuts_run():
 
 
 def test_nuts_agrees_with_the_exact_posterior(nuts_run):
-    sim, idata, fit = nuts_run
+    _sim, idata, fit = nuts_run
     x = idata.posterior["x"]
     ess = az.ess(idata, var_names=["x"])["x"].values
     mean = x.mean(("chain", "draw")).values
@@ -101,7 +101,7 @@ def test_nuts_90_percent_intervals_cover_90_percent(nuts_run):
 
 
 def test_inference_data_layout(nuts_run):
-    sim, idata, fit = nuts_run
+    _sim, idata, fit = nuts_run
     assert set(idata.groups()) >= {"posterior", "sample_stats", "log_likelihood", "observed_data"}
     assert idata.posterior["x"].dims == ("chain", "draw", "frame")
     assert idata.posterior["sigma"].dims == ("chain", "draw")
