@@ -164,7 +164,8 @@ def diagnose(idata: az.InferenceData) -> Diagnostics:
     bfmi = np.asarray(az.bfmi(idata))
     ess_min = ESS_MIN_PER_CHAIN * n_chains
     reasons = []
-    rhat_max = float(np.nanmax(table["rhat"]))
+    finite = table["rhat"].to_numpy()[np.isfinite(table["rhat"].to_numpy())]
+    rhat_max = float(finite.max()) if finite.size else float("nan")
     if n_chains < 2:
         reasons.append("one chain: R-hat cannot detect non-convergence; run >= 4 chains")
     elif not rhat_max <= RHAT_MAX:
