@@ -136,7 +136,10 @@ def fit_map_stats(
 
     padded, valid = pad_stats(stats, bucket_size(n_frames))
     n_tot = float(np.sum(stats.n))
-    sigma2_0 = float(np.sum(stats.rss)) / n_tot if sigma is None else float(sigma) ** 2
+    # Start from the unbiased least-squares estimate (each frame fits one weight): within the
+    # prior's pull of the fixed point, so EM needs two or three steps.
+    dof = max(n_tot - n_frames, 1.0)
+    sigma2_0 = float(np.sum(stats.rss)) / dof if sigma is None else float(sigma) ** 2
     with x64():
         kind, pp = prior_params(prior)
         ig = jnp.asarray(sigma_prior.ig_params, jnp.float64)

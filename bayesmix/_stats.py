@@ -174,10 +174,12 @@ def _stats_kernel(y2d, pixels, c, d, dd, xhat, rss, ddo, n, ninf):
                 ninf[i] = ki
 
 
-def _chunks(n_frames: int, frame_bytes: int, chunk_size: int | None) -> int:
+def _chunks(n_frames: int, frame_bytes: int, chunk_size: int | None, copies: bool) -> int:
     if chunk_size is None:
-        # ~32 MiB per chunk: large enough for the threads to share, small enough for a copy.
-        return max(1, min(n_frames, (32 << 20) // max(frame_bytes, 1)))
+        # A chunk that must be converted is copied: ~32 MiB keeps that copy cache-friendly.
+        # A view costs nothing, so take larger chunks and fewer parallel launches.
+        target = (32 << 20) if copies else (512 << 20)
+        return max(1, min(n_frames, target // max(frame_bytes, 1)))
     if int(chunk_size) != chunk_size or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     return int(chunk_size)
@@ -198,7 +200,9 @@ def stats_from_stack(
     frames = stack.frames
     n_frames = int(frames.shape[0])
     p_all = int(np.prod(stack.frame_shape))
-    step = _chunks(n_frames, p_all * dt.itemsize, chunk_size)
+    native = isinstance(frames, np.ndarray) and frames.dtype in _NATIVE
+    copies = not (native and frames.flags.c_contiguous)
+    step = _chunks(n_frames, p_all * frames.dtype.itemsize, chunk_size, copies)
     xhat = np.empty(n_frames)
     rss = np.empty(n_frames)
     ddo = np.empty(n_frames)
@@ -209,8 +213,8 @@ def stats_from_stack(
         chunk = np.asarray(frames[i:j])
         # The kernel reads float32/64 and 8-64 bit integers as they are (a view of a contiguous
         # stack); anything else (float16, byte-swapped, strided) costs one chunk-sized copy.
-        native = chunk.dtype if chunk.dtype in _NATIVE else dt
-        chunk = np.ascontiguousarray(chunk, dtype=native).reshape(j - i, p_all)
+        kind = chunk.dtype if chunk.dtype in _NATIVE else dt
+        chunk = np.ascontiguousarray(chunk, dtype=kind).reshape(j - i, p_all)
         _stats_kernel(chunk, pixels, c, d, dd, xhat[i:j], rss[i:j], ddo[i:j], n[i:j], ninf[i:j])
 
     empty = np.flatnonzero(n == 0)
