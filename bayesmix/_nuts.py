@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -106,36 +105,23 @@ def _check_counts(**counts: Any) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-_MCMC_CACHE: dict[tuple, Any] = {}
-#: How many MCMC objects were built (each compiles its sampler once per data shape).
-BUILDS: Counter[str] = Counter()
+def _mcmc(prior, num_chains, num_warmup, num_samples, method, target_accept, progress):
+    """NumPyro's NUTS on the model with this prior baked in (the data are arguments).
 
-
-def _mcmc(prior, n, num_chains, num_warmup, num_samples, method, dtype, target_accept, progress):
-    """An MCMC object per configuration, reused so that the same shapes compile once.
-
-    The data go in as traced arguments (``jit_model_args=True``); only the prior (its kind and
-    numbers) is baked into the model.
+    NumPyro compiles its sampling loop on every ``run`` (a few seconds); JAX's persistent
+    compilation cache, where the user enables it, makes repeated runs of one shape cheap.
     """
     from numpyro.infer import MCMC, NUTS
 
-    # NumPyro's compiled sampler is tied to the data shapes: the frame count is part of the key.
-    key = (prior, n, num_chains, num_warmup, num_samples, method, dtype, target_accept, progress)
-    if key not in _MCMC_CACHE:
-        if len(_MCMC_CACHE) >= 8:
-            _MCMC_CACHE.pop(next(iter(_MCMC_CACHE)))
-        BUILDS["mcmc"] += 1
-        kernel = NUTS(partial(_model, prior=prior), target_accept_prob=target_accept)
-        _MCMC_CACHE[key] = MCMC(
-            kernel,
-            num_warmup=num_warmup,
-            num_samples=num_samples,
-            num_chains=num_chains,
-            chain_method=method,
-            progress_bar=progress,
-            jit_model_args=True,
-        )
-    return _MCMC_CACHE[key]
+    kernel = NUTS(partial(_model, prior=prior), target_accept_prob=target_accept)
+    return MCMC(
+        kernel,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method=method,
+        progress_bar=progress,
+    )
 
 
 def _standardise(fit: MapResult) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +187,7 @@ def sample_stats(
             ft(u_scale),
         )
         mcmc = _mcmc(
-            fit.prior, n, int(num_chains), int(num_warmup), int(num_samples), method, dtype,
+            fit.prior, int(num_chains), int(num_warmup), int(num_samples), method,
             float(target_accept), bool(progress),
         )  # fmt: skip
         init_params = {k: jnp.asarray(v, ft) for k, v in init.items()}
