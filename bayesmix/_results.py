@@ -164,9 +164,11 @@ class MapResult:
 
         cols = self._columns(_check_prob(prob))
         ds = xr.Dataset({k: ("frame", v) for k, v in cols.items()}, coords={"frame": self.frame})
-        ds.attrs.update(
-            {k: str(v) if not isinstance(v, (int, float)) else v for k, v in self._attrs().items()}
-        )
+        # netCDF attributes hold numbers and strings: bools as 0/1, the rest as text.
+        for key, value in self._attrs().items():
+            if isinstance(value, bool):
+                value = int(value)
+            ds.attrs[key] = value if isinstance(value, (int, float)) else str(value)
         return ds
 
     def _attrs(self) -> dict[str, Any]:

@@ -99,13 +99,13 @@ def test_log_diff_ndtr_in_both_tails():
         (60.0, 0.1),
         (0.5, 30.0),
         (-2.1, 0.1),  # 21 sd below: exact formulas
-        (-2.3, 0.1),  # 23 sd below: asymptotic series
+        (-2.3, 0.1),  # 23 sd below: tail expansion
         (-1e3, 1e-3),  # a million sd below
         (2.0, 1e3),  # an uninformative frame: nearly flat on [0, 1]
     ],
 )
 def test_moments_and_quantiles_match_mpmath(m, s):
-    # Exact formulas up to 22 sd beyond a bound, asymptotic series past it: both ~1e-8 relative
+    # Exact formulas up to 22 sd beyond a bound, the tail expansion past it: both ~1e-8 relative
     # (measured). Absolute results cannot beat float64's resolution of m itself: eps * |m|.
     mean_ref, sd_ref, quant = _mp_tn(m, s, 0.0, 1.0)
     with jax.enable_x64(True):
@@ -121,14 +121,32 @@ def test_moments_and_quantiles_match_mpmath(m, s):
         assert got == pytest.approx(float(quant(q)), abs=10 * tol)
 
 
-def test_far_and_wide_is_close():
-    # 100 sd below [0, 1] with s = 100: the density on the interval is exp(-r t - t^2/2) with
-    # r = 100 and t < 0.01; the cut exponential drops t^2/2, a relative error ~ w / r = 1e-4.
-    mean_ref, sd_ref, _ = _mp_tn(-1e4, 100.0, 0.0, 1.0)
+def _mp_tail_moments(b, w):
+    """Mean and sd of t = b - z, z ~ N(0, 1) on [b - w, b], by 50-digit quadrature in t.
+
+    Quadrature in t, not the closed form: that cancels in the variance however many digits."""
+    b, w = mp.mpf(b), mp.mpf(w)
+    dens = lambda t: mp.exp(-((b - t) ** 2) / 2 + b * b / 2)  # noqa: E731
+    knots = sorted({mp.mpf(0), *(min(w, k / abs(b)) for k in (1, 10, 60)), w})
+    z = mp.quad(dens, knots)
+    mean = mp.quad(lambda t: t * dens(t), knots) / z
+    var = mp.quad(lambda t: (t - mean) ** 2 * dens(t), knots) / z
+    return float(mean), float(mp.sqrt(var))
+
+
+@pytest.mark.parametrize("b", [-5.0, -21.9, -22.01, -25.0, -100.0, -1e3, -1e5])
+@pytest.mark.parametrize("width", [1e-6, 0.01, 1.5, 2.1, 12.0, 39.0, 41.0, 1e4])
+def test_deep_and_narrow_match_mpmath(b, width):
+    # An interval `width` mean free paths (1/|b|) wide, |b| sd below the mode: every regime of
+    # tn_moments (exact formulas, Gauss-Legendre, the tail expansion). Its distance from the near
+    # bound is measured to float64's spacing at b; the sd to 1e-8 (exact formulas: ~2e-8 at 22 sd).
+    w = width / abs(b)
+    a = b - w
+    t_mean, t_sd = _mp_tail_moments(b, b - a)
     with jax.enable_x64(True):
-        mean, sd = (float(v) for v in tn_moments(jnp.float64(-1e4), jnp.float64(100.0), 0.0, 1.0))
-    assert mean == pytest.approx(mean_ref, abs=1e-4 * sd_ref)
-    assert sd == pytest.approx(sd_ref, rel=1e-4)
+        mean, sd = (float(v) for v in tn_moments(jnp.float64(0.0), jnp.float64(1.0), a, b))
+    assert b - mean == pytest.approx(t_mean, abs=1e-8 * t_sd + 2 * np.spacing(abs(b)))
+    assert sd == pytest.approx(t_sd, rel=5e-8)
 
 
 def test_moments_match_scipy_on_a_grid():
@@ -141,3 +159,14 @@ def test_moments_match_scipy_on_a_grid():
     np.testing.assert_allclose(mean, ref.mean(), rtol=1e-12)
     np.testing.assert_allclose(sd, ref.std(), rtol=1e-10)
     np.testing.assert_allclose(q, ref.ppf(0.9), rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("m", [-1e6, 0.3, 1e6])
+def test_huge_scale_is_uniform(dtype, m):
+    # s -> inf: the truncated normal tends to Uniform(0, 1), mean 1/2 and sd 1/sqrt(12), whatever
+    # m is. A float32 s of 1e30 once gave sd 0 (var underflowed) and mean 0.4375 (m + s*z).
+    with jax.enable_x64(dtype == jnp.float64):
+        mean, sd = tn_moments(jnp.asarray(m, dtype), jnp.asarray(1e30, dtype), 0.0, 1.0)
+    assert float(mean) == pytest.approx(0.5, rel=1e-6)
+    assert float(sd) == pytest.approx(1 / np.sqrt(12), rel=1e-6)
