@@ -9,13 +9,15 @@ posterior of every weight given the learned noise scale.
 from importlib.metadata import PackageNotFoundError, version
 
 from bayesmix import priors
-from bayesmix._arviz import Diagnostics, diagnose
+from bayesmix._arviz import Diagnostics, diagnose, read_idata
 from bayesmix._map import fit_map, fit_map_stats
 from bayesmix._nuts import sample, sample_stats
+from bayesmix._readers import Frames, read_frames, read_reference
 from bayesmix._report import report
 from bayesmix._results import MapResult
 from bayesmix._simulate import Simulation, sample_references, simulate
 from bayesmix._stats import FrameStats, frame_stats
+from bayesmix._writers import read_results, write_idata, write_results
 from bayesmix.priors import Beta, InverseGamma, Jeffreys, TruncatedNormal, Uniform
 
 try:
@@ -27,6 +29,7 @@ __all__ = [
     "Beta",
     "Diagnostics",
     "FrameStats",
+    "Frames",
     "InverseGamma",
     "Jeffreys",
     "MapResult",
@@ -39,9 +42,15 @@ __all__ = [
     "fit_map_stats",
     "frame_stats",
     "priors",
+    "read_frames",
+    "read_idata",
+    "read_reference",
+    "read_results",
     "report",
     "sample",
     "sample_references",
     "sample_stats",
     "simulate",
+    "write_idata",
+    "write_results",
 ]

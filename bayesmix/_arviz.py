@@ -6,12 +6,14 @@ one-file change.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bayesmix._stats import FrameStats
+from bayesmix.priors import prior_spec
 
 if TYPE_CHECKING:
     import arviz as az
@@ -19,7 +21,15 @@ if TYPE_CHECKING:
 
     from bayesmix._results import MapResult
 
-__all__ = ["Diagnostics", "diagnose", "to_inference_data"]
+__all__ = [
+    "Diagnostics",
+    "diagnose",
+    "is_inference_data",
+    "nuts_table",
+    "read_idata",
+    "to_inference_data",
+    "write_idata",
+]
 
 # Thresholds of the verdict (Vehtari et al. 2021 for R-hat and ESS; Betancourt 2016 for BFMI).
 RHAT_MAX = 1.01
@@ -62,10 +72,10 @@ def to_inference_data(
     }
     constant = {"x_map": fit.x, "sigma_map": np.asarray(fit.sigma)}
     all_attrs = {
-        "prior": repr(fit.prior),
+        "prior": prior_spec(fit.prior),
         "prior_low": fit.prior.bounds[0],
         "prior_high": fit.prior.bounds[1],
-        "sigma_prior": repr(fit.sigma_prior),
+        "sigma_prior": prior_spec(fit.sigma_prior),
         "bayesmix_version": __version__,
         "inference_library": "numpyro",
         **attrs,
@@ -229,3 +239,81 @@ def plot_energy(idata: az.InferenceData, ax: Any) -> Any:
     import arviz as az
 
     return az.plot_energy(idata, ax=ax)
+
+
+def nuts_table(idata: az.InferenceData, prob: float = 0.9) -> pd.DataFrame:
+    """One row per frame from a NUTS run: the fast path's MAP, posterior mean, sd, equal-tailed
+    ``prob`` interval, R^2, flags, the frame's statistics, R-hat and bulk ESS."""
+    import arviz as az
+    import pandas as pd
+
+    from bayesmix._results import _label
+
+    if not is_inference_data(idata):
+        raise ValueError("expected the InferenceData of bayesmix.sample (posterior 'x', 'sigma')")
+    x = idata.posterior["x"]
+    draws = x.values.reshape(-1, x.sizes["frame"])
+    tail = 0.5 * (1.0 - prob)
+    lo, hi = np.quantile(draws, [tail, 1.0 - tail], axis=0)
+    obs = idata.observed_data
+    stats = FrameStats(*(np.asarray(obs[k].values) for k in ("xhat", "rss", "dd", "n_pixels")))
+    x_map = np.asarray(idata.constant_data["x_map"].values)
+    bounds = (idata.attrs["prior_low"], idata.attrs["prior_high"])
+    df = pd.DataFrame(
+        {
+            "x_map": x_map,
+            "mean": draws.mean(axis=0),
+            "sd": draws.std(axis=0, ddof=1),
+            _label(tail): lo,
+            _label(1.0 - tail): hi,
+            "r2": stats.r2,
+            "at_bound": (x_map <= bounds[0]) | (x_map >= bounds[1]),
+            "xhat": stats.xhat,
+            "rss": stats.rss,
+            "dd": stats.dd,
+            "n_pixels": stats.n.astype(np.int64),
+            "rhat": az.rhat(idata.posterior[["x"]])["x"].values,
+            "ess_bulk": az.ess(idata.posterior[["x"]], method="bulk")["x"].values,
+        },
+        index=pd.Index(x.coords["frame"].values, name="frame"),
+    )
+    sigma = idata.posterior["sigma"].values
+    df.attrs.update(
+        {k: v for k, v in idata.attrs.items() if isinstance(v, (str, int, float, bool))}
+    )
+    df.attrs.update(
+        {"method": "nuts", "sigma": float(sigma.mean()), "sigma_sd": float(sigma.std(ddof=1))}
+    )
+    return df
+
+
+def is_inference_data(obj: Any) -> bool:
+    """Whether ``obj`` is an InferenceData with the posterior of :func:`bayesmix.sample`."""
+    import arviz as az
+
+    return (
+        isinstance(obj, az.InferenceData) and "posterior" in obj.groups() and ("x" in obj.posterior)
+    )
+
+
+def write_idata(idata: az.InferenceData, path: str) -> None:
+    """Write an InferenceData to netCDF at ``path`` (callers make it atomic)."""
+    idata.to_netcdf(path, engine="h5netcdf")
+
+
+def read_idata(path: str | os.PathLike) -> az.InferenceData:
+    """Read the InferenceData of a NUTS run from netCDF (``bayesmix.write_idata``, ``--idata``).
+
+    Raises ``ValueError`` when the file is not one.
+    """
+    import arviz as az
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        idata = az.from_netcdf(path, engine="h5netcdf")
+    except Exception as exc:  # h5py/netCDF raise many types for a foreign or corrupt file
+        raise ValueError(f"cannot read {path} as netCDF InferenceData: {exc}") from None
+    if not is_inference_data(idata):
+        raise ValueError(f"{path} holds no bayesmix posterior (groups {list(idata.groups())})")
+    return idata

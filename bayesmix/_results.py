@@ -10,7 +10,7 @@ import numpy as np
 
 from bayesmix._posterior import posterior_quantiles
 from bayesmix._stats import FrameStats
-from bayesmix.priors import SigmaPrior, XPrior
+from bayesmix.priors import SigmaPrior, XPrior, prior_spec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -136,11 +136,16 @@ class MapResult:
             "r2": self.r2,
             "at_bound": self.at_bound,
             "xhat": np.asarray(self.stats.xhat),
+            "rss": np.asarray(self.stats.rss),
+            "dd": np.asarray(self.stats.dd),
             "n_pixels": np.asarray(self.stats.n, np.int64),
         }
 
     def to_dataframe(self, prob: float = 0.9) -> pd.DataFrame:
-        """One row per frame: MAP, mean, sd, the ``prob`` interval, R^2, flags.
+        """One row per frame: MAP, mean, sd, the ``prob`` interval, R^2, flags, statistics.
+
+        ``xhat``, ``rss``, ``dd`` and ``n_pixels`` are the frame's sufficient statistics: with
+        ``sigma`` (in ``df.attrs``) they reproduce every other column.
 
         Examples
         --------
@@ -148,7 +153,7 @@ class MapResult:
         >>> sim = bayesmix.simulate(20, shape=(16, 16), seed=1)
         >>> df = bayesmix.fit_map(sim.frames, sim.ref_a, sim.ref_b).to_dataframe()
         >>> list(df.columns)
-        ['x_map', 'mean', 'sd', 'q05', 'q95', 'r2', 'at_bound', 'xhat', 'n_pixels']
+        ['x_map', 'mean', 'sd', 'q05', 'q95', 'r2', 'at_bound', 'xhat', 'rss', 'dd', 'n_pixels']
         """
         import pandas as pd
 
@@ -175,11 +180,13 @@ class MapResult:
         from bayesmix import __version__
 
         return {
+            "method": "map",
             "sigma": self.sigma,
             "sigma_fixed": self.sigma_fixed,
-            "prior": repr(self.prior),
-            "sigma_prior": repr(self.sigma_prior),
+            "prior": prior_spec(self.prior),
+            "sigma_prior": prior_spec(self.sigma_prior),
             "n_iter": self.n_iter,
+            "converged": self.converged,
             "bayesmix_version": __version__,
         }
 

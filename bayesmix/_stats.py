@@ -20,6 +20,7 @@ read as they are and converted in registers (float32 up to 16 bits, float64 abov
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numba as nb
@@ -186,9 +187,17 @@ def _chunks(n_frames: int, frame_bytes: int, chunk_size: int | None, copies: boo
 
 
 def stats_from_stack(
-    stack: Stack, *, chunk_size: int | None = None, stacklevel: int = 2
+    stack: Stack,
+    *,
+    chunk_size: int | None = None,
+    stacklevel: int = 2,
+    progress: Callable[[int], object] | None = None,
 ) -> FrameStats:
-    """The statistics pass over a validated :class:`~bayesmix._io.Stack`."""
+    """The statistics pass over a validated :class:`~bayesmix._io.Stack`.
+
+    ``progress``, if given, is called with the number of frames of each chunk done (a progress
+    bar's ``update``).
+    """
     dt = stack.dtype
     d_full = stack.ref_a - stack.ref_b
     d = d_full.astype(dt)
@@ -216,6 +225,8 @@ def stats_from_stack(
         kind = chunk.dtype if chunk.dtype in _NATIVE else dt
         chunk = np.ascontiguousarray(chunk, dtype=kind).reshape(j - i, p_all)
         _stats_kernel(chunk, pixels, c, d, dd, xhat[i:j], rss[i:j], ddo[i:j], n[i:j], ninf[i:j])
+        if progress is not None:
+            progress(j - i)
 
     empty = np.flatnonzero(n == 0)
     if empty.size:

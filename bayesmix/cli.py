@@ -1,23 +1,63 @@
-"""Command line: ``bayesmix demo`` (more commands arrive with the file readers).
+"""Command line: ``bayesmix fit | demo | simulate | report``.
 
-User errors (bad arguments, bad data, an existing output) print one line on stderr and exit with
-status 2, without a traceback. JAX's configuration may be set here, never on ``import bayesmix``.
+User errors (bad arguments, unreadable files, an existing output) print one line on stderr and
+exit with status 2, without a traceback. Outputs are written atomically and never replace an
+existing file without ``--overwrite``; every output path is checked before any work starts.
+Progress bars go to stderr, only when it is a terminal and ``--quiet`` is not given.
+
+JAX's configuration may be set here (the CLI owns its process), never on ``import bayesmix``:
+NUTS chains get one CPU host device each, which must be set before JAX starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 EXIT_USAGE = 2
+METHODS = ("map", "nuts")
+DEVICES = ("cpu", "gpu")
+
+FIT_EPILOG = """examples:
+  bayesmix fit stack.tif --ref-a fe3.tif --ref-b fe2.tif --out results.csv
+  bayesmix fit 'frames/*.png' --ref-a a.png --ref-b b.png --mask roi.npy --report report.html
+  bayesmix fit data.h5:/entry/frames --ref-a data.h5:/entry/ref_a --ref-b data.h5:/entry/ref_b
+  bayesmix fit frames.npy --ref-a a.npy --ref-b b.npy --method nuts --chains 4 \\
+      --idata posterior.nc --report report.html --prior beta:5.5,4.5
+
+priors: truncnormal:LOC,SCALE[,LOW,HIGH] (default truncnormal:0.55,0.15,0,1), uniform[:LOW,HIGH],
+        beta:A,B; noise: jeffreys (default) or invgamma:ALPHA,BETA (on sigma^2)
+formats: .tif/.tiff (one frame per page), a folder or glob of PNG/TIFF, .npy, .npz[:NAME],
+         .h5/.hdf5[:/DATASET], .zarr[:ARRAY]; outputs .csv, .parquet or .nc
+"""
 
 DEMO_EPILOG = """examples:
   bayesmix demo                      # 2000 frames of 64x64, results in ./bayesmix-demo/
   bayesmix demo --out run1 --frames 20000 --noise 0.5
 """
+
+SIMULATE_EPILOG = """examples:
+  bayesmix simulate sim --frames 1000 --shape 32 32 --noise 0.3
+  bayesmix fit sim/frames.npy --ref-a sim/ref_a.npy --ref-b sim/ref_b.npy --out sim/results.csv
+
+writes OUT/frames.npy, OUT/ref_a.npy, OUT/ref_b.npy and OUT/x_true.csv (frame, x; sigma in its
+header), from scikit-image's bundled sample images (2-D) or synthetic spectra (1-D shape)
+"""
+
+REPORT_EPILOG = """examples:
+  bayesmix report posterior.nc --out report.html     # a NUTS run (written with fit --idata)
+  bayesmix report results.csv --out report.html      # a MAP run (written with fit --out)
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input: reported in one line, exit status 2."""
 
 
 def _positive_int(text: str) -> int:
@@ -30,22 +70,84 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    from bayesmix import __version__
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1), got {text!r}")
+    return value
 
-    p = argparse.ArgumentParser(
+
+def _version() -> str:
+    # Not `from bayesmix import __version__`: that would start JAX before --device is applied.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bayesmix")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
         prog="bayesmix",
-        description="Bayesian estimation of mixing coefficients in image sequences.",
+        description="Bayesian estimation of mixing coefficients in image sequences: each frame "
+        "is x*A + (1-x)*B + noise; bayesmix estimates every x with honest uncertainty.",
     )
-    p.add_argument("--version", action="version", version=f"bayesmix {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("--version", action="version", version=f"bayesmix {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    raw = argparse.RawDescriptionHelpFormatter
+
+    fit = sub.add_parser(
+        "fit",
+        help="fit a stack of frames against two references",
+        description="Estimate the weight x of reference A in every frame: the fast MAP path "
+        "with exact per-frame intervals (--method map, default) or the full joint posterior "
+        "with NUTS (--method nuts).",
+        epilog=FIT_EPILOG,
+        formatter_class=raw,
+    )
+    fit.add_argument("frames", metavar="FRAMES", help="stack file, folder or glob of images")
+    fit.add_argument("--ref-a", required=True, metavar="A", help="reference A (x is its weight)")
+    fit.add_argument("--ref-b", required=True, metavar="B", help="reference B")
+    fit.add_argument("--mask", metavar="M", help="boolean mask of the pixels to use (True keeps)")
+    fit.add_argument("--method", choices=METHODS, default="map", help="default: %(default)s")
+    fit.add_argument("--prior", default="truncnormal:0.55,0.15,0,1", metavar="SPEC",
+                     help="prior on x (default: %(default)s)")  # fmt: skip
+    fit.add_argument("--sigma-prior", default="jeffreys", metavar="SPEC",
+                     help="prior on the noise (default: %(default)s)")  # fmt: skip
+    fit.add_argument("--chains", type=_positive_int, default=4, help="NUTS chains (default 4)")
+    fit.add_argument("--warmup", type=_positive_int, default=500, help="NUTS warm-up draws")
+    fit.add_argument("--samples", type=_positive_int, default=500, help="NUTS draws per chain")
+    fit.add_argument("--seed", type=int, default=0, help="random seed (same seed, same numbers)")
+    fit.add_argument("--prob", type=_probability, default=0.9, help="interval mass (default 0.9)")
+    fit.add_argument(
+        "--out",
+        default="results.csv",
+        metavar="PATH",
+        help="per-frame results: .csv, .parquet or .nc (default: %(default)s)",
+    )
+    fit.add_argument("--idata", metavar="PATH", help="NUTS InferenceData as netCDF (.nc)")
+    fit.add_argument("--report", metavar="PATH", help="HTML report")
+    fit.add_argument("--device", choices=DEVICES, help="JAX device (default: JAX's default)")
+    fit.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    fit.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+
     demo = sub.add_parser(
         "demo",
         help="fit a simulated stack built from scikit-image's sample images",
         description="Simulate frames x*A + (1-x)*B + noise from two of scikit-image's bundled "
-        "sample images, fit them with the fast MAP path, print a table and write the results.",
+        "sample images, fit them with the fast MAP path, print a table, and write the results "
+        "and an HTML report.",
         epilog=DEMO_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=raw,
     )
     demo.add_argument("--out", default="bayesmix-demo", help="output folder (default: %(default)s)")
     demo.add_argument("--frames", type=_positive_int, default=2000, help="number of frames")
@@ -53,21 +155,176 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--noise", type=float, default=0.3, help="pixel noise sd (images in [0, 1])")
     demo.add_argument("--seed", type=int, default=0, help="random seed (same seed, same numbers)")
     demo.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+    sim = sub.add_parser(
+        "simulate",
+        help="write a simulated test stack, its references and the true x",
+        description="Write a simulated stack y_i = x_i*A + (1-x_i)*B + noise with known x.",
+        epilog=SIMULATE_EPILOG,
+        formatter_class=raw,
+    )
+    sim.add_argument("out", metavar="OUT", help="output folder (created if missing)")
+    sim.add_argument("--frames", type=_positive_int, required=True, help="number of frames")
+    sim.add_argument("--shape", type=_positive_int, nargs="+", default=[64, 64], metavar="N",
+                     help="frame shape: H W, or P for spectra (default: 64 64)")  # fmt: skip
+    sim.add_argument("--noise", type=float, default=0.3, help="pixel noise sd (default 0.3)")
+    sim.add_argument("--seed", type=int, default=0, help="random seed")
+    sim.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+    rep = sub.add_parser(
+        "report",
+        help="write the HTML report of a saved fit",
+        description="Write the HTML report of a NUTS InferenceData (.nc) or of a MAP results "
+        "file (.csv, .parquet, .nc) written by 'bayesmix fit'.",
+        epilog=REPORT_EPILOG,
+        formatter_class=raw,
+    )
+    rep.add_argument("source", metavar="IDATA_OR_RESULTS", help="file written by bayesmix fit")
+    rep.add_argument("--out", required=True, metavar="PATH", help="HTML file to write")
+    rep.add_argument("--prob", type=_probability, default=0.9, help="interval mass (default 0.9)")
+    rep.add_argument("--overwrite", action="store_true", help="replace an existing report")
     return p
+
+
+def _free(paths: Sequence[str | Path | None], overwrite: bool) -> None:
+    """Fail before any work if an output exists (and --overwrite is not given) or cannot go."""
+    seen = set()
+    for path in paths:
+        if path is None:
+            continue
+        path = Path(path)
+        if path.resolve() in seen:
+            raise UserError(f"two outputs go to the same file {path}")
+        seen.add(path.resolve())
+        if path.exists() and not overwrite:
+            raise UserError(f"{path} already exists; pass --overwrite to replace it")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise UserError(f"output folder {parent} does not exist")
+
+
+def _show(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def _bar(quiet: bool, total: int | None, desc: str) -> Iterator[Any]:
+    """A tqdm bar on stderr, or a no-op when quiet or stderr is not a terminal."""
+    from tqdm import tqdm
+
+    with tqdm(
+        total=total, desc=desc, unit="frame", disable=not _show(quiet), file=sys.stderr
+    ) as bar:
+        yield bar
+
+
+def _device(name: str | None) -> Any:
+    """A context that makes ``name`` JAX's default device."""
+    if name is None:
+        return contextlib.nullcontext()
+    import jax
+
+    try:
+        devices = jax.devices(name)
+    except RuntimeError:
+        raise UserError(
+            f"--device {name}: JAX sees no {name.upper()} (available: "
+            f"{sorted({d.platform for d in jax.devices()})}); for a GPU install jax[cuda12]"
+        ) from None
+    return jax.default_device(devices[0])
+
+
+def _fit(args: argparse.Namespace) -> int:
+    outputs = [args.out, args.idata, args.report]
+    if args.idata is not None and args.method != "nuts":
+        raise UserError("--idata needs --method nuts (the MAP path has no posterior draws)")
+    _free(outputs, args.overwrite)
+    if args.method == "nuts" and "xla_force_host_platform_device_count" not in os.environ.get(
+        "XLA_FLAGS", ""
+    ):
+        # One CPU device per chain, so chains run in parallel; only effective before JAX starts.
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.chains}"
+
+    import bayesmix
+    from bayesmix._io import prepare
+    from bayesmix._map import fit_map_stats
+    from bayesmix._nuts import sample_stats
+    from bayesmix._readers import read_frames, read_reference
+    from bayesmix._stats import stats_from_stack
+    from bayesmix._writers import write_idata, write_results
+    from bayesmix.priors import parse_prior, parse_sigma_prior
+
+    prior = parse_prior(args.prior)
+    sigma_prior = parse_sigma_prior(args.sigma_prior)
+    with _device(args.device):
+        t0 = time.perf_counter()
+        with _bar(args.quiet, None, "reading") as bar:
+            frames = read_frames(args.frames, progress=bar.update)
+        ref_a = read_reference(args.ref_a)
+        ref_b = read_reference(args.ref_b)
+        mask = None if args.mask is None else _mask(read_reference(args.mask), args.mask)
+        stack = prepare(frames.data, ref_a, ref_b, mask)
+        n = int(stack.frames.shape[0])
+        with _bar(args.quiet, n, "statistics") as bar:
+            stats = stats_from_stack(stack, progress=bar.update, stacklevel=1)
+        labels = frames.source
+        common = {"prior": prior, "sigma_prior": sigma_prior}
+        if args.method == "map":
+            result = fit_map_stats(stats, **common)
+        else:
+            result = sample_stats(
+                stats, **common, num_chains=args.chains, num_warmup=args.warmup,
+                num_samples=args.samples, seed=args.seed, progress=_show(args.quiet),
+            )  # fmt: skip
+        meta = {"frames": str(args.frames), "ref_a": str(args.ref_a), "ref_b": str(args.ref_b),
+                "mask": str(args.mask), "seed": args.seed}  # fmt: skip
+        written = [write_results(result, args.out, prob=args.prob, source=labels,
+                                 overwrite=args.overwrite, meta=meta)]  # fmt: skip
+        if args.idata is not None:
+            written.append(write_idata(result, args.idata, overwrite=args.overwrite))
+        if args.report is not None:
+            written.append(
+                bayesmix.report(result, args.report, frames=stack.frames, ref_a=ref_a,
+                                ref_b=ref_b, mask=mask, prob=args.prob, overwrite=args.overwrite)
+            )  # fmt: skip
+        seconds = time.perf_counter() - t0
+
+    if not args.quiet:
+        print(f"bayesmix fit ({args.method}): {n} frames of shape {stack.frame_shape} "
+              f"in {seconds:.1f} s")  # fmt: skip
+        if args.method == "map":
+            print(result.summary())
+        else:
+            print(f"sigma = {float(result.posterior['sigma'].mean()):.6g}")
+            print(bayesmix.diagnose(result))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _mask(mask: Any, name: str) -> Any:
+    """A mask file as booleans: bool, or integers that are all 0 or 1 (an image saved as 0/1)."""
+    import numpy as np
+
+    if mask.dtype == bool:
+        return mask
+    if mask.dtype.kind in "iu" and np.all((mask == 0) | (mask == 1)):
+        return mask.astype(bool)
+    raise UserError(f"--mask {name} must hold booleans or 0/1 integers, got dtype {mask.dtype}")
 
 
 def _demo(args: argparse.Namespace) -> int:
     import numpy as np
 
-    import bayesmix
-    from bayesmix._io import atomic_write
-
     out = Path(args.out)
-    results_path = out / "results.csv"
-    if results_path.exists() and not args.overwrite:
-        raise FileExistsError(f"{results_path} already exists; pass --overwrite to replace it")
+    results_path, report_path = out / "results.csv", out / "report.html"
+    if out.exists():
+        _free([results_path, report_path], args.overwrite)
     if not (np.isfinite(args.noise) and args.noise > 0):
-        raise ValueError(f"--noise must be a positive number, got {args.noise}")
+        raise UserError(f"--noise must be a positive number, got {args.noise}")
+
+    import bayesmix
 
     t0 = time.perf_counter()
     sim = bayesmix.simulate(
@@ -78,10 +335,14 @@ def _demo(args: argparse.Namespace) -> int:
     lo, hi = res.interval(0.9)
     t2 = time.perf_counter()
 
-    df = res.to_dataframe(0.9)
-    df.insert(0, "x_true", sim.x)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(results_path, lambda tmp: df.to_csv(tmp), overwrite=args.overwrite)
+    meta = {"demo": f"simulate({args.frames}, noise={args.noise}, seed={args.seed})",
+            "sigma_true": sim.sigma}  # fmt: skip
+    # The truth beside the estimates, for the reader of the demo.
+    bayesmix.write_results(res, results_path, columns={"x_true": sim.x}, meta=meta,
+                           overwrite=args.overwrite)  # fmt: skip
+    bayesmix.report(res, report_path, frames=sim.frames, ref_a=sim.ref_a, ref_b=sim.ref_b,
+                    overwrite=args.overwrite, title="bayesmix demo")  # fmt: skip
 
     n = res.n_frames
     d = sim.ref_a - sim.ref_b
@@ -106,20 +367,87 @@ def _demo(args: argparse.Namespace) -> int:
         f"posterior-mean RMSE vs truth {rmse:.4f}; "
         f"90% intervals cover {100 * covered:.1f}% of true x"
     )
-    print(f"full results ({len(df.columns)} columns per frame): {results_path}")
+    print(f"full results (one row per frame): {results_path}")
+    print(f"report: {report_path}")
     return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    out = Path(args.out)
+    names = ("frames.npy", "ref_a.npy", "ref_b.npy", "x_true.csv")
+    if len(args.shape) > 2:
+        raise UserError(f"--shape takes H W (images) or P (spectra), got {args.shape}")
+    if not (np.isfinite(args.noise) and args.noise > 0):
+        raise UserError(f"--noise must be a positive number, got {args.noise}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder")
+    if out.is_dir():
+        _free([out / n for n in names], args.overwrite)
+
+    import bayesmix
+    from bayesmix._io import atomic_write
+
+    sim = bayesmix.simulate(args.frames, shape=tuple(args.shape), noise=args.noise, seed=args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, arr in zip(names[:3], (sim.frames, sim.ref_a, sim.ref_b), strict=True):
+        # np.save on a file object: a path argument would get '.npy' appended to the temp name.
+        def save(tmp: str, arr: Any = arr) -> None:
+            with open(tmp, "wb") as fh:
+                np.save(fh, arr, allow_pickle=False)
+
+        atomic_write(out / name, save, overwrite=args.overwrite)
+
+    def write_x(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            fh.write(f"# sigma: {sim.sigma!r}\n# seed: {args.seed}\nframe,x\n")
+            fh.writelines(f"{i},{x!r}\n" for i, x in enumerate(sim.x.tolist()))
+
+    atomic_write(out / names[3], write_x, overwrite=args.overwrite)
+    print(f"wrote {args.frames} frames of shape {tuple(args.shape)} (noise sd {sim.sigma}) "
+          f"to {out}/: {', '.join(names)}")  # fmt: skip
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    _free([args.out], args.overwrite)
+    src = Path(args.source)
+    if not src.is_file():
+        raise UserError(f"no such file: {src}")
+    import bayesmix
+    from bayesmix._arviz import is_inference_data, read_idata
+    from bayesmix._writers import map_result_from_table, read_results
+
+    result: Any = None
+    if src.suffix.lower() == ".nc":
+        with contextlib.suppress(ValueError):
+            result = read_idata(src)
+    if not is_inference_data(result):
+        result = map_result_from_table(read_results(src))
+    path = bayesmix.report(result, args.out, prob=args.prob, overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"fit": _fit, "demo": _demo, "simulate": _simulate, "report": _report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bayesmix`` console script."""
-    args = _parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            return _demo(args)
-    except (ValueError, OSError) as exc:
-        print(f"bayesmix: error: {exc}", file=sys.stderr)
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (already printed)
+        return int(exc.code or 0)
+    try:
+        return COMMANDS[args.command](args)
+    except (UserError, ValueError, OSError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"bayesmix: error: {message}", file=sys.stderr)
         return EXIT_USAGE
-    return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("bayesmix: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -34,7 +34,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import betaln, log_ndtr, xlog1py, xlogy
 
-__all__ = ["Beta", "InverseGamma", "Jeffreys", "TruncatedNormal", "Uniform", "XPrior", "SigmaPrior"]
+__all__ = [
+    "Beta",
+    "InverseGamma",
+    "Jeffreys",
+    "SigmaPrior",
+    "TruncatedNormal",
+    "Uniform",
+    "XPrior",
+    "parse_prior",
+    "parse_sigma_prior",
+    "prior_spec",
+]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -307,3 +318,80 @@ def check_sigma_prior(prior: object | None) -> SigmaPrior:
             f"got {type(prior).__name__}"
         )
     return prior
+
+
+# name -> (class, parameter names); the short text form used by the CLI and in result files.
+_X_SPECS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "truncnormal": (TruncatedNormal, ("loc", "scale", "low", "high")),
+    "uniform": (Uniform, ("low", "high")),
+    "beta": (Beta, ("a", "b")),
+}
+_SIGMA_SPECS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "jeffreys": (Jeffreys, ()),
+    "invgamma": (InverseGamma, ("concentration", "scale")),
+}
+# Fewest parameters each form accepts (the rest take the class defaults).
+_MIN_ARGS = {"truncnormal": 2, "uniform": 0, "beta": 2, "jeffreys": 0, "invgamma": 2}
+
+
+def _parse(spec: str, table: dict[str, tuple[type, tuple[str, ...]]], what: str) -> object:
+    if not isinstance(spec, str):
+        raise ValueError(f"{what} spec must be a string such as 'beta:2,2', got {spec!r}")
+    name, _, args = spec.strip().partition(":")
+    name = name.strip().lower()
+    forms = ", ".join(f"{k}:{','.join(v[1]).upper()}" if v[1] else k for k, v in table.items())
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}; expected one of: {forms}")
+    cls, params = table[name]
+    try:
+        values = [float(v) for v in args.split(",")] if args.strip() else []
+    except ValueError:
+        raise ValueError(f"{what} {spec!r}: parameters must be numbers, as in {forms}") from None
+    if not _MIN_ARGS[name] <= len(values) <= len(params):
+        raise ValueError(
+            f"{what} {spec!r} takes {_MIN_ARGS[name]} to {len(params)} parameters "
+            f"({', '.join(params) or 'none'}), got {len(values)}"
+        )
+    return cls(*values)
+
+
+def parse_prior(spec: str) -> XPrior:
+    """Build a prior on x from its short text form (the CLI's ``--prior``).
+
+    Forms: ``truncnormal:LOC,SCALE[,LOW,HIGH]``, ``uniform[:LOW,HIGH]``, ``beta:A,B``.
+
+    Examples
+    --------
+    >>> from bayesmix.priors import parse_prior
+    >>> parse_prior("truncnormal:0.5,0.2")
+    TruncatedNormal(loc=0.5, scale=0.2, low=0.0, high=1.0)
+    >>> parse_prior("gamma:1,2")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown prior 'gamma'; expected one of: truncnormal:LOC,SCALE,LOW,HIGH, ...
+    """
+    return _parse(spec, _X_SPECS, "prior")  # type: ignore[return-value]
+
+
+def parse_sigma_prior(spec: str) -> SigmaPrior:
+    """Build a prior on sigma from its short text form: ``jeffreys`` or ``invgamma:ALPHA,BETA``."""
+    return _parse(spec, _SIGMA_SPECS, "sigma prior")  # type: ignore[return-value]
+
+
+def prior_spec(prior: XPrior | SigmaPrior) -> str:
+    """The short text form of a prior: the inverse of :func:`parse_prior` and
+    :func:`parse_sigma_prior`.
+
+    Examples
+    --------
+    >>> from bayesmix.priors import Beta, parse_prior, prior_spec
+    >>> prior_spec(Beta(2.0, 3.0))
+    'beta:2,3'
+    >>> parse_prior(prior_spec(Beta(2.0, 3.0))) == Beta(2.0, 3.0)
+    True
+    """
+    for name, (cls, params) in {**_X_SPECS, **_SIGMA_SPECS}.items():
+        if type(prior) is cls:
+            values = ",".join(f"{float(getattr(prior, p))!r}".removesuffix(".0") for p in params)
+            return f"{name}:{values}" if values else name
+    raise ValueError(f"not a bayesmix prior: {prior!r}")

@@ -1,0 +1,305 @@
+"""Readers: frame stacks and references from files (chosen by extension) or array objects.
+
+Supported sources:
+
+- multi-page TIFF (``.tif``, ``.tiff``), one frame per page;
+- a folder, or a glob pattern, of PNG/TIFF images, one frame per file in natural sort order
+  (``img2.png`` before ``img10.png``);
+- ``.npy``, memory-mapped and loaded with ``allow_pickle=False``;
+- ``.npz``: ``file.npz:name`` picks an array (the name may be left out when there is one);
+- HDF5 (``.h5``, ``.hdf5``, ``.he5``, ``.nxs``): ``file.h5:/group/dataset``, read lazily;
+- zarr (``.zarr``): ``store.zarr`` for an array, ``store.zarr:path`` inside a group;
+- in Python, numpy arrays, xarray DataArrays (dimension ``frame`` first) and dask arrays.
+
+Integer images keep their dtype here; the statistics pass converts them exactly (8- and 16-bit to
+float32, wider to float64), so nothing overflows. Any failure to read becomes a ``ValueError``
+naming the file and what was expected (``FileNotFoundError`` for a missing path).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = ["Frames", "read_frames", "read_reference"]
+
+_TIFF = (".tif", ".tiff")
+_IMAGES = (".png", *_TIFF)
+_HDF5 = (".h5", ".hdf5", ".he5", ".nxs")
+_KEYED = (".npz", ".zarr", *_HDF5)
+SUPPORTED = (".npy", ".npz", *_TIFF, ".png", *_HDF5, ".zarr")
+
+
+class Frames(NamedTuple):
+    """A frame stack and, where known, where each frame came from."""
+
+    #: array-like, shape (N, *S): ndarray, memory map, HDF5/zarr dataset or dask array
+    data: Any
+    #: ndarray of str, shape (N,): file (and page) of each frame, or None
+    source: np.ndarray | None
+
+
+def _natural_key(text: str) -> list[Any]:
+    """Sort key that orders digit runs by value: img2 < img10."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def _split_key(source: str | os.PathLike, key: str | None) -> tuple[Path, str | None]:
+    """``file.h5:/data`` -> (file.h5, '/data'); a path that exists as given is never split."""
+    text = os.fspath(source)
+    path = Path(text)
+    if key is None and not path.exists() and ":" in text:
+        head, _, tail = text.rpartition(":")
+        if Path(head).suffix.lower() in _KEYED and tail:
+            return Path(head), tail
+    return path, key
+
+
+def _fail(path: Path, kind: str, exc: BaseException) -> ValueError:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ValueError(f"cannot read {path} as {kind}: {msg}")
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+            raise ValueError(
+                f"{path} holds Python objects (a pickled array); bayesmix loads .npy files with "
+                "allow_pickle=False for safety: save a plain numeric array with np.save"
+            ) from None
+        raise _fail(path, ".npy", exc) from None
+    except Exception as exc:  # numpy raises several types for a truncated or foreign file
+        raise _fail(path, ".npy", exc) from None
+
+
+def _read_npz(path: Path, key: str | None) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = list(npz.files)
+            if key is None:
+                if len(names) != 1:
+                    raise KeyError(f"it holds {len(names)} arrays {names}; name one: {path}:NAME")
+                key = names[0]
+            if key not in names:
+                raise KeyError(f"no array {key!r}; it holds {names}")
+            return npz[key]
+    except KeyError as exc:
+        raise ValueError(f"cannot read {path}: {exc.args[0]}") from None
+    except ValueError as exc:
+        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+            raise ValueError(
+                f"{path}:{key} holds Python objects (pickled); bayesmix loads with "
+                "allow_pickle=False: save plain numeric arrays with np.savez"
+            ) from None
+        raise _fail(path, ".npz", exc) from None
+    except Exception as exc:
+        raise _fail(path, ".npz", exc) from None
+
+
+def _read_hdf5(path: Path, key: str | None) -> Any:
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except Exception as exc:
+        raise _fail(path, "HDF5", exc) from None
+    if key is None:
+        names: list[str] = []
+        f.visititems(lambda name, obj: isinstance(obj, h5py.Dataset) and names.append(name))
+        if len(names) != 1:
+            raise ValueError(
+                f"{path} holds {len(names)} datasets {names[:10]}; name one: {path}:/DATASET"
+            )
+        key = names[0]
+    obj = f.get(key)
+    if not isinstance(obj, h5py.Dataset):
+        raise ValueError(f"{path} has no dataset {key!r}; give it as {path}:/group/dataset")
+    return obj  # lazy: the statistics pass reads it chunk by chunk
+
+
+def _read_zarr(path: Path, key: str | None) -> Any:
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise _fail(path, "zarr", exc) from None
+    if key is not None:
+        try:
+            node = node[key]
+        except Exception:
+            raise ValueError(f"{path} has no array {key!r}") from None
+    if not hasattr(node, "dtype"):
+        names = [name for name, _ in node.arrays()] if hasattr(node, "arrays") else []
+        if len(names) != 1:
+            raise ValueError(f"{path} is a zarr group with arrays {names}; name one: {path}:NAME")
+        node = node[names[0]]
+    return node
+
+
+def _read_tiff(path: Path) -> Frames:
+    """Every page of a TIFF, one frame each (a single page is one frame)."""
+    import tifffile
+
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # its warnings about a corrupt file become our one error
+    try:
+        with tifffile.TiffFile(path) as tif:
+            n_pages = len(tif.pages)
+            if n_pages == 0:
+                raise ValueError("no readable image page (corrupt or truncated file?)")
+            data = tif.asarray(key=range(n_pages)) if n_pages > 1 else tif.asarray()[None]
+    except Exception as exc:
+        raise _fail(path, "TIFF", exc) from None
+    finally:
+        log.setLevel(level)
+    return Frames(data, np.asarray([f"{path.name}:{i}" for i in range(n_pages)]))
+
+
+def _read_image(path: Path) -> np.ndarray:
+    if path.suffix.lower() in _TIFF:
+        import tifffile
+
+        reader, kind = tifffile.imread, "TIFF"
+    else:
+        import imageio.v3 as iio
+
+        reader, kind = iio.imread, "an image"
+    try:
+        return np.asarray(reader(path))
+    except Exception as exc:
+        raise _fail(path, kind, exc) from None
+
+
+def _read_images(paths: list[Path], origin: str, progress: Any = None) -> Frames:
+    if not paths:
+        raise ValueError(f"{origin} holds no PNG or TIFF image ({', '.join(_IMAGES)})")
+    paths = sorted(paths, key=lambda p: _natural_key(p.name))
+    first = _read_image(paths[0])
+    out = np.empty((len(paths), *first.shape), first.dtype)
+    out[0] = first
+    for i, p in enumerate(paths[1:], start=1):
+        img = _read_image(p)
+        if img.shape != first.shape or img.dtype != first.dtype:
+            raise ValueError(
+                f"images in {origin} must share shape and dtype: {paths[0].name} is "
+                f"{first.shape} {first.dtype}, {p.name} is {img.shape} {img.dtype}"
+            )
+        out[i] = img
+        if progress is not None:
+            progress(1)
+    return Frames(out, np.asarray([p.name for p in paths]))
+
+
+def _from_object(obj: Any) -> Frames:
+    dims = getattr(obj, "dims", None)
+    if dims is not None and hasattr(obj, "coords"):  # an xarray DataArray
+        if "frame" not in dims:
+            raise ValueError(
+                f"an xarray DataArray of frames needs a 'frame' dimension, got dims {tuple(dims)}"
+            )
+        obj = obj.transpose("frame", ...)
+        labels = np.asarray(obj["frame"].values).astype(str) if "frame" in obj.coords else None
+        return Frames(obj.data, labels)
+    return Frames(obj, None)
+
+
+def read_frames(source: Any, *, key: str | None = None, progress: Any = None) -> Frames:
+    """Read a stack of frames from a file, a folder, a glob pattern or an array object.
+
+    Parameters
+    ----------
+    source : str, path or array
+        A ``.tif``/``.tiff`` (one frame per page), ``.npy``, ``.npz``, HDF5 or ``.zarr`` file; a
+        folder or glob pattern of PNG/TIFF images (one frame each, natural sort order); or a
+        numpy, dask or xarray array (xarray: dimension ``frame`` first).
+    key : str, optional
+        Array inside a ``.npz``, HDF5 or zarr container; also given as ``file.h5:/dataset``.
+    progress : callable, optional
+        Called with 1 after each image of a folder is read (a progress bar's ``update``).
+
+    Returns
+    -------
+    Frames
+        ``data`` of shape (N, *S) (lazy for ``.npy``, HDF5, zarr and dask), and ``source``, the
+        file (and page) of each frame where known, else None.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "stack.npy"
+    >>> np.save(path, np.zeros((3, 4, 4), np.uint16))
+    >>> frames = read_frames(path)
+    >>> frames.data.shape, frames.data.dtype
+    ((3, 4, 4), dtype('uint16'))
+    >>> _ = path.with_suffix(".txt").write_text("1 2 3")
+    >>> read_frames(path.with_suffix(".txt"))
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot tell the format of .../stack.txt from its extension ...
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return _from_object(source)
+    text = os.fspath(source)
+    if any(c in text for c in "*?[") and not Path(text).exists():
+        return _read_images([Path(p) for p in glob.glob(text) if _is_image(p)], text, progress)
+    path, key = _split_key(text, key)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    suffix = path.suffix.lower()
+    if path.is_dir() and suffix != ".zarr":
+        return _read_images([p for p in path.iterdir() if _is_image(p)], str(path), progress)
+    if suffix in _TIFF:
+        return _read_tiff(path)
+    if suffix == ".png":
+        return Frames(_read_image(path)[None], np.asarray([path.name]))
+    return Frames(_read_array(path, key), None)
+
+
+def _is_image(p: str | Path) -> bool:
+    return Path(p).suffix.lower() in _IMAGES and Path(p).is_file()
+
+
+def _read_array(path: Path, key: str | None) -> Any:
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return _read_npy(path)
+    if suffix == ".npz":
+        return _read_npz(path, key)
+    if suffix in _HDF5:
+        return _read_hdf5(path, key)
+    if suffix == ".zarr":
+        return _read_zarr(path, key)
+    raise ValueError(
+        f"cannot tell the format of {path} from its extension {suffix or '(none)'!r}; "
+        f"supported: {', '.join(SUPPORTED)}, or a folder of images"
+    )
+
+
+def read_reference(source: Any, *, key: str | None = None) -> np.ndarray:
+    """Read one reference frame: an image (PNG/TIFF, one page), ``.npy``, ``.npz``, HDF5 or zarr.
+
+    Returns
+    -------
+    ndarray, shape S
+        The reference as stored (integers are converted later, exactly).
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return np.asarray(source)
+    path, key = _split_key(source, key)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix.lower() in _IMAGES:
+        data = _read_image(path)
+    else:
+        data = _read_array(path, key)
+    return np.asarray(data)

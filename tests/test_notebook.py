@@ -1,0 +1,135 @@
+"""The example notebook: it runs top to bottom, and it is stored without outputs.
+
+nbclient, nbformat and ipykernel are declared test dependencies (``bayesmix[notebook]``): they are
+imported at module level so that a missing one fails the run instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbclient
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "uncertainty_analysis.ipynb"
+KERNEL = "python3"
+PROBE = (
+    "import sys\nprint('KERNEL_PREFIX=' + sys.prefix)\nprint('KERNEL_EXECUTABLE=' + sys.executable)"
+)
+
+
+def _kernel_manager(tmp_path: Path) -> KernelManager:
+    """A ``python3`` kernel that runs this interpreter (the project's virtualenv), whatever
+    kernelspecs are installed for the user or the system: the spec lives in a temporary
+    directory and names ``sys.executable``."""
+    spec_dir = tmp_path / "kernels" / KERNEL
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (bayesmix tests)",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
+    return KernelManager(
+        kernel_name=KERNEL,
+        kernel_spec_manager=ksm,
+        connection_file=str(tmp_path / "connection.json"),
+    )
+
+
+def _stream_text(nb) -> str:
+    return "".join(
+        out.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "stream" and out.get("name") == "stdout"
+    )
+
+
+def _n_images(nb) -> int:
+    return sum(
+        "image/png" in out.get("data", {})
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+    )
+
+
+@pytest.fixture(scope="module")
+def stored():
+    return nbformat.read(NOTEBOOK, as_version=4)
+
+
+def test_notebook_is_stored_without_outputs(stored):
+    nbformat.validate(stored)
+    assert stored.metadata["kernelspec"]["name"] == KERNEL
+    code = [c for c in stored.cells if c.cell_type == "code"]
+    assert code, "the notebook has no code cells"
+    for i, cell in enumerate(stored.cells):
+        if cell.cell_type != "code":
+            continue
+        assert cell.get("outputs") == [], f"cell {i} has stored outputs"
+        assert cell.get("execution_count") is None, f"cell {i} has an execution count"
+        assert "execution" not in cell.get("metadata", {}), f"cell {i} has execution timings"
+
+
+def test_notebook_runs(stored, tmp_path):
+    nb = nbformat.from_dict(json.loads(json.dumps(stored)))  # a copy: never touch the file
+    nb.cells.append(nbformat.v4.new_code_cell(PROBE))
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")}
+    client = nbclient.NotebookClient(
+        nb,
+        km=_kernel_manager(tmp_path),
+        kernel_name=KERNEL,
+        timeout=600,
+        resources={"metadata": {"path": str(tmp_path)}},  # the kernel's working directory
+    )
+    t0 = time.perf_counter()
+    client.execute(env=env)  # raises CellExecutionError on the first failing cell
+    seconds = time.perf_counter() - t0
+    print(f"\nnotebook executed in {seconds:.1f} s")
+
+    errors = [
+        out
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+        if out.output_type == "error"
+    ]
+    assert not errors
+    text = _stream_text(nb)
+
+    # The kernel ran this interpreter, not whatever "python3" a user's kernelspec names.
+    prefix = re.search(r"KERNEL_PREFIX=(.+)", text)
+    assert prefix and Path(prefix.group(1).strip()) == Path(sys.prefix), text[-500:]
+
+    # Key results: calibrated intervals, a diagnose verdict, the comparison, LOO, PPC, residual.
+    cov = re.search(r"coverage of the 90% intervals \(fit_map\): ([0-9.]+)", text)
+    assert cov, "no fit_map coverage printed"
+    assert 0.8 <= float(cov.group(1)) <= 0.97
+    cov_nuts = re.search(r"coverage of the 90% intervals \(NUTS\):\s+([0-9.]+)", text)
+    assert cov_nuts and 0.8 <= float(cov_nuts.group(1)) <= 0.97
+    assert re.search(r"diagnose verdict: (PASS|WARN)", text)
+    diff = re.search(r"max \|NUTS mean - fit_map mean\| = ([0-9.]+) posterior sd", text)
+    assert diff and float(diff.group(1)) < 0.5
+    assert re.search(r"leave-one-frame-out elpd, direct : -?[0-9.]+", text)
+    assert re.search(r"posterior predictive p = [0-9.]+", text)
+    z = re.search(r"mean residual image in units of sigma/sqrt\(N\): sd ([0-9.]+)", text)
+    assert z and 0.8 < float(z.group(1)) < 1.2
+    assert "report: report.html" in text
+    assert _n_images(nb) >= 10
+    # Nothing written next to the notebook or in the kernel's working directory.
+    assert not list(NOTEBOOK.parent.glob("*.npy")) and not list(NOTEBOOK.parent.glob("*.html"))
+    assert not list(tmp_path.glob("*.npy")) and not list(tmp_path.glob("*.html"))
+    # The notebook is meant to run in well under a minute; allow for a slow, shared machine.
+    assert seconds < 180, f"the notebook took {seconds:.0f} s"
