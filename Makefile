@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench slow clean
+.PHONY: demo test docs bench slow clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,11 @@ demo: $(STAMP)
 	$(BIN)/bayesmix demo --out demo-output --overwrite
 
 test: $(STAMP)
-	$(BIN)/ruff check bayesmix tests benchmarks
+	$(BIN)/ruff check bayesmix tests benchmarks notebooks docs
 	$(BIN)/python -m pytest -q
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
@@ -27,4 +30,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_nuts.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) demo-output site .pytest_cache

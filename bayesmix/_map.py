@@ -217,7 +217,7 @@ def fit_map(
     chunk_size : int, optional
         Frames per chunk of the statistics pass.
     max_iter : int
-        Iteration limit of the coordinate ascent.
+        Iteration limit of the sigma update (EM or coordinate ascent).
     tol : float
         Relative change of sigma^2 at which the iteration stops. Each step shrinks the error by
         about the fraction of pixels spent on the weights (N/n for 'marginal'), so the error left

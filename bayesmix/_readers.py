@@ -66,18 +66,21 @@ def _fail(path: Path, kind: str, exc: BaseException) -> ValueError:
     return ValueError(f"cannot read {path} as {kind}: {msg}")
 
 
+def _numpy_fail(path: Path, kind: str, exc: BaseException) -> ValueError:
+    """numpy's error for a pickled array (refused: loading it could run code), or any other."""
+    if isinstance(exc, ValueError) and ("pickle" in str(exc).lower() or "object" in str(exc)):
+        return ValueError(
+            f"{path} holds Python objects (a pickled array); bayesmix loads {kind} files with "
+            f"allow_pickle=False for safety: save plain numeric arrays with np.save/np.savez"
+        )
+    return _fail(path, kind, exc)
+
+
 def _read_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-            raise ValueError(
-                f"{path} holds Python objects (a pickled array); bayesmix loads .npy files with "
-                "allow_pickle=False for safety: save a plain numeric array with np.save"
-            ) from None
-        raise _fail(path, ".npy", exc) from None
     except Exception as exc:  # numpy raises several types for a truncated or foreign file
-        raise _fail(path, ".npy", exc) from None
+        raise _numpy_fail(path, ".npy", exc) from None
 
 
 def _read_npz(path: Path, key: str | None) -> np.ndarray:
@@ -93,15 +96,8 @@ def _read_npz(path: Path, key: str | None) -> np.ndarray:
             return npz[key]
     except KeyError as exc:
         raise ValueError(f"cannot read {path}: {exc.args[0]}") from None
-    except ValueError as exc:
-        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-            raise ValueError(
-                f"{path}:{key} holds Python objects (pickled); bayesmix loads with "
-                "allow_pickle=False: save plain numeric arrays with np.savez"
-            ) from None
-        raise _fail(path, ".npz", exc) from None
     except Exception as exc:
-        raise _fail(path, ".npz", exc) from None
+        raise _numpy_fail(path, ".npz", exc) from None
 
 
 def _read_hdf5(path: Path, key: str | None) -> Any:
@@ -113,7 +109,12 @@ def _read_hdf5(path: Path, key: str | None) -> Any:
         raise _fail(path, "HDF5", exc) from None
     if key is None:
         names: list[str] = []
-        f.visititems(lambda name, obj: isinstance(obj, h5py.Dataset) and names.append(name))
+
+        def collect(name: str, obj: Any) -> None:  # returning non-None would stop the visit
+            if isinstance(obj, h5py.Dataset):
+                names.append(name)
+
+        f.visititems(collect)
         if len(names) != 1:
             raise ValueError(
                 f"{path} holds {len(names)} datasets {names[:10]}; name one: {path}:/DATASET"

@@ -43,7 +43,8 @@ class MapResult:
     mean, sd : ndarray, shape (N,)
         Posterior mean and sd of each weight given ``sigma``.
     sigma : float
-        Noise scale: joint MAP with the weights (or the value given to the fit).
+        Noise scale: the mode of its marginal posterior (EM; the joint mode with
+        ``sigma_method='joint'``), or the value given to the fit.
     r2 : ndarray, shape (N,)
         Per-frame R^2 of the unconstrained least-squares fit (the classic ``lstsq`` answer).
     at_bound : ndarray of bool, shape (N,)
@@ -53,7 +54,7 @@ class MapResult:
     prior, sigma_prior
         The priors used.
     n_iter : int
-        Coordinate-ascent iterations; ``converged`` tells whether the tolerance was reached.
+        Iterations of the sigma update; ``converged`` tells whether the tolerance was reached.
     frame : ndarray, shape (N,)
         Frame labels (default ``0..N-1``).
     """

@@ -232,3 +232,14 @@ def test_results_format_from_extension(tmp_path, fitted):
 def test_write_idata_needs_nc(tmp_path):
     with pytest.raises(ValueError, match=r"written as netCDF: give a path ending in .nc"):
         bayesmix.write_idata(None, tmp_path / "p.csv")
+
+
+def test_hdf5_dataset_found_when_it_is_the_only_one(tmp_path, stack16):
+    with h5py.File(tmp_path / "one.h5", "w") as f:
+        f.create_group("meta").attrs["energy"] = 710.0
+        f["entry/instrument/frames"] = stack16[0]
+    np.testing.assert_array_equal(bayesmix.read_frames(tmp_path / "one.h5").data[:], stack16[0])
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f["a"], f["g/b"] = stack16[1], stack16[2]
+    with pytest.raises(ValueError, match=r"holds 2 datasets \['a', 'g/b'\]; name one"):
+        bayesmix.read_frames(tmp_path / "two.h5")
