@@ -212,10 +212,9 @@ def _bar(quiet: bool, total: int | None, desc: str) -> Iterator[Any]:
     """A tqdm bar on stderr, or a no-op when quiet or stderr is not a terminal."""
     from tqdm import tqdm
 
-    with tqdm(
-        total=total, desc=desc, unit="frame", disable=not _show(quiet), file=sys.stderr
-    ) as bar:
-        yield bar
+    off = not _show(quiet)
+    with tqdm(total=total, desc=desc, unit="frame", disable=off, leave=False, file=sys.stderr) as b:
+        yield b
 
 
 def _device(name: str | None) -> Any:
