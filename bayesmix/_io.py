@@ -10,13 +10,53 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Stack", "atomic_write", "prepare", "work_dtype"]
+__all__ = ["ChunkStream", "Stack", "atomic_write", "prepare", "work_dtype"]
+
+
+class ChunkStream:
+    """Frames that arrive as an iterator of arrays of shape (k, *S), read once, in order.
+
+    The first chunk is read when the stream is built (it sets S and the dtype); each later
+    chunk is checked against it as it arrives.
+    """
+
+    def __init__(self, chunks: Iterator[Any]) -> None:
+        self._it = iter(chunks)
+        first = next(self._it, None)
+        if first is None:
+            raise ValueError("frames is an empty iterator (no chunk); nothing to fit")
+        self._first: Any = self._check(first, None)
+        self.dtype = self._first.dtype
+        self.shape = (None, *self._first.shape[1:])  # N unknown until the end
+        self._used = False
+
+    def _check(self, chunk: Any, like: Any) -> np.ndarray:
+        chunk = np.asarray(_as_array("a chunk of frames", chunk))
+        _check_numeric("a chunk of frames", chunk.dtype)
+        if chunk.ndim < 2 or chunk.shape[0] == 0:
+            raise ValueError(
+                f"each chunk of frames must have shape (k, *S) with k >= 1, got {chunk.shape}"
+            )
+        if like is not None and (chunk.shape[1:] != like.shape[1:] or chunk.dtype != like.dtype):
+            raise ValueError(
+                f"chunks of frames must share shape and dtype: the first is "
+                f"{like.shape[1:]} {like.dtype}, a later one {chunk.shape[1:]} {chunk.dtype}"
+            )
+        return chunk
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self._used:
+            raise ValueError("this iterator of frames was already consumed; pass a new one")
+        self._used = True
+        yield self._first
+        for chunk in self._it:
+            yield self._check(chunk, self._first)
 
 
 class Stack(NamedTuple):
@@ -80,7 +120,10 @@ def prepare(frames: Any, ref_a: Any, ref_b: Any, mask: Any = None) -> Stack:
     b = _reference("ref_b", ref_b)
     if a.shape != b.shape:
         raise ValueError(f"ref_a and ref_b must have the same shape, got {a.shape} and {b.shape}")
-    frames = _as_array("frames", frames)
+    if isinstance(frames, Iterator):
+        frames = ChunkStream(frames)
+    elif not isinstance(frames, ChunkStream):
+        frames = _as_array("frames", frames)
     _check_numeric("frames", frames.dtype)
     shape = tuple(frames.shape)
     if shape[1:] != a.shape:

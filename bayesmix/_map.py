@@ -185,6 +185,7 @@ def fit_map(
     sigma_method: str = "marginal",
     mask: Any = None,
     chunk_size: int | None = None,
+    memory_limit: int | None = None,
     max_iter: int = 1000,
     tol: float = 1e-8,
 ) -> MapResult:
@@ -216,6 +217,9 @@ def fit_map(
         Pixels to use (True keeps a pixel).
     chunk_size : int, optional
         Frames per chunk of the statistics pass.
+    memory_limit : int, optional
+        Bytes of frame data held at once by the statistics pass (see :func:`frame_stats`);
+        a memory-mapped stack larger than memory is then streamed within this bound.
     max_iter : int
         Iteration limit of the sigma update (EM or coordinate ascent).
     tol : float
@@ -257,7 +261,7 @@ def fit_map(
     """
     _check_options(prior, sigma_prior, sigma, sigma_method, max_iter, tol)
     stack = prepare(frames, ref_a, ref_b, mask)
-    stats = stats_from_stack(stack, chunk_size=chunk_size, stacklevel=2)
+    stats = stats_from_stack(stack, chunk_size=chunk_size, memory_limit=memory_limit, stacklevel=2)
     return fit_map_stats(
         stats, prior=prior, sigma_prior=sigma_prior, sigma=sigma, sigma_method=sigma_method,
         max_iter=max_iter, tol=tol,

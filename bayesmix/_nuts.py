@@ -266,6 +266,7 @@ def sample(
     target_accept: float = 0.8,
     log_likelihood: bool = True,
     chunk_size: int | None = None,
+    memory_limit: int | None = None,
 ):
     """Sample the joint posterior of all weights and the noise scale with NUTS.
 
@@ -297,6 +298,9 @@ def sample(
         Store the per-frame pointwise log-likelihood (for ``arviz.loo``).
     chunk_size : int, optional
         Frames per chunk of the statistics pass.
+    memory_limit : int, optional
+        Bytes of frame data held at once by the statistics pass (see :func:`frame_stats`);
+        a memory-mapped stack larger than memory is then streamed within this bound.
 
     Returns
     -------
@@ -322,7 +326,7 @@ def sample(
     ('chain', 'draw', 'frame')
     """
     stack = prepare(frames, ref_a, ref_b, mask)
-    stats = stats_from_stack(stack, chunk_size=chunk_size, stacklevel=2)
+    stats = stats_from_stack(stack, chunk_size=chunk_size, memory_limit=memory_limit, stacklevel=2)
     return sample_stats(
         stats,
         prior=prior,

@@ -19,14 +19,17 @@ read as they are and converted in registers (float32 up to 16 bits, float64 abov
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numba as nb
 import numpy as np
 
-from bayesmix._io import Stack, prepare
+from bayesmix._io import ChunkStream, Stack, prepare
 
 __all__ = ["FrameStats", "bucket_size", "frame_stats", "pad_stats", "stats_from_stack"]
 
@@ -36,6 +39,8 @@ _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 _BLOCK = 1024  # pixels per float32 partial sum (split again across SIMD lanes)
 _ROWS_PER_TASK = 32
 _NATIVE = {np.dtype(t) for t in ("f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8")}
+_WILLNEED = getattr(mmap, "MADV_WILLNEED", 3)
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
 _CANCEL = 16.0  # second sweep when q / rss > 16, i.e. the subtraction would lose > 4 bits
 
 
@@ -137,7 +142,7 @@ def _masked_row(y, c, d):
 
 
 # fastmath here too: inlined helpers are compiled with their caller's flags.
-@nb.njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
 def _stats_kernel(y2d, pixels, c, d, dd, xhat, rss, ddo, n, ninf):
     """Fill the per-frame outputs for the rows of ``y2d`` (shape (m, P_all))."""
     m = y2d.shape[0]
@@ -175,21 +180,110 @@ def _stats_kernel(y2d, pixels, c, d, dd, xhat, rss, ddo, n, ninf):
                 ninf[i] = ki
 
 
-def _chunks(n_frames: int, frame_bytes: int, chunk_size: int | None, copies: bool) -> int:
-    if chunk_size is None:
-        # A chunk that must be converted is copied: ~32 MiB keeps that copy cache-friendly.
-        # A view costs nothing, so take larger chunks and fewer parallel launches.
-        target = (32 << 20) if copies else (512 << 20)
-        return max(1, min(n_frames, target // max(frame_bytes, 1)))
-    if int(chunk_size) != chunk_size or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    return int(chunk_size)
+def _chunks(
+    n_frames: int,
+    frame_bytes: int,
+    work_bytes: int,
+    chunk_size: int | None,
+    memory_limit: int | None,
+    copies: bool,
+) -> int:
+    """Frames per chunk: ``chunk_size``, or as many as ``memory_limit`` allows, or a default."""
+    if chunk_size is not None:
+        if int(chunk_size) != chunk_size or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        return int(chunk_size)
+    if memory_limit is not None:
+        # In flight: the chunk being computed and the one being read (double buffering), plus
+        # its converted copy when the data is not in a dtype the kernel reads directly.
+        per_frame = 2 * frame_bytes + (work_bytes if copies else 0)
+        return max(1, min(n_frames, int(memory_limit) // per_frame))
+    # A chunk that must be converted is copied: ~32 MiB keeps that copy cache-friendly.
+    # A view costs nothing, so take larger chunks and fewer parallel launches.
+    target = (32 << 20) if copies else (512 << 20)
+    return max(1, min(n_frames, target // max(frame_bytes, 1)))
+
+
+def _check_memory_limit(memory_limit: Any) -> int | None:
+    if memory_limit is None:
+        return None
+    try:
+        value = int(memory_limit)
+    except (TypeError, ValueError):
+        value = 0
+    if value != memory_limit or value < 1:
+        raise ValueError(
+            f"memory_limit must be a positive number of bytes (e.g. 2**30), got {memory_limit!r}"
+        )
+    return value
+
+
+def _mmap_of(a: Any) -> tuple[mmap.mmap, int] | None:
+    """The ``mmap`` under a numpy memory map and its start address, or None."""
+    mm = getattr(a, "_mmap", None)
+    if not isinstance(mm, mmap.mmap) or not hasattr(mm, "madvise"):
+        return None
+    try:
+        start = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+    except (TypeError, ValueError):  # a closed or zero-length map
+        return None
+    return mm, start
+
+
+def _advise(mapped: tuple[mmap.mmap, int] | None, chunk: np.ndarray, flag: int) -> None:
+    """Best-effort madvise over the pages of ``chunk`` (a view of a memory map)."""
+    if mapped is None or chunk.size == 0:
+        return
+    mm, start = mapped
+    offset = chunk.ctypes.data - start
+    aligned = offset - offset % mmap.PAGESIZE
+    with contextlib.suppress(OSError, ValueError):
+        mm.madvise(flag, aligned, min(chunk.nbytes + offset - aligned, len(mm) - aligned))
+
+
+def _array_chunks(frames: Any, step: int) -> Iterator[np.ndarray]:
+    """The chunks of a stack, each read while the previous one is computed.
+
+    A memory map is advised ahead (WILLNEED) and released behind (DONTNEED: the pages leave the
+    process's resident set, staying in the page cache), so resident memory stays about two
+    chunks whatever the file size. Other lazy arrays (HDF5, zarr, TIFF pages, xarray) are read
+    by a background thread, one chunk ahead.
+    """
+    n_frames = int(frames.shape[0])
+    bounds = [(i, min(i + step, n_frames)) for i in range(0, n_frames, step)]
+    if isinstance(frames, np.ndarray):
+        mapped = _mmap_of(frames)
+        for k, (i, j) in enumerate(bounds):
+            if k + 1 < len(bounds):
+                _advise(mapped, frames[slice(*bounds[k + 1])], _WILLNEED)
+            chunk = frames[i:j]
+            yield chunk
+            _advise(mapped, chunk, _DONTNEED)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bayesmix-read") as pool:
+        ahead = pool.submit(lambda i, j: np.asarray(frames[i:j]), *bounds[0])
+        for k in range(len(bounds)):
+            chunk = ahead.result()
+            if k + 1 < len(bounds):
+                ahead = pool.submit(lambda i, j: np.asarray(frames[i:j]), *bounds[k + 1])
+            yield chunk
+
+
+def _stream_chunks(stream: ChunkStream) -> Iterator[np.ndarray]:
+    """The chunks of an iterator of arrays, the next one pulled by a thread while one computes."""
+    it = iter(stream)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bayesmix-read") as pool:
+        ahead = pool.submit(next, it, None)
+        while (chunk := ahead.result()) is not None:
+            ahead = pool.submit(next, it, None)
+            yield chunk
 
 
 def stats_from_stack(
     stack: Stack,
     *,
     chunk_size: int | None = None,
+    memory_limit: int | None = None,
     stacklevel: int = 2,
     progress: Callable[[int], object] | None = None,
 ) -> FrameStats:
@@ -198,6 +292,7 @@ def stats_from_stack(
     ``progress``, if given, is called with the number of frames of each chunk done (a progress
     bar's ``update``).
     """
+    memory_limit = _check_memory_limit(memory_limit)
     dt = stack.dtype
     d_full = stack.ref_a - stack.ref_b
     d = d_full.astype(dt)
@@ -207,26 +302,29 @@ def stats_from_stack(
     pixels = np.ascontiguousarray(pixels, dtype=np.int64)
 
     frames = stack.frames
-    n_frames = int(frames.shape[0])
     p_all = int(np.prod(stack.frame_shape))
-    native = isinstance(frames, np.ndarray) and frames.dtype in _NATIVE
-    copies = not (native and frames.flags.c_contiguous)
-    step = _chunks(n_frames, p_all * frames.dtype.itemsize, chunk_size, copies)
-    xhat = np.empty(n_frames)
-    rss = np.empty(n_frames)
-    ddo = np.empty(n_frames)
-    n = np.empty(n_frames, np.int64)
-    ninf = np.empty(n_frames, np.int64)
-    for i in range(0, n_frames, step):
-        j = min(i + step, n_frames)
-        chunk = np.asarray(frames[i:j])
+    if isinstance(frames, ChunkStream):
+        chunks: Iterator[np.ndarray] = _stream_chunks(frames)
+    else:
+        native = isinstance(frames, np.ndarray) and frames.dtype in _NATIVE
+        copies = not (native and frames.flags.c_contiguous)
+        itemsize = frames.dtype.itemsize
+        step = _chunks(int(frames.shape[0]), p_all * itemsize, p_all * dt.itemsize,
+                       chunk_size, memory_limit, copies)  # fmt: skip
+        chunks = _array_chunks(frames, step)
+    parts = []
+    for chunk in chunks:
         # The kernel reads float32/64 and 8-64 bit integers as they are (a view of a contiguous
         # stack); anything else (float16, byte-swapped, strided) costs one chunk-sized copy.
+        m = int(chunk.shape[0])
         kind = chunk.dtype if chunk.dtype in _NATIVE else dt
-        chunk = np.ascontiguousarray(chunk, dtype=kind).reshape(j - i, p_all)
-        _stats_kernel(chunk, pixels, c, d, dd, xhat[i:j], rss[i:j], ddo[i:j], n[i:j], ninf[i:j])
+        chunk = np.ascontiguousarray(chunk, dtype=kind).reshape(m, p_all)
+        out = (np.empty(m), np.empty(m), np.empty(m), np.empty(m, np.int64), np.empty(m, np.int64))
+        _stats_kernel(chunk, pixels, c, d, dd, *out)
+        parts.append(out)
         if progress is not None:
-            progress(j - i)
+            progress(m)
+    xhat, rss, ddo, n, ninf = (np.concatenate(col) for col in zip(*parts, strict=True))
 
     empty = np.flatnonzero(n == 0)
     if empty.size:
@@ -259,21 +357,31 @@ def frame_stats(
     *,
     mask: Any = None,
     chunk_size: int | None = None,
+    memory_limit: int | None = None,
 ) -> FrameStats:
     """Per-frame sufficient statistics of a frame stack, in one pass over the pixels.
 
     Parameters
     ----------
-    frames : array, shape (N, *S)
+    frames : array, shape (N, *S), or iterator of arrays, shape (k, *S)
         The stack: N frames of shape S, e.g. (N, H, W), (N, H, W, C) or (N, P) for spectra.
-        Integer images are converted to float chunk by chunk; a memory-mapped array is streamed.
+        Any sliceable array works (numpy, memory map, HDF5/zarr dataset, xarray, dask); it is
+        read chunk by chunk, the next chunk while the current one is computed. An iterator
+        (e.g. a generator) of chunks is consumed once, for stacks that arrive in pieces.
+        Integer images are converted to float chunk by chunk.
         NaN pixels are left out of their frame (so are +/-Inf, with a warning).
     ref_a, ref_b : array, shape S
         The two reference frames; ``x`` is the weight of ``ref_a``.
     mask : bool array, shape S, optional
         Pixels to use (True keeps a pixel). Default: all.
     chunk_size : int, optional
-        Frames per chunk; default about 32 MiB of frames.
+        Frames per chunk; default about 32 MiB of frames (512 MiB for a contiguous array,
+        which is read in place).
+    memory_limit : int, optional
+        Bytes of frame data in memory at once (the chunk computed, the chunk being read ahead,
+        and a converted copy if any); sets the chunk size when ``chunk_size`` is not given.
+        A memory-mapped ``.npy`` then keeps a resident set of about ``memory_limit`` plus
+        O(N) statistics, however large the file.
 
     Returns
     -------
@@ -298,7 +406,9 @@ def frame_stats(
     >>> float(st.xhat[0]), float(st.rss[0]), float(st.dd[0]), int(st.n[0])
     (0.25, 0.0, 6.0, 3)
     """
-    return stats_from_stack(prepare(frames, ref_a, ref_b, mask), chunk_size=chunk_size)
+    return stats_from_stack(
+        prepare(frames, ref_a, ref_b, mask), chunk_size=chunk_size, memory_limit=memory_limit
+    )
 
 
 def bucket_size(n: int) -> int:

@@ -264,9 +264,9 @@ def _fit(args: argparse.Namespace) -> int:
         ref_b = read_reference(args.ref_b)
         mask = None if args.mask is None else _mask(read_reference(args.mask), args.mask)
         stack = prepare(frames.data, ref_a, ref_b, mask)
-        n = int(stack.frames.shape[0])
-        with _bar(args.quiet, n, "statistics") as bar:
+        with _bar(args.quiet, stack.frames.shape[0], "statistics") as bar:
             stats = stats_from_stack(stack, progress=bar.update, stacklevel=1)
+        n = stats.n_frames
         labels = frames.source
         common = {"prior": prior, "sigma_prior": sigma_prior}
         if args.method == "map":
