@@ -279,6 +279,49 @@ def _stream_chunks(stream: ChunkStream) -> Iterator[np.ndarray]:
             yield chunk
 
 
+def _chunk_stats(chunk: np.ndarray, pixels, c, d, dd) -> tuple[np.ndarray, ...]:
+    """The kernel on one chunk of frames: (xhat, rss, dd, n, n_inf), each of shape (k,)."""
+    # The kernel reads float32/64 and 8-64 bit integers as they are (a view of a contiguous
+    # stack); anything else (float16, byte-swapped, strided) costs one chunk-sized copy.
+    m = int(chunk.shape[0])
+    kind = chunk.dtype if chunk.dtype in _NATIVE else c.dtype
+    chunk = np.ascontiguousarray(chunk, dtype=kind).reshape(m, -1)
+    out = (np.empty(m), np.empty(m), np.empty(m), np.empty(m, np.int64), np.empty(m, np.int64))
+    _stats_kernel(chunk, pixels, c, d, dd, *out)
+    return out
+
+
+def _is_dask(frames: Any) -> bool:
+    return type(frames).__module__.split(".")[0] == "dask" and hasattr(frames, "map_blocks")
+
+
+def _block_stats(block: np.ndarray, pixels, c, d, dd) -> np.ndarray:
+    """:func:`_chunk_stats` of one dask block, as one float64 array of shape (k, 5)."""
+    return np.stack([col.astype(np.float64) for col in _chunk_stats(block, pixels, c, d, dd)], 1)
+
+
+def _dask_stats(frames, pixels, c, d, dd, chunk_size, memory_limit) -> tuple[np.ndarray, ...]:
+    """The pass as a dask computation: each block of whole frames gives its statistics where it
+    lives (a worker of a ``dask.distributed`` cluster, if one is active); only the (N, 5)
+    statistics come back."""
+    ndim = frames.ndim
+    frame_bytes = int(np.prod(frames.shape[1:])) * frames.dtype.itemsize
+    rows: Any = "auto"
+    if chunk_size is not None or memory_limit is not None:
+        rows = _chunks(int(frames.shape[0]), frame_bytes, frame_bytes, chunk_size, memory_limit,
+                       True)  # fmt: skip
+    elif all(len(ch) == 1 for ch in frames.chunks[1:]):
+        rows = frames.chunks[0]  # already whole frames: keep the user's blocks
+    frames = frames.rechunk({0: rows, **{k: -1 for k in range(1, ndim)}})
+    out = frames.map_blocks(
+        _block_stats, pixels, c, d, dd,
+        drop_axis=list(range(1, ndim)), new_axis=1, chunks=(frames.chunks[0], (5,)),
+        dtype=np.float64, meta=np.empty((0, 5)),
+    ).compute()  # fmt: skip
+    n, ninf = out[:, 3].astype(np.int64), out[:, 4].astype(np.int64)
+    return out[:, 0].copy(), out[:, 1].copy(), out[:, 2].copy(), n, ninf
+
+
 def stats_from_stack(
     stack: Stack,
     *,
@@ -303,28 +346,24 @@ def stats_from_stack(
 
     frames = stack.frames
     p_all = int(np.prod(stack.frame_shape))
-    if isinstance(frames, ChunkStream):
-        chunks: Iterator[np.ndarray] = _stream_chunks(frames)
+    if _is_dask(frames):
+        xhat, rss, ddo, n, ninf = _dask_stats(frames, pixels, c, d, dd, chunk_size, memory_limit)
     else:
-        native = isinstance(frames, np.ndarray) and frames.dtype in _NATIVE
-        copies = not (native and frames.flags.c_contiguous)
-        itemsize = frames.dtype.itemsize
-        step = _chunks(int(frames.shape[0]), p_all * itemsize, p_all * dt.itemsize,
-                       chunk_size, memory_limit, copies)  # fmt: skip
-        chunks = _array_chunks(frames, step)
-    parts = []
-    for chunk in chunks:
-        # The kernel reads float32/64 and 8-64 bit integers as they are (a view of a contiguous
-        # stack); anything else (float16, byte-swapped, strided) costs one chunk-sized copy.
-        m = int(chunk.shape[0])
-        kind = chunk.dtype if chunk.dtype in _NATIVE else dt
-        chunk = np.ascontiguousarray(chunk, dtype=kind).reshape(m, p_all)
-        out = (np.empty(m), np.empty(m), np.empty(m), np.empty(m, np.int64), np.empty(m, np.int64))
-        _stats_kernel(chunk, pixels, c, d, dd, *out)
-        parts.append(out)
-        if progress is not None:
-            progress(m)
-    xhat, rss, ddo, n, ninf = (np.concatenate(col) for col in zip(*parts, strict=True))
+        if isinstance(frames, ChunkStream):
+            chunks: Iterator[np.ndarray] = _stream_chunks(frames)
+        else:
+            native = isinstance(frames, np.ndarray) and frames.dtype in _NATIVE
+            copies = not (native and frames.flags.c_contiguous)
+            itemsize = frames.dtype.itemsize
+            step = _chunks(int(frames.shape[0]), p_all * itemsize, p_all * dt.itemsize,
+                           chunk_size, memory_limit, copies)  # fmt: skip
+            chunks = _array_chunks(frames, step)
+        parts = []
+        for chunk in chunks:
+            parts.append(_chunk_stats(chunk, pixels, c, d, dd))
+            if progress is not None:
+                progress(int(chunk.shape[0]))
+        xhat, rss, ddo, n, ninf = (np.concatenate(col) for col in zip(*parts, strict=True))
 
     empty = np.flatnonzero(n == 0)
     if empty.size:
