@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bayesmix._devices import on_device
 from bayesmix._io import prepare
 from bayesmix._likelihood import sse
 from bayesmix._posterior import mode, moments, prior_params, summary
@@ -117,6 +118,7 @@ def fit_map_stats(
     max_iter: int = 1000,
     tol: float = 1e-8,
     frame: Any = None,
+    device: str | None = None,
 ) -> MapResult:
     """:func:`fit_map` on precomputed per-frame statistics (see :func:`frame_stats`).
 
@@ -134,13 +136,20 @@ def fit_map_stats(
     if frame is not None and len(frame) != n_frames:
         raise ValueError(f"frame labels must have length {n_frames}, got {len(frame)}")
 
-    padded, valid = pad_stats(stats, bucket_size(n_frames))
     n_tot = float(np.sum(stats.n))
     # Start from the unbiased least-squares estimate (each frame fits one weight): within the
     # prior's pull of the fixed point, so EM needs two or three steps.
     dof = max(n_tot - n_frames, 1.0)
     sigma2_0 = float(np.sum(stats.rss)) / dof if sigma is None else float(sigma) ** 2
-    with x64():
+    with on_device(device) as devices, x64():
+        size = bucket_size(n_frames)
+        size = -(-size // len(devices)) * len(devices)
+        padded, valid = pad_stats(stats, size)
+        if len(devices) > 1:
+            # Frames split evenly over the platform's devices; XLA adds the cross-device sums.
+            mesh = jax.sharding.Mesh(np.asarray(devices), ("frame",))
+            spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("frame"))
+            padded, valid = jax.device_put((padded, valid), spec)
         kind, pp = prior_params(prior)
         ig = jnp.asarray(sigma_prior.ig_params, jnp.float64)
         out = _map_core(
@@ -171,6 +180,7 @@ def fit_map_stats(
         n_iter=int(it),
         converged=bool(converged),
         frame=None if frame is None else np.asarray(frame),
+        device=f"{devices[0].platform}:{len(devices)}",
     )
 
 
@@ -188,6 +198,7 @@ def fit_map(
     memory_limit: int | None = None,
     max_iter: int = 1000,
     tol: float = 1e-8,
+    device: str | None = None,
 ) -> MapResult:
     """Estimate every frame's mixing weight: MAP with exact per-frame posterior given sigma.
 
@@ -227,6 +238,9 @@ def fit_map(
         about the fraction of pixels spent on the weights (N/n for 'marginal'), so the error left
         is roughly ``tol * N / n``, far below sigma's own posterior spread of
         :math:`\\sqrt{2/n}`.
+    device : {'cpu', 'gpu'}, optional
+        Where the inference runs; default JAX's default device. A GPU that JAX cannot see is an
+        error. With several devices of the platform, the frames are sharded across them.
 
     Returns
     -------
@@ -264,5 +278,5 @@ def fit_map(
     stats = stats_from_stack(stack, chunk_size=chunk_size, memory_limit=memory_limit, stacklevel=2)
     return fit_map_stats(
         stats, prior=prior, sigma_prior=sigma_prior, sigma=sigma, sigma_method=sigma_method,
-        max_iter=max_iter, tol=tol,
+        max_iter=max_iter, tol=tol, device=device,
     )  # fmt: skip

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bayesmix._devices import on_device
 from bayesmix._io import prepare
 from bayesmix._likelihood import centred_loglik, frame_loglik, sse
 from bayesmix._map import fit_map_stats
@@ -89,14 +90,14 @@ def _model(stats, x_ref, sse_ref, sigma_ref, ig, affine, u_scale, *, prior):
     numpyro.factor("loglik", centred_loglik(x, u, stats, x_ref, sse_ref, sigma_ref))
 
 
-def _chain_method(method: str, num_chains: int) -> str:
+def _chain_method(method: str, num_chains: int, n_devices: int) -> str:
     if method not in _CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {_CHAIN_METHODS}, got {method!r}")
     if method != "auto":
         return method
     # Parallel chains need one device each: several GPUs, or CPU host devices set up before JAX
     # starts (the CLI does; a library must not). Otherwise vectorise the chains on one device.
-    return "parallel" if jax.local_device_count() >= num_chains > 1 else "vectorized"
+    return "parallel" if n_devices >= num_chains > 1 else "vectorized"
 
 
 def _check_counts(**counts: Any) -> None:
@@ -151,6 +152,7 @@ def sample_stats(
     target_accept: float = 0.8,
     log_likelihood: bool = True,
     frame: Any = None,
+    device: str | None = None,
 ):
     """:func:`sample` on precomputed per-frame statistics (see :func:`bayesmix.frame_stats`)."""
     from bayesmix._arviz import to_inference_data
@@ -160,61 +162,62 @@ def sample_stats(
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
     if not 0.0 < target_accept < 1.0:
         raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
-    method = _chain_method(chain_method, num_chains)
+    with on_device(device) as devices:
+        method = _chain_method(chain_method, num_chains, len(devices))
 
-    fit = fit_map_stats(stats, prior=prior, sigma_prior=sigma_prior, frame=frame)
-    n = fit.n_frames
-    # The reference point of the centred likelihood: the MAP, with S(x_map) in float64.
-    sse_ref = float(np.sum(sse(fit.x, fit.stats)))
-    sigma_ref = fit.sigma
-    loc, scale = _standardise(fit)
-    u_scale = 1.0 / math.sqrt(2.0 * float(np.sum(stats.n)))
-    # Chains start at independent draws of the standardised posterior: the typical set.
-    rng = np.random.default_rng(seed)
-    init = {"w": rng.standard_normal((num_chains, n)), "v": rng.standard_normal(num_chains)}
+        fit = fit_map_stats(stats, prior=prior, sigma_prior=sigma_prior, frame=frame, device=device)
+        n = fit.n_frames
+        # The reference point of the centred likelihood: the MAP, with S(x_map) in float64.
+        sse_ref = float(np.sum(sse(fit.x, fit.stats)))
+        sigma_ref = fit.sigma
+        loc, scale = _standardise(fit)
+        u_scale = 1.0 / math.sqrt(2.0 * float(np.sum(stats.n)))
+        # Chains start at independent draws of the standardised posterior: the typical set.
+        rng = np.random.default_rng(seed)
+        init = {"w": rng.standard_normal((num_chains, n)), "v": rng.standard_normal(num_chains)}
 
-    scope = x64() if dtype == "float64" else _float32()
-    with scope:
-        ft = jnp.float64 if dtype == "float64" else jnp.float32
-        st = FrameStats(*(jnp.asarray(np.asarray(a, np.float64), ft) for a in stats))
-        args = (
-            st,
-            jnp.asarray(fit.x, ft),
-            ft(sse_ref),
-            ft(sigma_ref),
-            jnp.asarray(fit.sigma_prior.ig_params, ft),
-            _Frame(jnp.asarray(loc, ft), jnp.asarray(scale, ft)),
-            ft(u_scale),
-        )
-        mcmc = _mcmc(
-            fit.prior, int(num_chains), int(num_warmup), int(num_samples), method,
-            float(target_accept), bool(progress),
-        )  # fmt: skip
-        init_params = {k: jnp.asarray(v, ft) for k, v in init.items()}
-        if num_chains == 1:
-            init_params = {k: v[0] for k, v in init_params.items()}
-        t0 = time.perf_counter()
-        mcmc.run(
-            jax.random.PRNGKey(seed),
-            *args,
-            init_params=init_params,
-            extra_fields=_EXTRA_FIELDS,
-        )
-        draws = mcmc.get_samples(group_by_chain=True)
-        extra = mcmc.get_extra_fields(group_by_chain=True)
-        jax.block_until_ready(draws)
-        seconds = time.perf_counter() - t0
-        x = np.asarray(draws["x"], np.float64)
-        sigma = np.asarray(draws["sigma"], np.float64)
-        extra = {k: np.asarray(v) for k, v in extra.items()}
-        loglik = None
-        if log_likelihood:
-            # Per frame, from the one likelihood, in float64 (LOO needs differences of O(1)).
-            with x64():
-                ll = jax.jit(frame_loglik)(
-                    jnp.asarray(x), jnp.asarray(sigma)[..., None], _as_f64(stats)
-                )
-                loglik = np.asarray(ll)
+        scope = x64() if dtype == "float64" else _float32()
+        with scope:
+            ft = jnp.float64 if dtype == "float64" else jnp.float32
+            st = FrameStats(*(jnp.asarray(np.asarray(a, np.float64), ft) for a in stats))
+            args = (
+                st,
+                jnp.asarray(fit.x, ft),
+                ft(sse_ref),
+                ft(sigma_ref),
+                jnp.asarray(fit.sigma_prior.ig_params, ft),
+                _Frame(jnp.asarray(loc, ft), jnp.asarray(scale, ft)),
+                ft(u_scale),
+            )
+            mcmc = _mcmc(
+                fit.prior, int(num_chains), int(num_warmup), int(num_samples), method,
+                float(target_accept), bool(progress),
+            )  # fmt: skip
+            init_params = {k: jnp.asarray(v, ft) for k, v in init.items()}
+            if num_chains == 1:
+                init_params = {k: v[0] for k, v in init_params.items()}
+            t0 = time.perf_counter()
+            mcmc.run(
+                jax.random.PRNGKey(seed),
+                *args,
+                init_params=init_params,
+                extra_fields=_EXTRA_FIELDS,
+            )
+            draws = mcmc.get_samples(group_by_chain=True)
+            extra = mcmc.get_extra_fields(group_by_chain=True)
+            jax.block_until_ready(draws)
+            seconds = time.perf_counter() - t0
+            x = np.asarray(draws["x"], np.float64)
+            sigma = np.asarray(draws["sigma"], np.float64)
+            extra = {k: np.asarray(v) for k, v in extra.items()}
+            loglik = None
+            if log_likelihood:
+                # Per frame, from the one likelihood, in float64 (LOO needs differences of O(1)).
+                with x64():
+                    ll = jax.jit(frame_loglik)(
+                        jnp.asarray(x), jnp.asarray(sigma)[..., None], _as_f64(stats)
+                    )
+                    loglik = np.asarray(ll)
 
     return to_inference_data(
         x=x,
@@ -267,6 +270,7 @@ def sample(
     log_likelihood: bool = True,
     chunk_size: int | None = None,
     memory_limit: int | None = None,
+    device: str | None = None,
 ):
     """Sample the joint posterior of all weights and the noise scale with NUTS.
 
@@ -301,6 +305,9 @@ def sample(
     memory_limit : int, optional
         Bytes of frame data held at once by the statistics pass (see :func:`frame_stats`);
         a memory-mapped stack larger than memory is then streamed within this bound.
+    device : {'cpu', 'gpu'}, optional
+        Where the sampler runs; default JAX's default device. A GPU that JAX cannot see is an
+        error. Chains run in parallel when the platform has a device per chain.
 
     Returns
     -------
@@ -340,4 +347,5 @@ def sample(
         dtype=dtype,
         target_accept=target_accept,
         log_likelihood=log_likelihood,
+        device=device,
     )

@@ -57,6 +57,8 @@ class MapResult:
         Iterations of the sigma update; ``converged`` tells whether the tolerance was reached.
     frame : ndarray, shape (N,)
         Frame labels (default ``0..N-1``).
+    device : str
+        Platform and number of devices the inference ran on, e.g. ``'cpu:1'``.
     """
 
     x: np.ndarray
@@ -72,6 +74,7 @@ class MapResult:
     n_iter: int = 0
     converged: bool = True
     frame: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    device: str = ""
 
     def __post_init__(self) -> None:
         if self.frame is None:
@@ -188,6 +191,7 @@ class MapResult:
             "sigma_prior": prior_spec(self.sigma_prior),
             "n_iter": self.n_iter,
             "converged": self.converged,
+            "device": self.device,
             "bayesmix_version": __version__,
         }
 

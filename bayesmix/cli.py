@@ -22,7 +22,6 @@ from typing import Any
 
 EXIT_USAGE = 2
 METHODS = ("map", "nuts")
-DEVICES = ("cpu", "gpu")
 
 FIT_EPILOG = """examples:
   bayesmix fit stack.tif --ref-a fe3.tif --ref-b fe2.tif --out results.csv
@@ -136,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--idata", metavar="PATH", help="NUTS InferenceData as netCDF (.nc)")
     fit.add_argument("--report", metavar="PATH", help="HTML report")
+    from bayesmix._devices import DEVICES
+
     fit.add_argument("--device", choices=DEVICES, help="JAX device (default: JAX's default)")
     fit.add_argument("--overwrite", action="store_true", help="replace existing output files")
     fit.add_argument("--quiet", action="store_true", help="no progress bars or tables")
@@ -217,22 +218,6 @@ def _bar(quiet: bool, total: int | None, desc: str) -> Iterator[Any]:
         yield b
 
 
-def _device(name: str | None) -> Any:
-    """A context that makes ``name`` JAX's default device."""
-    if name is None:
-        return contextlib.nullcontext()
-    import jax
-
-    try:
-        devices = jax.devices(name)
-    except RuntimeError:
-        raise UserError(
-            f"--device {name}: JAX sees no {name.upper()} (available: "
-            f"{sorted({d.platform for d in jax.devices()})}); for a GPU install jax[cuda12]"
-        ) from None
-    return jax.default_device(devices[0])
-
-
 def _fit(args: argparse.Namespace) -> int:
     outputs = [args.out, args.idata, args.report]
     if args.idata is not None and args.method != "nuts":
@@ -246,6 +231,7 @@ def _fit(args: argparse.Namespace) -> int:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.chains}"
 
     import bayesmix
+    from bayesmix._devices import on_device
     from bayesmix._io import prepare
     from bayesmix._map import fit_map_stats
     from bayesmix._nuts import sample_stats
@@ -256,7 +242,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     prior = parse_prior(args.prior)
     sigma_prior = parse_sigma_prior(args.sigma_prior)
-    with _device(args.device):
+    with on_device(args.device):  # checked before any work
         t0 = time.perf_counter()
         with _bar(args.quiet, None, "reading") as bar:
             frames = read_frames(args.frames, progress=bar.update)
@@ -270,11 +256,12 @@ def _fit(args: argparse.Namespace) -> int:
         labels = frames.source
         common = {"prior": prior, "sigma_prior": sigma_prior}
         if args.method == "map":
-            result = fit_map_stats(stats, **common)
+            result = fit_map_stats(stats, **common, device=args.device)
         else:
             result = sample_stats(
                 stats, **common, num_chains=args.chains, num_warmup=args.warmup,
                 num_samples=args.samples, seed=args.seed, progress=_show(args.quiet),
+                device=args.device,
             )  # fmt: skip
         meta = {"frames": str(args.frames), "ref_a": str(args.ref_a), "ref_b": str(args.ref_b),
                 "mask": str(args.mask), "seed": args.seed}  # fmt: skip

@@ -236,7 +236,7 @@ def test_error_device_without_gpu(tmp_path, sim_dir, capsys):
         pytest.skip("a GPU is present")
     _one_line_error(capsys, ["fit", str(sim_dir / "frames.npy"), "--ref-a", str(sim_dir / "ref_a.npy"),
                              "--ref-b", str(sim_dir / "ref_b.npy"), "--out", str(tmp_path / "r.csv"),
-                             "--device", "gpu"], r"--device gpu: JAX sees no GPU")  # fmt: skip
+                             "--device", "gpu"], r"device='gpu': JAX sees no GPU")  # fmt: skip
 
 
 def test_usage_errors_and_help_in_a_subprocess(tmp_path):
