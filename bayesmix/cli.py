@@ -138,6 +138,13 @@ def _parser() -> argparse.ArgumentParser:
     from bayesmix._devices import DEVICES
 
     fit.add_argument("--device", choices=DEVICES, help="JAX device (default: JAX's default)")
+    fit.add_argument("--checkpoint", type=_positive_int, default=200_000, metavar="FRAMES",
+                     help="save the statistics every FRAMES frames in OUT.parts/, so that an "
+                     "interrupted run can --resume (default: %(default)s)")  # fmt: skip
+    fit.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run from OUT.parts/")  # fmt: skip
+    fit.add_argument("--memory-limit", type=_positive_int, metavar="BYTES",
+                     help="bytes of frame data in memory at once")  # fmt: skip
     fit.add_argument("--overwrite", action="store_true", help="replace existing output files")
     fit.add_argument("--quiet", action="store_true", help="no progress bars or tables")
 
@@ -223,6 +230,13 @@ def _fit(args: argparse.Namespace) -> int:
     if args.idata is not None and args.method != "nuts":
         raise UserError("--idata needs --method nuts (the MAP path has no posterior draws)")
     _free(outputs, args.overwrite)
+    from bayesmix._runs import parts_dir
+
+    if parts_dir(args.out).exists() and not (args.resume or args.overwrite):
+        raise UserError(
+            f"an interrupted run left {parts_dir(args.out)}; pass --resume to continue it, or "
+            "--overwrite to start again"
+        )
     if args.method == "nuts" and "xla_force_host_platform_device_count" not in os.environ.get(
         "XLA_FLAGS", ""
     ):
@@ -236,7 +250,7 @@ def _fit(args: argparse.Namespace) -> int:
     from bayesmix._map import fit_map_stats
     from bayesmix._nuts import sample_stats
     from bayesmix._readers import read_frames, read_reference
-    from bayesmix._stats import stats_from_stack
+    from bayesmix._runs import checkpointed_stats, fingerprint, finish
     from bayesmix._writers import write_idata, write_results
     from bayesmix.priors import parse_prior, parse_sigma_prior
 
@@ -250,8 +264,14 @@ def _fit(args: argparse.Namespace) -> int:
         ref_b = read_reference(args.ref_b)
         mask = None if args.mask is None else _mask(read_reference(args.mask), args.mask)
         stack = prepare(frames.data, ref_a, ref_b, mask)
+        work = parts_dir(args.out)
+        if args.overwrite and not args.resume:
+            finish(work)
+        key = fingerprint(stack, {"frames": _describe(args.frames), "mask": args.mask})
         with _bar(args.quiet, stack.frames.shape[0], "statistics") as bar:
-            stats = stats_from_stack(stack, progress=bar.update, stacklevel=1)
+            stats = checkpointed_stats(stack, work, chunk=args.checkpoint, key=key,
+                                       resume=args.resume, progress=bar.update,
+                                       memory_limit=args.memory_limit)  # fmt: skip
         n = stats.n_frames
         labels = frames.source
         common = {"prior": prior, "sigma_prior": sigma_prior}
@@ -274,6 +294,7 @@ def _fit(args: argparse.Namespace) -> int:
                 bayesmix.report(result, args.report, frames=stack.frames, ref_a=ref_a,
                                 ref_b=ref_b, mask=mask, prob=args.prob, overwrite=args.overwrite)
             )  # fmt: skip
+        finish(work)
         seconds = time.perf_counter() - t0
 
     if not args.quiet:
@@ -287,6 +308,19 @@ def _fit(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _describe(source: str) -> list[Any]:
+    """Names, sizes and modification times of the input file(s): what a resumed run must find
+    unchanged."""
+    import glob
+
+    paths = sorted(glob.glob(source)) or [source]
+    out = []
+    for p in map(Path, paths):
+        files = sorted(p.iterdir()) if p.is_dir() else [p]
+        out += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
+    return out or [source]
 
 
 def _mask(mask: Any, name: str) -> Any:
