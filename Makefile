@@ -28,6 +28,7 @@ slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_map.py
 	$(BIN)/python benchmarks/bench_nuts.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 clean:
 	rm -rf $(VENV) demo-output site .pytest_cache

@@ -47,8 +47,30 @@ TRACES: Counter[str] = Counter()
 SIGMA_METHODS = ("marginal", "joint")
 
 
-@partial(jax.jit, static_argnames=("kind", "sigma_method", "max_iter"))
-def _map_core(stats, valid, pp, ig, sigma2_0, tol, *, kind, sigma_method, max_iter):
+# Frames per block of the per-frame posterior computations: their temporaries (quadrature nodes,
+# series terms: ~1 kB a frame in float64) then stay bounded for millions of frames.
+_BLOCK_FRAMES = 1 << 16
+
+
+def _n_blocks(size: int) -> int:
+    """Blocks for ``size`` padded frames: a power of two that divides it, ~_BLOCK_FRAMES each."""
+    blocks = 1
+    while size % (2 * blocks) == 0 and size // (2 * blocks) >= _BLOCK_FRAMES:
+        blocks *= 2
+    return blocks
+
+
+def _in_blocks(fn, stats, n_blocks):
+    """``fn(stats)`` (a tuple of per-frame arrays), evaluated ``n_blocks`` blocks of frames at a
+    time with ``lax.map``, so its intermediates hold one block, not all frames."""
+    if n_blocks == 1:
+        return fn(stats)
+    blocks = jax.tree.map(lambda a: a.reshape(n_blocks, -1), stats)
+    return jax.tree.map(lambda a: a.reshape(-1), jax.lax.map(fn, blocks))
+
+
+@partial(jax.jit, static_argnames=("kind", "sigma_method", "max_iter", "n_blocks"))
+def _map_core(stats, valid, pp, ig, sigma2_0, tol, *, kind, sigma_method, max_iter, n_blocks):
     TRACES["map"] += 1
     n_tot = jnp.sum(jnp.where(valid, stats.n, 0.0))
     energy = jnp.sum(jnp.where(valid, stats.rss + stats.dd * stats.xhat**2, 0.0))
@@ -66,14 +88,14 @@ def _map_core(stats, valid, pp, ig, sigma2_0, tol, *, kind, sigma_method, max_it
 
     def expected_sigma2(s2):
         # EM: the M-step with the expected squared error under x's exact posterior given s2.
-        mean, sd = moments(kind, stats, s2, pp)
+        mean, sd = _in_blocks(lambda st: moments(kind, st, s2, pp), stats, n_blocks)
         e_sse = stats.rss + stats.dd * (sd**2 + (mean - stats.xhat) ** 2)
         total = jnp.sum(jnp.where(valid, e_sse, 0.0))
         return jnp.maximum((total + 2.0 * ig[1]) / (n_tot + 2.0 * ig[0] + 1.0), floor)
 
     def update(s2):
         if sigma_method == "joint":
-            return sigma2_given(mode(kind, stats, s2, pp))
+            return sigma2_given(_in_blocks(lambda st: mode(kind, st, s2, pp), stats, n_blocks))
         return expected_sigma2(s2)
 
     def body(state):
@@ -87,7 +109,7 @@ def _map_core(stats, valid, pp, ig, sigma2_0, tol, *, kind, sigma_method, max_it
         converged = jnp.abs(s2 - s2_old) <= tol * s2
     else:
         it, converged = jnp.asarray(0), jnp.asarray(True)
-    x, mean, sd, at_bound = summary(kind, stats, s2, pp)
+    x, mean, sd, at_bound = _in_blocks(lambda st: summary(kind, st, s2, pp), stats, n_blocks)
     return x, mean, sd, at_bound, s2, it, converged
 
 
@@ -155,7 +177,7 @@ def fit_map_stats(
         out = _map_core(
             padded, valid, pp, ig, jnp.float64(sigma2_0), jnp.float64(tol),
             kind=kind, sigma_method="fixed" if sigma is not None else sigma_method,
-            max_iter=int(max_iter),
+            max_iter=int(max_iter), n_blocks=_n_blocks(size),
         )  # fmt: skip
         x, mean, sd, at_bound, s2, it, converged = jax.device_get(out)
     if not converged:
