@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erfc, ndtri
@@ -111,23 +112,8 @@ def _std_frame(m, s, lo, hi):
     return jnp.where(flip, -b, a), jnp.where(flip, -a, b), flip
 
 
-def tn_moments(m, s, lo, hi):
-    """Mean and sd of Normal(m, s) truncated to [lo, hi]. Shapes broadcast."""
-    a, b, flip = _std_frame(m, s, lo, hi)
-    log_z = log_diff_ndtr(a, b)
-    ra = jnp.exp(_log_phi(a) - log_z)
-    rb = jnp.exp(_log_phi(b) - log_z)
-    mu = ra - rb
-    var = 1.0 + a * ra - b * rb - mu * mu
-    # Deep tail (b < -_TAIL) the exact variance formula cancels. With s = r (b - z), r = -b, the
-    # density on [0, L], L = r (b - a), is exp(-s) exp(-eps s^2 / 2), eps = 1 / r^2 < 1 / 484.
-    # Expanding the second factor gives the moments as sums of lower incomplete gammas,
-    # I_k = sum_j (-eps/2)^j / j! * gamma(k + 2j + 1, L); six terms leave a relative error
-    # below ~1e-10 at r = 22, less deeper in. Exact for any width: at L -> inf this is the
-    # Mills-ratio series, at small L the cut exponential with its Gaussian correction.
-    w = b - a
-    deep = b < -_TAIL
-    rate = jnp.maximum(-b, _TAIL)
+def _deep_tail(a, b, w, rate):
+    """Mean and variance of t = b - z in the deep tail (see :func:`tn_moments`)."""
     eps = 1.0 / rate**2
     gam = _lower_gammas(jnp.minimum(rate * w, 60.0), 2 + 2 * _ORDER)
     coef = [1.0]
@@ -135,14 +121,12 @@ def tn_moments(m, s, lo, hi):
         coef.append(coef[-1] * (-0.5 * eps) / j)
     i0, i1, i2 = (sum(c * gam[k + 2 * j] for j, c in enumerate(coef)) for k in range(3))
     s_mean = i1 / i0
-    t_mean = s_mean / rate
-    t_var = jnp.maximum(i2 / i0 - s_mean * s_mean, 0.0) / rate**2
-    mu = jnp.where(deep, b - t_mean, mu)
-    var = jnp.where(deep, t_var, var)
-    # An interval much narrower than s (an uninformative frame: the posterior is nearly flat)
-    # makes the variance formula cancel; 8-point Gauss-Legendre is exact there (degree 15).
+    return s_mean / rate, jnp.maximum(i2 / i0 - s_mean * s_mean, 0.0) / rate**2
+
+
+def _flat(a, b, w):
+    """Position of the mean in [a, b] (0 to 1) and the sd in half-widths, by Gauss-Legendre."""
     c = 0.5 * (a + b)
-    flat = (w < 1.0) & (jnp.abs(c) * w < 2.0)
     nodes, weights = (jnp.asarray(v, a.dtype) for v in np.polynomial.legendre.leggauss(8))
     # In units of the interval's half-width, so that nothing rounds to the spacing of floats at c
     # nor underflows when s is huge.
@@ -150,17 +134,55 @@ def tn_moments(m, s, lo, hi):
         -0.25 * w[..., None] * nodes * (2.0 * c[..., None] + 0.5 * w[..., None] * nodes)
     )
     dens = dens / jnp.sum(dens, axis=-1, keepdims=True)
-    frac = jnp.sum(dens * 0.5 * (1.0 + nodes), axis=-1)  # mean's position in [a, b], 0 to 1
+    frac = jnp.sum(dens * 0.5 * (1.0 + nodes), axis=-1)
     half_sd = jnp.sqrt(jnp.sum(dens * (nodes - (2.0 * frac - 1.0)[..., None]) ** 2, axis=-1))
-    mean_std = jnp.where(flip, -mu, mu)
-    # Deep in a tail, measure from the near bound: m + s * mean_std would cancel.
-    near = jnp.where(flip, lo + s * t_mean, hi - s * t_mean)
-    mean = jnp.where(deep, near, m + s * mean_std)
+    return frac, half_sd
+
+
+def tn_moments(m, s, lo, hi):
+    """Mean and sd of Normal(m, s) truncated to [lo, hi]. Shapes broadcast.
+
+    Exact formulas in log space; two regimes where they cancel get their own method, computed
+    only when some element needs it (``lax.cond`` on the whole array: typical data need neither).
+    """
+    a, b, flip = _std_frame(m, s, lo, hi)
+    lo, hi = jnp.broadcast_to(lo, a.shape), jnp.broadcast_to(hi, a.shape)
+    s = jnp.broadcast_to(s, a.shape)
+    log_z = log_diff_ndtr(a, b)
+    ra = jnp.exp(_log_phi(a) - log_z)
+    rb = jnp.exp(_log_phi(b) - log_z)
+    mu = ra - rb
+    var = 1.0 + a * ra - b * rb - mu * mu
+    mean = m + s * jnp.where(flip, -mu, mu)
     sd = s * jnp.sqrt(jnp.clip(var, 0.0, 1.0))
-    # Nearly flat: place the mean within [lo, hi] directly; m may be far away and s huge.
-    span = hi - lo
-    mean = jnp.where(flat, jnp.where(flip, hi - span * frac, lo + span * frac), mean)
-    sd = jnp.where(flat, 0.5 * span * half_sd, sd)
+    w = b - a
+    # Deep tail (b < -_TAIL) the exact variance formula cancels. With s = r (b - z), r = -b, the
+    # density on [0, L], L = r (b - a), is exp(-s) exp(-eps s^2 / 2), eps = 1 / r^2 < 1 / 484.
+    # Expanding the second factor gives the moments as sums of lower incomplete gammas,
+    # I_k = sum_j (-eps/2)^j / j! * gamma(k + 2j + 1, L); six terms leave a relative error
+    # below ~1e-10 at r = 22, less deeper in. Exact for any width: at L -> inf this is the
+    # Mills-ratio series, at small L the cut exponential with its Gaussian correction.
+    deep = b < -_TAIL
+
+    def deep_fix(ms):
+        t_mean, t_var = _deep_tail(a, b, w, jnp.maximum(-b, _TAIL))
+        # Measured from the near bound: m + s * mean_std would cancel.
+        near = jnp.where(flip, lo + s * t_mean, hi - s * t_mean)
+        return jnp.where(deep, near, ms[0]), jnp.where(deep, s * jnp.sqrt(t_var), ms[1])
+
+    mean, sd = jax.lax.cond(jnp.any(deep), deep_fix, lambda ms: ms, (mean, sd))
+    # An interval much narrower than s (an uninformative frame: the posterior is nearly flat)
+    # makes the variance formula cancel; 8-point Gauss-Legendre is exact there (degree 15).
+    # The mean is placed within [lo, hi] directly: m may be far away and s huge.
+    flat = (w < 1.0) & (jnp.abs(0.5 * (a + b)) * w < 2.0)
+
+    def flat_fix(ms):
+        frac, half_sd = _flat(a, b, w)
+        span = hi - lo
+        inside = jnp.where(flip, hi - span * frac, lo + span * frac)
+        return jnp.where(flat, inside, ms[0]), jnp.where(flat, 0.5 * span * half_sd, ms[1])
+
+    mean, sd = jax.lax.cond(jnp.any(flat), flat_fix, lambda ms: ms, (mean, sd))
     return jnp.clip(mean, lo, hi), sd
 
 
