@@ -146,24 +146,86 @@ def _read_zarr(path: Path, key: str | None) -> Any:
     return node
 
 
-def _read_tiff(path: Path) -> Frames:
-    """Every page of a TIFF, one frame each (a single page is one frame)."""
-    import tifffile
+class TiffStack:
+    """The pages of a multi-page TIFF as a lazy array of shape (pages, *page_shape).
 
-    log = logging.getLogger("tifffile")
-    level = log.level
-    log.setLevel(logging.CRITICAL)  # its warnings about a corrupt file become our one error
-    try:
-        with tifffile.TiffFile(path) as tif:
-            n_pages = len(tif.pages)
-            if n_pages == 0:
-                raise ValueError("no readable image page (corrupt or truncated file?)")
-            data = tif.asarray(key=range(n_pages)) if n_pages > 1 else tif.asarray()[None]
-    except Exception as exc:
-        raise _fail(path, "TIFF", exc) from None
-    finally:
-        log.setLevel(level)
-    return Frames(data, np.asarray([f"{path.name}:{i}" for i in range(n_pages)]))
+    Slicing reads only those pages, so the statistics pass streams the file chunk by chunk.
+    Opening checks the file's structure (every page listed, every page's data inside the file),
+    so a truncated or corrupt TIFF fails here, not half-way through a fit.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import tifffile
+
+        self.path = path
+        problems: list[str] = []
+        handler = _Collect(problems)
+        log = logging.getLogger("tifffile")
+        log.addHandler(handler)
+        propagate, log.propagate = log.propagate, False  # its warnings become our one error
+        try:
+            self._tif = tifffile.TiffFile(path)
+            pages = list(self._tif.pages)
+            size = path.stat().st_size
+            if not pages:
+                problems.append("no readable image page")
+            for page in pages:
+                ends = np.add(page.dataoffsets, page.databytecounts)
+                if len(ends) and int(np.max(ends)) > size:
+                    problems.append(f"page {page.index} ends past the end of the file")
+                    break
+            if pages and any(p.shape != pages[0].shape or p.dtype != pages[0].dtype for p in pages):
+                problems.append("its pages differ in shape or dtype")
+        except Exception as exc:
+            raise _fail(path, "TIFF", exc) from None
+        finally:
+            log.removeHandler(handler)
+            log.propagate = propagate
+        if problems:
+            self._tif.close()
+            raise ValueError(f"cannot read {path} as TIFF: {problems[0]} (corrupt or truncated?)")
+        self.shape = (len(pages), *pages[0].shape)
+        self.dtype = np.dtype(pages[0].dtype)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            pages = list(range(*key.indices(self.shape[0])))
+            if not pages:
+                return np.empty((0, *self.shape[1:]), self.dtype)
+            try:
+                data = self._tif.asarray(key=pages)
+            except Exception as exc:
+                raise _fail(self.path, "TIFF", exc) from None
+            return data.reshape(len(pages), *self.shape[1:])
+        if isinstance(key, (int, np.integer)):
+            return self[int(key) : int(key) + 1 or None][0]
+        return np.asarray(self[:])[key]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self[:]
+        return data if dtype is None else data.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"TiffStack({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
+
+
+def _read_tiff(path: Path) -> Frames:
+    """Every page of a TIFF, one frame each (a single page is one frame), read lazily."""
+    stack = TiffStack(path)
+    return Frames(stack, np.asarray([f"{path.name}:{i}" for i in range(len(stack))]))
 
 
 def _read_image(path: Path) -> np.ndarray:

@@ -243,3 +243,23 @@ def test_hdf5_dataset_found_when_it_is_the_only_one(tmp_path, stack16):
         f["a"], f["g/b"] = stack16[1], stack16[2]
     with pytest.raises(ValueError, match=r"holds 2 datasets \['a', 'g/b'\]; name one"):
         bayesmix.read_frames(tmp_path / "two.h5")
+
+
+def test_multipage_tiff_is_read_lazily_page_by_page(tmp_path, stack16):
+    frames, a, b = stack16
+    tifffile.imwrite(tmp_path / "s.tif", frames)
+    got = bayesmix.read_frames(tmp_path / "s.tif").data
+    assert not isinstance(got, np.ndarray) and got.shape == frames.shape
+    np.testing.assert_array_equal(got[5:9], frames[5:9])
+    np.testing.assert_array_equal(got[7], frames[7])
+    # Streamed through the statistics pass 3 pages at a time: the same answer.
+    res = bayesmix.fit_map(got, a, b, chunk_size=3)
+    np.testing.assert_array_equal(res.x, bayesmix.fit_map(frames, a, b).x)
+
+
+def test_tiff_pages_of_different_shapes(tmp_path):
+    with tifffile.TiffWriter(tmp_path / "mixed.tif") as tif:
+        tif.write(np.zeros((4, 4), np.uint8))
+        tif.write(np.zeros((4, 5), np.uint8))
+    with pytest.raises(ValueError, match=r"mixed.tif as TIFF: its pages differ in shape or dtype"):
+        bayesmix.read_frames(tmp_path / "mixed.tif")
