@@ -32,6 +32,18 @@ def _label(q: float) -> str:
     return "q" + (s if "." in s else s.zfill(2))
 
 
+def clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Attributes as netCDF/JSON-safe scalars: bools as 0/1, other non-numbers as text."""
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if isinstance(value, (bool, np.bool_)):
+            value = int(value)
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value if isinstance(value, (int, float, str)) else str(value)
+    return out
+
+
 @dataclass(frozen=True)
 class MapResult:
     """The fast path's answer: per-frame MAP and exact posterior given the learned noise scale.
@@ -173,11 +185,7 @@ class MapResult:
 
         cols = self._columns(_check_prob(prob))
         ds = xr.Dataset({k: ("frame", v) for k, v in cols.items()}, coords={"frame": self.frame})
-        # netCDF attributes hold numbers and strings: bools as 0/1, the rest as text.
-        for key, value in self._attrs().items():
-            if isinstance(value, bool):
-                value = int(value)
-            ds.attrs[key] = value if isinstance(value, (int, float)) else str(value)
+        ds.attrs.update(clean_attrs(self._attrs()))
         return ds
 
     def _attrs(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from bayesmix._io import atomic_write
+from bayesmix._results import clean_attrs
 
 __all__ = ["map_result_from_table", "read_results", "results_table", "write_idata", "write_results"]
 
@@ -66,18 +67,6 @@ def results_table(
         df.insert(i, name, values)
     df.attrs["prob"] = prob
     return df
-
-
-def _clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    """Attributes as JSON/netCDF-safe scalars: bools as 0/1, other non-numbers as text."""
-    out: dict[str, Any] = {}
-    for key, value in attrs.items():
-        if isinstance(value, (bool, np.bool_)):
-            value = int(value)
-        elif isinstance(value, np.generic):
-            value = value.item()
-        out[key] = value if isinstance(value, (int, float, str)) else str(value)
-    return out
 
 
 def write_results(
@@ -132,7 +121,7 @@ def write_results(
             f" use one of {', '.join(RESULT_FORMATS)}"
         )
     df = results_table(result, prob=prob, source=source, columns=columns)
-    attrs = _clean_attrs({**df.attrs, **(meta or {})})
+    attrs = clean_attrs({**df.attrs, **(meta or {})})
 
     if suffix == ".csv":
 
