@@ -211,7 +211,7 @@ def diagnose(idata: az.InferenceData) -> Diagnostics:
 
 
 def summary_table(idata: az.InferenceData, prob: float = 0.9) -> pd.DataFrame:
-    """``arviz.summary`` of ``sigma`` and every ``x`` with an equal-tailed ``prob`` interval."""
+    """``arviz.summary`` of ``sigma`` and every ``x``, with the ``prob`` HDI interval."""
     import arviz as az
 
     return az.summary(idata, var_names=["sigma", "x"], hdi_prob=prob, kind="all", round_to="none")
