@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bayesmix._likelihood import misfit_pvalue
 from bayesmix._stats import FrameStats
 from bayesmix.priors import prior_spec
 
@@ -268,6 +269,7 @@ def nuts_table(idata: az.InferenceData, prob: float = 0.9) -> pd.DataFrame:
             _label(1.0 - tail): hi,
             "r2": stats.r2,
             "at_bound": (x_map <= bounds[0]) | (x_map >= bounds[1]),
+            "misfit_p": misfit_pvalue(stats, float(np.median(idata.posterior["sigma"].values))),
             "xhat": stats.xhat,
             "rss": stats.rss,
             "dd": stats.dd,

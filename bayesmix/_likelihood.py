@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+import numpy as np
 
 from bayesmix._stats import FrameStats
 
-__all__ = ["sse", "frame_loglik", "x_precision", "centred_loglik"]
+__all__ = ["centred_loglik", "frame_loglik", "misfit_pvalue", "sse", "x_precision"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -74,3 +75,16 @@ def centred_loglik(
     n = jnp.sum(stats.n)
     s2 = sigma_ref**2
     return -0.5 * (sse_ref / s2) * jnp.expm1(-2.0 * u) - 0.5 * (ds / s2) * jnp.exp(-2.0 * u) - n * u
+
+
+def misfit_pvalue(stats: FrameStats, sigma: float) -> np.ndarray:
+    """Per frame, the upper-tail p-value of ``rss / sigma^2 ~ chi^2(n - 1)``.
+
+    Under the model the residual of a frame at its least-squares weight is ``n - 1`` degrees of
+    freedom of Gaussian noise; a tiny p-value flags a frame the two references do not explain
+    (another component, a shift, a defect), whatever its weight.
+    """
+    from scipy.stats import chi2
+
+    dof = np.maximum(np.asarray(stats.n, np.float64) - 1.0, 1.0)
+    return chi2.sf(np.asarray(stats.rss, np.float64) / float(sigma) ** 2, dof)

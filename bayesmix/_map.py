@@ -20,6 +20,7 @@ call on the O(N) statistics, in float64 (scoped: JAX's global configuration is n
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter
 from functools import partial
@@ -36,7 +37,14 @@ from bayesmix._posterior import mode, moments, prior_params, summary
 from bayesmix._precision import x64
 from bayesmix._results import MapResult
 from bayesmix._stats import FrameStats, bucket_size, pad_stats, stats_from_stack
-from bayesmix.priors import SigmaPrior, XPrior, check_prior, check_sigma_prior
+from bayesmix.priors import (
+    Beta,
+    SigmaPrior,
+    TruncatedNormal,
+    XPrior,
+    check_prior,
+    check_sigma_prior,
+)
 
 __all__ = ["fit_map", "fit_map_stats"]
 
@@ -113,6 +121,36 @@ def _map_core(stats, valid, pp, ig, sigma2_0, tol, *, kind, sigma_method, max_it
     return x, mean, sd, at_bound, s2, it, converged
 
 
+def _prior_sd(prior: XPrior) -> float:
+    """The prior's spread on x (its sd; for a truncated normal, the smaller of scale and the
+    sd of a flat prior on its bounds)."""
+    lo, hi = prior.bounds
+    flat = (hi - lo) / math.sqrt(12.0)
+    if isinstance(prior, TruncatedNormal):
+        return min(prior.scale, flat)
+    if isinstance(prior, Beta):
+        a, b = prior.a, prior.b
+        return math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1.0)))
+    return flat
+
+
+def _warn_if_uninformative(stats: FrameStats, sigma: float, prior: XPrior) -> None:
+    """Warn when the frames say less about x than the prior does: nearly identical references
+    (or too few pixels) for the noise. The weights are then mostly the prior's."""
+    dd = float(np.median(stats.dd))
+    width = sigma / math.sqrt(dd) if dd > 0 else math.inf
+    spread = _prior_sd(prior)
+    if width > spread:
+        warnings.warn(
+            f"the references differ little for this noise: a frame alone pins x down to about "
+            f"sigma/||A - B|| = {width:.3g} (median over frames), wider than the prior's spread "
+            f"{spread:.3g}, so the weights mostly reflect the prior; check that A and B are the "
+            "right references, or use more pixels per frame",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
 def _check_options(
     prior, sigma_prior, sigma, sigma_method, max_iter, tol
 ) -> tuple[XPrior, SigmaPrior]:
@@ -153,6 +191,14 @@ def fit_map_stats(
     >>> bool(abs(res.sigma / 0.05 - 1) < 0.05)
     True
     """
+    return _fit(
+        stats, prior=prior, sigma_prior=sigma_prior, sigma=sigma, sigma_method=sigma_method,
+        max_iter=max_iter, tol=tol, frame=frame, device=device,
+    )  # fmt: skip
+
+
+def _fit(stats, *, prior, sigma_prior, sigma, sigma_method, max_iter, tol, frame, device):
+    """The fast path on the statistics; its warnings point at the caller of a public function."""
     prior, sigma_prior = _check_options(prior, sigma_prior, sigma, sigma_method, max_iter, tol)
     n_frames = stats.n_frames
     if frame is not None and len(frame) != n_frames:
@@ -180,12 +226,13 @@ def fit_map_stats(
             max_iter=int(max_iter), n_blocks=_n_blocks(size),
         )  # fmt: skip
         x, mean, sd, at_bound, s2, it, converged = jax.device_get(out)
+    _warn_if_uninformative(stats, float(np.sqrt(s2)), prior)
     if not converged:
         warnings.warn(
             f"the noise scale did not converge in {max_iter} iterations (tol={tol}); "
             "raise max_iter or check the data",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     keep = slice(0, n_frames)
     return MapResult(
@@ -298,7 +345,7 @@ def fit_map(
     _check_options(prior, sigma_prior, sigma, sigma_method, max_iter, tol)
     stack = prepare(frames, ref_a, ref_b, mask)
     stats = stats_from_stack(stack, chunk_size=chunk_size, memory_limit=memory_limit, stacklevel=2)
-    return fit_map_stats(
+    return _fit(
         stats, prior=prior, sigma_prior=sigma_prior, sigma=sigma, sigma_method=sigma_method,
-        max_iter=max_iter, tol=tol, device=device,
+        max_iter=max_iter, tol=tol, frame=None, device=device,
     )  # fmt: skip

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from bayesmix._io import atomic_write, prepare
+from bayesmix._likelihood import misfit_pvalue
 from bayesmix._results import MapResult
 from bayesmix._stats import FrameStats
 
@@ -98,15 +99,7 @@ class _View:
         lo_b, hi_b = self.bounds
         self.at_bound = (self.x_map <= lo_b) | (self.x_map >= hi_b)
         self.r2 = self.stats.r2
-        self.misfit_p = _misfit_pvalue(self.stats, self.sigma)
-
-
-def _misfit_pvalue(stats: FrameStats, sigma: float) -> np.ndarray:
-    """Upper-tail p-value of rss / sigma^2 ~ chi^2(n - 1): small = the frame is badly fit."""
-    from scipy.stats import chi2
-
-    dof = np.maximum(np.asarray(stats.n, np.float64) - 1.0, 1.0)
-    return chi2.sf(np.asarray(stats.rss) / sigma**2, dof)
+        self.misfit_p = misfit_pvalue(self.stats, self.sigma)
 
 
 def _weights_plot(v: _View, prob: float) -> str:

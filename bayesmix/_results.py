@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bayesmix._likelihood import misfit_pvalue
 from bayesmix._posterior import posterior_quantiles
 from bayesmix._stats import FrameStats
 from bayesmix.priors import SigmaPrior, XPrior, prior_spec
@@ -151,6 +152,7 @@ class MapResult:
             _label(1.0 - tail): hi,
             "r2": self.r2,
             "at_bound": self.at_bound,
+            "misfit_p": misfit_pvalue(self.stats, self.sigma),
             "xhat": np.asarray(self.stats.xhat),
             "rss": np.asarray(self.stats.rss),
             "dd": np.asarray(self.stats.dd),
@@ -159,6 +161,10 @@ class MapResult:
 
     def to_dataframe(self, prob: float = 0.9) -> pd.DataFrame:
         """One row per frame: MAP, mean, sd, the ``prob`` interval, R^2, flags, statistics.
+
+        Flags: ``at_bound`` (the posterior piles up at a bound of the prior: the frame asks for a
+        weight outside it) and ``misfit_p`` (chi-square p-value of the frame's residual: tiny
+        when the two references do not explain the frame).
 
         ``xhat``, ``rss``, ``dd`` and ``n_pixels`` are the frame's sufficient statistics: with
         ``sigma`` (in ``df.attrs``) they reproduce every other column.
@@ -169,7 +175,8 @@ class MapResult:
         >>> sim = bayesmix.simulate(20, shape=(16, 16), seed=1)
         >>> df = bayesmix.fit_map(sim.frames, sim.ref_a, sim.ref_b).to_dataframe()
         >>> list(df.columns)
-        ['x_map', 'mean', 'sd', 'q05', 'q95', 'r2', 'at_bound', 'xhat', 'rss', 'dd', 'n_pixels']
+        ['x_map', 'mean', 'sd', 'q05', 'q95', 'r2', 'at_bound', 'misfit_p', 'xhat', 'rss', 'dd',
+         'n_pixels']
         """
         import pandas as pd
 

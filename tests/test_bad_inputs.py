@@ -1,0 +1,410 @@
+"""The bad-input catalogue: every row of docs/bad-inputs.md, run. Each bad input gets a clear
+error (type and message) or a documented, tested handling; never a wrong number."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from functools import cache
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+
+import bayesmix
+from bayesmix.cli import main
+from bayesmix.priors import Beta, InverseGamma, TruncatedNormal, Uniform
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
+
+
+@cache
+def _sim():
+    return bayesmix.simulate(20, shape=(6, 6), noise=0.1, seed=0)
+
+
+def _fit(frames=None, a=None, b=None, **kw):
+    sim = _sim()
+    return bayesmix.fit_map(
+        sim.frames if frames is None else frames,
+        sim.ref_a if a is None else a,
+        sim.ref_b if b is None else b,
+        **kw,
+    )
+
+
+def _nan_frame():
+    f = _sim().frames.copy()
+    f[3] = np.nan
+    return f
+
+
+def _inf_pixel():
+    f = _sim().frames.copy()
+    f[2, 1, 1] = np.inf
+    return f
+
+
+def _equal_where_finite():
+    sim = _sim()
+    a, b = sim.ref_a.copy(), sim.ref_b.copy()
+    b[0, 0] = a[0, 0]
+    f = sim.frames.copy()
+    f[4] = np.nan
+    f[4, 0, 0] = 1.0
+    return f, a, b
+
+
+def _nan_ref():
+    a = _sim().ref_a.copy()
+    a[0, 0] = np.nan
+    return a
+
+
+def _inf_ref():
+    b = _sim().ref_b.copy()
+    b[1, 1] = -np.inf
+    return b
+
+
+def _masked_equal():
+    sim = _sim()
+    b = sim.ref_b.copy()
+    b[:2] = sim.ref_a[:2]
+    mask = np.zeros((6, 6), bool)
+    mask[:2] = True
+    return _fit(b=b, mask=mask)
+
+
+# (id, what, action, expected): expected is ("raises", type, regex), ("warns", type, regex), or
+# ("ok", check) where check(result) asserts the documented handling.
+def _ok_uint16_full_range(res):
+    sim = _sim()
+    f = np.rint(sim.frames * 60000).clip(0, 65535)
+    ref = bayesmix.fit_map(f, np.rint(sim.ref_a * 60000), np.rint(sim.ref_b * 60000))
+    np.testing.assert_allclose(res.x, ref.x, atol=1e-4 * float(np.median(ref.sd)))
+
+
+def _uint16():
+    sim = _sim()
+    f = np.rint(sim.frames * 60000).clip(0, 65535).astype(np.uint16)
+    return bayesmix.fit_map(f, np.rint(sim.ref_a * 60000).astype(np.uint16),
+                            np.rint(sim.ref_b * 60000).astype(np.uint16))  # fmt: skip
+
+
+def _ok_float16(res):
+    sim = _sim()
+    ref = bayesmix.fit_map(sim.frames.astype(np.float16).astype(np.float64), sim.ref_a, sim.ref_b)
+    np.testing.assert_allclose(res.x, ref.x, atol=1e-4 * float(np.median(ref.sd)))
+
+
+def _far_outside():
+    sim = _sim()
+    far = (3.0 * sim.ref_a - 2.0 * sim.ref_b)[None].astype(np.float32)  # x = 3
+    return _fit(np.concatenate([sim.frames, far]))
+
+
+def _ok_far_outside(res):
+    # Flagged, not silently clipped: MAP on the bound, at_bound set, xhat kept in the stats.
+    assert res.x[-1] == 1.0 and res.at_bound[-1] and res.stats.xhat[-1] == pytest.approx(3.0, 1e-3)
+    assert not res.at_bound[:-1].any()
+
+
+def _unexplained():
+    sim = _sim()
+    odd = np.random.default_rng(1).uniform(0, 1, (1, 6, 6)).astype(np.float32)
+    return _fit(np.concatenate([sim.frames, odd]))
+
+
+def _ok_unexplained(res):
+    p = res.to_dataframe()["misfit_p"].to_numpy()
+    assert p[-1] < 1e-6 and np.median(p[:-1]) > 0.01  # flagged by its chi-square misfit
+
+
+def _zero_noise():
+    sim = _sim()
+    f = sim.x[:, None, None] * sim.ref_a + (1 - sim.x[:, None, None]) * sim.ref_b
+    return _fit(f.astype(np.float64))
+
+
+def _ok_zero_noise(res):
+    np.testing.assert_allclose(res.x, _sim().x, atol=1e-9)
+    assert np.all(np.isfinite(res.sd)) and res.sigma < 1e-7
+
+
+def _ok_single_frame(res):
+    assert res.x.shape == (1,) and np.isfinite(res.sigma)
+
+
+def _constant_frames():
+    return _fit(np.full((20, 6, 6), 0.4, np.float32))
+
+
+def _ok_constant(res):
+    # Flat frames carry no contrast: finite numbers, and an R^2 near 0 says the contrast A - B
+    # does not explain them (against ~0.65 for the simulated frames at this noise).
+    assert np.all(np.isfinite(res.x)) and np.all(np.isfinite(res.sd)) and (res.r2 < 0.2).all()
+
+
+def _ok_negative(res):
+    sim = _sim()
+    np.testing.assert_allclose(res.x, bayesmix.fit_map(sim.frames, sim.ref_a, sim.ref_b).x,
+                               atol=1e-9)  # fmt: skip
+
+
+def _huge():
+    sim = _sim()
+    return _fit(sim.frames * np.float32(1e30), sim.ref_a * 1e30, sim.ref_b * 1e30)
+
+
+def _ok_huge(res):
+    sim = _sim()
+    np.testing.assert_allclose(res.x, bayesmix.fit_map(sim.frames, sim.ref_a, sim.ref_b).x,
+                               atol=1e-5)  # fmt: skip
+
+
+def _files(tmp: Path) -> dict[str, Path]:
+    sim = _sim()
+    np.save(tmp / "f.npy", sim.frames)
+    np.save(tmp / "a.npy", sim.ref_a)
+    np.save(tmp / "b.npy", sim.ref_b)
+    return {"f": tmp / "f.npy", "a": tmp / "a.npy", "b": tmp / "b.npy"}
+
+
+def _cli(tmp: Path, *extra: str, frames: str | None = None, ref_a: str | None = None) -> int:
+    p = _files(tmp)
+    return main(["fit", frames or str(p["f"]), "--ref-a", ref_a or str(p["a"]), "--ref-b",
+                 str(p["b"]), "--out", str(tmp / "r.csv"), "--quiet", *extra])  # fmt: skip
+
+
+def _cli_existing(tmp):
+    (tmp / "r.csv").write_text("keep")
+    return _cli(tmp)
+
+
+def _cli_no_dir(tmp):
+    p = _files(tmp)
+    return main(["fit", str(p["f"]), "--ref-a", str(p["a"]), "--ref-b", str(p["b"]),
+                 "--out", str(tmp / "nowhere" / "r.csv")])  # fmt: skip
+
+
+def _cli_readonly(tmp):
+    import os
+
+    p = _files(tmp)
+    ro = tmp / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    if os.access(ro, os.W_OK):  # root ignores permissions
+        pytest.skip("running as root: a read-only folder is still writable")
+    return main(["fit", str(p["f"]), "--ref-a", str(p["a"]), "--ref-b", str(p["b"]),
+                 "--out", str(ro / "r.csv")])  # fmt: skip
+
+
+def _write_bad_tiff(tmp):
+    (tmp / "bad.tif").write_bytes(b"II*\x00" + b"\x05" * 64)
+    return tmp / "bad.tif"
+
+
+def _write_cut_tiff(tmp):
+    tifffile.imwrite(tmp / "t.tif", _sim().frames)
+    raw = (tmp / "t.tif").read_bytes()
+    (tmp / "cut.tif").write_bytes(raw[: len(raw) // 2])
+    return tmp / "cut.tif"
+
+
+def _write_pickle(tmp):
+    np.save(tmp / "p.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    return tmp / "p.npy"
+
+
+def _write_cut_npy(tmp):
+    np.save(tmp / "c.npy", _sim().frames)
+    (tmp / "cut.npy").write_bytes((tmp / "c.npy").read_bytes()[:300])
+    return tmp / "cut.npy"
+
+
+def _write_cut_npz(tmp):
+    np.savez(tmp / "c.npz", frames=_sim().frames)
+    (tmp / "cut.npz").write_bytes((tmp / "c.npz").read_bytes()[:200])
+    return tmp / "cut.npz"
+
+
+def _write_h5(tmp):
+    with h5py.File(tmp / "d.h5", "w") as f:
+        f["frames"] = _sim().frames
+    return f"{tmp}/d.h5:/missing"
+
+
+def _write_cut_h5(tmp):
+    with h5py.File(tmp / "d.h5", "w") as f:
+        f["frames"] = _sim().frames
+    (tmp / "cut.h5").write_bytes((tmp / "d.h5").read_bytes()[:500])
+    return tmp / "cut.h5"
+
+
+def _write_zarr_bad(tmp):
+    (tmp / "bad.zarr").mkdir()
+    (tmp / "bad.zarr" / "zarr.json").write_text("{not json")
+    return tmp / "bad.zarr"
+
+
+CATALOGUE = [
+    # Python API: shapes and values
+    ("shape-mismatch", lambda t: _fit(a=np.ones((6, 5)), b=np.zeros((6, 5))),
+     ("raises", ValueError, r"frames must have shape \(N, \*S\) with S = reference shape \(6, 5\)")),
+    ("refs-differ-in-shape", lambda t: _fit(b=np.zeros((5, 6))),
+     ("raises", ValueError, r"ref_a and ref_b must have the same shape")),
+    ("single-frame-without-axis", lambda t: _fit(_sim().frames[0]),
+     ("raises", ValueError, r"a single frame needs a leading axis: frames\[None\]")),
+    ("a-equals-b", lambda t: _fit(b=_sim().ref_a),
+     ("raises", ValueError, r"identical on the selected pixels, so the mixing weight is not identifiable")),
+    ("a-equals-b-under-mask", lambda t: _masked_equal(),
+     ("raises", ValueError, r"identical on the selected pixels")),
+    ("a-nearly-b", lambda t: _fit(b=_sim().ref_a + 1e-9),
+     ("warns", RuntimeWarning, r"references differ little for this noise: .* sigma/\|\|A - B\|\|")),
+    ("nan-in-reference", lambda t: _fit(a=_nan_ref()),
+     ("raises", ValueError, r"ref_a has 1 non-finite pixel\(s\) \(NaN or Inf\)")),
+    ("inf-in-reference", lambda t: _fit(b=_inf_ref()),
+     ("raises", ValueError, r"ref_b has 1 non-finite pixel\(s\)")),
+    ("all-nan-frame", lambda t: _fit(_nan_frame()),
+     ("raises", ValueError, r"1 frame\(s\) have no finite pixel \(all NaN/Inf\), e.g. frame\(s\) \[3\]")),
+    ("finite-only-where-a-equals-b", lambda t: _fit(*_equal_where_finite()),
+     ("raises", ValueError, r"finite only where ref_a == ref_b, so their weight is not identifiable")),
+    ("inf-pixel-in-frame", lambda t: _fit(_inf_pixel()),
+     ("warns", RuntimeWarning, r"1 pixel\(s\) in 1 frame\(s\) are \+/-Inf and were left out")),
+    ("empty-stack", lambda t: _fit(np.zeros((0, 6, 6), np.float32)),
+     ("raises", ValueError, r"frames is an empty stack \(0 frames\)")),
+    ("empty-iterator", lambda t: _fit(iter([])),
+     ("raises", ValueError, r"frames is an empty iterator")),
+    ("empty-reference", lambda t: _fit(np.zeros((3, 0)), np.zeros(0), np.zeros(0)),
+     ("raises", ValueError, r"ref_a is empty")),
+    ("string-dtype", lambda t: _fit(_sim().frames.astype(str)),
+     ("raises", ValueError, r"frames must hold real numbers \(float or integer\), got dtype <U")),
+    ("complex-dtype", lambda t: _fit(_sim().frames.astype(complex)),
+     ("raises", ValueError, r"frames must hold real numbers .* complex128")),
+    ("ragged-list", lambda t: bayesmix.fit_map([[1.0, 2.0], [3.0]], [1.0, 2.0], [0.0, 1.0]),
+     ("raises", ValueError, r"frames must be an array, got list")),
+    ("mask-not-boolean", lambda t: _fit(mask=np.ones((6, 6))),
+     ("raises", ValueError, r"mask must be a boolean array, got dtype float64")),
+    ("mask-wrong-shape", lambda t: _fit(mask=np.ones((5, 6), bool)),
+     ("raises", ValueError, r"mask must have the reference shape \(6, 6\), got \(5, 6\)")),
+    ("mask-selects-nothing", lambda t: _fit(mask=np.zeros((6, 6), bool)),
+     ("raises", ValueError, r"mask selects no pixel")),
+    ("uint16-full-range", lambda t: _uint16(), ("ok", _ok_uint16_full_range)),
+    ("float16-input", lambda t: _fit(_sim().frames.astype(np.float16)), ("ok", _ok_float16)),
+    ("negative-values", lambda t: _fit(-_sim().frames, -_sim().ref_a, -_sim().ref_b),
+     ("ok", _ok_negative)),
+    ("huge-values", lambda t: _huge(), ("ok", _ok_huge)),
+    ("zero-noise", lambda t: _zero_noise(), ("ok", _ok_zero_noise)),
+    ("single-frame", lambda t: _fit(_sim().frames[:1]), ("ok", _ok_single_frame)),
+    ("constant-frames", lambda t: _constant_frames(), ("ok", _ok_constant)),
+    ("frame-far-outside", lambda t: _far_outside(), ("ok", _ok_far_outside)),
+    ("frame-not-a-mixture", lambda t: _unexplained(), ("ok", _ok_unexplained)),
+    # Priors and options
+    ("inverted-bounds", lambda t: TruncatedNormal(0.5, 0.1, 1.0, 0.0),
+     ("raises", ValueError, r"prior bounds must satisfy low < high, got low=1.0, high=0.0")),
+    ("uniform-inverted", lambda t: Uniform(0.8, 0.2),
+     ("raises", ValueError, r"prior bounds must satisfy low < high")),
+    ("prior-outside-bounds", lambda t: TruncatedNormal(1.5, 0.1),
+     ("raises", ValueError, r"prior loc=1.5 is outside its bounds \[0.0, 1.0\]")),
+    ("prior-scale-not-positive", lambda t: TruncatedNormal(0.5, 0.0),
+     ("raises", ValueError, r"scale")),
+    ("beta-shape-below-1", lambda t: Beta(0.5, 2.0),
+     ("raises", ValueError, r"Beta shapes must both be >= 1, got a=0.5")),
+    ("invgamma-negative", lambda t: InverseGamma(-1.0, 1.0),
+     ("raises", ValueError, r"InverseGamma needs concentration > 0 and scale > 0")),
+    ("prior-not-a-prior", lambda t: _fit(prior="normal"),
+     ("raises", ValueError, r"prior must be one of TruncatedNormal, Uniform, Beta")),
+    ("sigma-not-positive", lambda t: _fit(sigma=0.0),
+     ("raises", ValueError, r"sigma must be a positive finite noise scale")),
+    ("unknown-sigma-method", lambda t: _fit(sigma_method="mle"),
+     ("raises", ValueError, r"sigma_method must be one of \('marginal', 'joint'\)")),
+    ("interval-prob-outside", lambda t: _fit().interval(1.5),
+     ("raises", ValueError, r"prob must be in \(0, 1\)")),
+    ("chunk-size-zero", lambda t: _fit(chunk_size=0),
+     ("raises", ValueError, r"chunk_size must be a positive integer")),
+    ("memory-limit-zero", lambda t: _fit(memory_limit=0),
+     ("raises", ValueError, r"memory_limit must be a positive number of bytes")),
+    ("unknown-device", lambda t: _fit(device="tpu"),
+     ("raises", ValueError, r"device must be one of \('cpu', 'gpu'\) or None")),
+    ("nuts-bad-chains", lambda t: bayesmix.sample(_sim().frames, _sim().ref_a, _sim().ref_b,
+                                                  num_chains=0, progress=False),
+     ("raises", ValueError, r"num_chains must be a positive integer")),
+    # Readers
+    ("missing-file", lambda t: bayesmix.read_frames(t / "nope.tif"),
+     ("raises", FileNotFoundError, r"no such file or folder: .*nope.tif")),
+    ("corrupt-tiff", lambda t: bayesmix.read_frames(_write_bad_tiff(t)),
+     ("raises", ValueError, r"cannot read .*bad.tif as TIFF")),
+    ("truncated-tiff", lambda t: bayesmix.read_frames(_write_cut_tiff(t)),
+     ("raises", ValueError, r"cannot read .*cut.tif as TIFF")),
+    ("pickled-npy", lambda t: bayesmix.read_frames(_write_pickle(t)),
+     ("raises", ValueError, r"holds Python objects \(a pickled array\)")),
+    ("truncated-npy", lambda t: bayesmix.read_frames(_write_cut_npy(t)),
+     ("raises", ValueError, r"cannot read .*cut.npy as .npy")),
+    ("truncated-npz", lambda t: bayesmix.read_frames(_write_cut_npz(t)),
+     ("raises", ValueError, r"cannot read .*cut.npz as .npz")),
+    ("wrong-hdf5-dataset", lambda t: bayesmix.read_frames(_write_h5(t)),
+     ("raises", ValueError, r"has no dataset '/missing'")),
+    ("truncated-hdf5", lambda t: bayesmix.read_frames(_write_cut_h5(t)),
+     ("raises", ValueError, r"cannot read .*cut.h5 as HDF5")),
+    ("corrupt-zarr", lambda t: bayesmix.read_frames(_write_zarr_bad(t)),
+     ("raises", ValueError, r"cannot read .*bad.zarr as zarr")),
+    ("unknown-extension", lambda t: (t / "x.fits").write_text("x") and bayesmix.read_frames(t / "x.fits"),
+     ("raises", ValueError, r"cannot tell the format of .*x.fits from its extension")),
+    # Command line (exit status 2, one line on stderr)
+    ("cli-existing-output", lambda t: _cli_existing(t),
+     ("exit2", r"r.csv already exists; pass --overwrite to replace it")),
+    ("cli-missing-output-dir", lambda t: _cli_no_dir(t),
+     ("exit2", r"output folder .*nowhere does not exist")),
+    ("cli-unwritable-output-dir", lambda t: _cli_readonly(t), ("exit2", r"Permission denied")),
+    ("cli-missing-input", lambda t: _cli(t, frames=str(t / "none.npy")),
+     ("exit2", r"no such file or folder: .*none.npy")),
+    ("cli-wrong-shape-reference", lambda t: np.save(t / "s.npy", np.ones(5)) or _cli(t, ref_a=str(t / "s.npy")),
+     ("exit2", r"ref_a and ref_b must have the same shape")),
+    ("cli-bad-device", lambda t: _cli(t, "--device", "tpu"),
+     ("exit2", r"argument --device: invalid choice: 'tpu'")),
+    ("cli-missing-gpu", lambda t: _cli(t, "--device", "gpu"),
+     ("exit2", r"device='gpu': JAX sees no GPU")),
+    ("cli-bad-prior-spec", lambda t: _cli(t, "--prior", "beta:1"),
+     ("exit2", r"prior 'beta:1' takes 2 to 2 parameters \(a, b\), got 1")),
+    ("cli-bad-prob", lambda t: _cli(t, "--prob", "2"),
+     ("exit2", r"argument --prob: expected a probability in \(0, 1\)")),
+    ("cli-leftover-run", lambda t: (t / "r.csv.parts").mkdir() or _cli(t),
+     ("exit2", r"an interrupted run left .*r.csv.parts; pass --resume")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", CATALOGUE, ids=[r[0] for r in CATALOGUE])
+def test_catalogue(row, tmp_path, capsys):
+    name, action, expected = row
+    kind = expected[0]
+    if name == "cli-missing-gpu":
+        import jax
+
+        if any(d.platform == "gpu" for d in jax.devices()):
+            pytest.skip("a GPU is present")
+    if kind == "raises":
+        with pytest.raises(expected[1], match=expected[2]):
+            action(tmp_path)
+    elif kind == "warns":
+        with pytest.warns(expected[1], match=expected[2]):
+            action(tmp_path)
+    elif kind == "exit2":
+        assert action(tmp_path) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert re.search(expected[1], err), err
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # handled means: no surprise warning
+            result = action(tmp_path)
+        expected[1](result)
+
+
+def test_the_docs_table_lists_exactly_the_catalogue():
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \|", DOC.read_text(), flags=re.M)
+    assert sorted(rows) == sorted(r[0] for r in CATALOGUE)
+    assert len(rows) >= 30
