@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/bayesmix demo --out demo-output --overwrite
 
 test: $(STAMP)
+	.ci/ensure-chromium
 	$(BIN)/ruff check bayesmix tests benchmarks notebooks docs
 	$(BIN)/python -m pytest -q
 

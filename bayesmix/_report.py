@@ -18,6 +18,7 @@ from bayesmix._io import atomic_write, prepare
 from bayesmix._likelihood import misfit_pvalue
 from bayesmix._results import MapResult
 from bayesmix._stats import FrameStats
+from bayesmix.priors import parse_prior
 
 __all__ = ["report"]
 
@@ -85,7 +86,8 @@ class _View:
             self.stats = FrameStats(
                 obs["xhat"].values, obs["rss"].values, obs["dd"].values, obs["n_pixels"].values
             )
-            self.prior = str(result.attrs.get("prior", ""))
+            spec = str(result.attrs.get("prior", ""))
+            self.prior = repr(parse_prior(spec)) if spec else ""
             self.bounds = (
                 float(result.attrs.get("prior_low", 0.0)),
                 float(result.attrs.get("prior_high", 1.0)),
@@ -182,6 +184,9 @@ def _trace_html(v: _View, diag: Any) -> str:
         row[0].set_title(f"{name}: density per chain")
         row[1].set_title(f"{name}: rank plot")
     fig.suptitle("Chains of sigma and of the worst-mixing weights (uniform ranks = good mixing)")
+    # ArviZ draws on the axes we give it; lay them out afterwards so that titles and tick labels
+    # of neighbouring rows do not overlap.
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -194,6 +199,9 @@ def _energy_html(v: _View) -> str:
     ax = fig.add_subplot()
     plot_energy(v.idata, ax)
     ax.set_title("Energy: marginal vs transition (similar widths = good exploration)")
+    if ax.get_legend() is not None:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
     return _png(fig)
 
 
