@@ -39,6 +39,7 @@ from bayesmix._results import MapResult
 from bayesmix._stats import FrameStats, bucket_size, pad_stats, stats_from_stack
 from bayesmix.priors import (
     Beta,
+    Jeffreys,
     SigmaPrior,
     TruncatedNormal,
     XPrior,
@@ -83,8 +84,10 @@ def _map_core(stats, valid, pp, ig, sigma2_0, tol, *, kind, sigma_method, max_it
     n_tot = jnp.sum(jnp.where(valid, stats.n, 0.0))
     energy = jnp.sum(jnp.where(valid, stats.rss + stats.dd * stats.xhat**2, 0.0))
     # Noise below the data's own rounding is not resolvable; the floor also keeps a noise-free
-    # simulation finite.
-    floor = jnp.maximum(jnp.finfo(jnp.float64).eps * energy / n_tot, jnp.finfo(jnp.float64).tiny)
+    # simulation finite. The contrast dd enters it too: frames equal to B have no energy at all.
+    contrast = jnp.sum(jnp.where(valid, stats.dd, 0.0))
+    scale = (energy + contrast) / n_tot
+    floor = jnp.maximum(jnp.finfo(jnp.float64).eps * scale, jnp.finfo(jnp.float64).tiny)
 
     def sigma2_given(x):
         total = jnp.sum(jnp.where(valid, sse(x, stats), 0.0))
@@ -205,6 +208,12 @@ def _fit(stats, *, prior, sigma_prior, sigma, sigma_method, max_iter, tol, frame
         raise ValueError(f"frame labels must have length {n_frames}, got {len(frame)}")
 
     n_tot = float(np.sum(stats.n))
+    if sigma is None and isinstance(sigma_prior, Jeffreys) and n_tot <= n_frames:
+        raise ValueError(
+            "the noise scale cannot be learned: every frame has a single valid pixel, so no "
+            "residual is left to measure it (under the Jeffreys prior its posterior is improper); "
+            "pass sigma= (a known noise scale) or sigma_prior=InverseGamma(...)"
+        )
     # Start from the unbiased least-squares estimate (each frame fits one weight): within the
     # prior's pull of the fixed point, so EM needs two or three steps.
     dof = max(n_tot - n_frames, 1.0)

@@ -124,10 +124,19 @@ def _beta_grid(stats1: FrameStats, sigma2, pp: PriorParams):
     g1, g2 = _beta_grad(jnp.clip(x0, eps, 1.0 - eps), stats1, sigma2, pp)
     g1 = jnp.where((x0 > 0.0) & (x0 < 1.0), 0.0, g1)  # the slope matters only at a bound
     width = 1.0 / (jnp.sqrt(-g2) + jnp.abs(g1))
+    # With a (or b) just above 1 and the data beyond that bound, the mode sits a hair inside it
+    # where (a - 1) / x^2 is huge: the curvature there says nothing of the bulk, which falls off
+    # on the likelihood's own scale. Never make the grid narrower than that scale.
+    lik = x_precision(sigma2, stats1)
+    width_lik = 1.0 / (jnp.sqrt(lik) + lik * jnp.abs(x0 - stats1.xhat))
+    width = jnp.maximum(width, jnp.minimum(width_lik, 1.0))
     lo = jnp.maximum(0.0, x0 - _SPAN * width)
     hi = jnp.minimum(1.0, x0 + _SPAN * width)
     grid = lo + (hi - lo) * jnp.linspace(0.0, 1.0, _GRID, dtype=x0.dtype)
-    lp = _beta_logpost(grid, stats1, sigma2, pp)
+    # At a bound, x^(a - 1) with a just above 1 is 0 but jumps to ~1 within any grid step; the
+    # end point's value is taken a tenth of a step inside, which makes its cell's integral right.
+    step = (hi - lo) / (_GRID - 1)
+    lp = _beta_logpost(jnp.clip(grid, 0.1 * step, 1.0 - 0.1 * step), stats1, sigma2, pp)
     dens = jnp.exp(lp - jnp.max(lp))
     # Trapezoid rule: the weights are the density with the two end points halved.
     w = dens.at[0].multiply(0.5).at[-1].multiply(0.5)

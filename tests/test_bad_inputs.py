@@ -134,6 +134,12 @@ def _ok_zero_noise(res):
     assert np.all(np.isfinite(res.sd)) and res.sigma < 1e-7
 
 
+def _ok_equal_to_b(res):
+    # No noise and no contrast energy: sigma floors at the contrast's rounding, x = 0 exactly.
+    assert np.isfinite(res.sigma) and np.all(np.isfinite(res.sd))
+    np.testing.assert_allclose(res.x, 0.0, atol=1e-9)
+
+
 def _ok_single_frame(res):
     assert res.x.shape == (1,) and np.isfinite(res.sigma)
 
@@ -300,6 +306,10 @@ CATALOGUE = [
     ("huge-values", lambda t: _huge(), ("ok", _ok_huge)),
     ("zero-noise", lambda t: _zero_noise(), ("ok", _ok_zero_noise)),
     ("single-frame", lambda t: _fit(_sim().frames[:1]), ("ok", _ok_single_frame)),
+    ("one-pixel-frames", lambda t: bayesmix.fit_map(np.array([[0.4], [0.5]]), [1.0], [0.0]),
+     ("raises", ValueError, r"noise scale cannot be learned: every frame has a single valid pixel")),
+    ("noise-free-frames-equal-to-b", lambda t: _fit(np.stack([_sim().ref_b] * 3)),
+     ("ok", _ok_equal_to_b)),
     ("constant-frames", lambda t: _constant_frames(), ("ok", _ok_constant)),
     ("frame-far-outside", lambda t: _far_outside(), ("ok", _ok_far_outside)),
     ("frame-not-a-mixture", lambda t: _unexplained(), ("ok", _ok_unexplained)),
