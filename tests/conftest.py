@@ -55,24 +55,3 @@ def scipy_logpdf(prior, x):
     if type(prior).__name__ == "Uniform":
         return stats.uniform.logpdf(x, prior.low, prior.high - prior.low)
     return stats.beta.logpdf(x, prior.a, prior.b)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _jax_compilation_cache(tmp_path_factory):
-    """A persistent XLA cache for this test session: NumPyro recompiles its sampling loop on
-    every MCMC.run, and calibration runs the same program a hundred times. Test-only: the
-    library never changes JAX's configuration."""
-    import jax
-
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    old = {name: getattr(jax.config, name) for name in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax-cache")))
-    jax.config.update(names[1], 0.0)
-    jax.config.update(names[2], 0)
-    yield
-    for name, value in old.items():
-        jax.config.update(name, value)
