@@ -315,7 +315,11 @@ def _describe(source: str) -> list[Any]:
     unchanged."""
     import glob
 
-    paths = sorted(glob.glob(source)) or [source]
+    from bayesmix._readers import _split_key
+
+    # 'data.h5:/entry/frames' names a file and a key: describe the file.
+    path, _ = _split_key(source, None)
+    paths = sorted(glob.glob(str(path))) or [str(path)]
     out = []
     for p in map(Path, paths):
         files = sorted(p.iterdir()) if p.is_dir() else [p]
