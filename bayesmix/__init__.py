@@ -6,8 +6,6 @@ inference path only through four per-frame statistics computed in one pass
 posterior of every weight given the learned noise scale.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from bayesmix import priors
 from bayesmix._arviz import Diagnostics, diagnose, read_idata
 from bayesmix._map import fit_map, fit_map_stats
@@ -17,13 +15,10 @@ from bayesmix._report import report
 from bayesmix._results import MapResult
 from bayesmix._simulate import Simulation, sample_references, simulate
 from bayesmix._stats import FrameStats, frame_stats
+from bayesmix._version import __version__
 from bayesmix._writers import read_results, write_idata, write_results
 from bayesmix.priors import Beta, InverseGamma, Jeffreys, TruncatedNormal, Uniform
 
-try:
-    __version__ = version("bayesmix")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "Beta",

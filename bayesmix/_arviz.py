@@ -51,7 +51,7 @@ def to_inference_data(
     """Assemble the InferenceData of a NUTS run (arrays of shape (chain, draw, ...))."""
     import arviz as az
 
-    from bayesmix import __version__
+    from bayesmix._version import __version__
 
     frame = np.asarray(fit.frame)
     coords = {"frame": frame}

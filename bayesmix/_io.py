@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["ChunkStream", "Stack", "atomic_write", "prepare", "work_dtype"]
+__all__ = ["ChunkStream", "Stack", "atomic_write", "prepare", "spectral_frames", "work_dtype"]
 
 
 class ChunkStream:
@@ -158,6 +158,61 @@ def prepare(frames: Any, ref_a: Any, ref_b: Any, mask: Any = None) -> Stack:
             "identifiable; check that two different references were passed"
         )
     return Stack(frames, a, b, pixels, shape[1:], work_dtype(frames.dtype))
+
+
+def spectral_frames(
+    stack: Any, spectral_axis: int | None, ref: Any = None
+) -> tuple[Any, tuple[int, ...] | None]:
+    """A spectrum image as frames: each pixel's spectrum along ``spectral_axis`` is one frame.
+
+    Returns ``(frames, map_shape)``: ``frames`` of shape (H*W..., E) in the map's row-major
+    order, and the map's shape, e.g. (H, W); ``(stack, None)`` when ``spectral_axis`` is None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cube = np.arange(24.0).reshape(4, 2, 3)          # (E, H, W)
+    >>> frames, shape = spectral_frames(cube, 0)
+    >>> frames.shape, shape, frames[1].tolist()
+    ((6, 4), (2, 3), [1.0, 7.0, 13.0, 19.0])
+    """
+    if spectral_axis is None:
+        return stack, None
+    if isinstance(spectral_axis, bool) or not isinstance(spectral_axis, (int, np.integer)):
+        raise ValueError(f"spectral_axis must be an integer axis, got {spectral_axis!r}")
+    if isinstance(stack, Iterator):
+        raise ValueError("spectral_axis needs the whole spectrum image, not an iterator of chunks")
+    if _is_masked(stack):
+        stack = np.ma.filled(stack.astype(np.result_type(stack.dtype, np.float32)), np.nan)
+    arr = _as_array("frames", stack)
+    ndim = len(arr.shape)
+    if ndim < 2:
+        raise ValueError(
+            f"a spectrum image needs a spectral axis and at least one map axis, got shape "
+            f"{tuple(arr.shape)}"
+        )
+    if not -ndim <= int(spectral_axis) < ndim:
+        raise ValueError(
+            f"spectral_axis {spectral_axis} is out of range for a stack of shape "
+            f"{tuple(arr.shape)} ({ndim} axes: use 0 to {ndim - 1}, or -1 for the last)"
+        )
+    axis = int(spectral_axis) % ndim
+    if ref is not None:
+        n_e = int(np.shape(ref)[0]) if np.ndim(ref) == 1 else None
+        if n_e is not None and n_e != arr.shape[axis]:
+            raise ValueError(
+                f"the references have {n_e} spectral points but axis {axis} of the stack "
+                f"{tuple(arr.shape)} has {arr.shape[axis]}; pass the spectral axis (e.g. 0 for "
+                "(E, H, W), -1 for (H, W, E))"
+            )
+    arr = np.asarray(arr)
+    map_shape = tuple(int(v) for k, v in enumerate(arr.shape) if k != axis)
+    frames = np.moveaxis(arr, axis, -1).reshape(-1, arr.shape[axis])
+    return frames, map_shape
+
+
+def _is_masked(value: Any) -> bool:
+    return isinstance(value, np.ma.MaskedArray)
 
 
 def atomic_write(

@@ -16,13 +16,25 @@ Every inference path (MAP, exact posterior, NUTS, LOO) calls the functions here.
 from __future__ import annotations
 
 import math
+from functools import singledispatch
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-from bayesmix._stats import FrameStats
+from bayesmix._stats import FrameStats, GainStats
+from bayesmix._truncnorm import log_ndtr
 
-__all__ = ["centred_loglik", "frame_loglik", "misfit_pvalue", "sse", "x_precision"]
+__all__ = [
+    "centred_loglik",
+    "energy",
+    "frame_loglik",
+    "gain_centred_loglik",
+    "loglik",
+    "misfit_pvalue",
+    "sse",
+    "x_precision",
+]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -35,6 +47,60 @@ def sse(x: jnp.ndarray, stats: FrameStats) -> jnp.ndarray:
 def frame_loglik(x: jnp.ndarray, sigma: jnp.ndarray, stats: FrameStats) -> jnp.ndarray:
     """Per-frame Gaussian log-likelihood :math:`\\log p(y_i \\mid x_i, \\sigma)`, shape (N,)."""
     return -stats.n * (jnp.log(sigma) + 0.5 * _LOG_2PI) - 0.5 * sse(x, stats) / sigma**2
+
+
+@singledispatch
+def loglik(stats: Any, x: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
+    """Per-frame log-likelihood :math:`\\log p(y_i \\mid x_i, \\sigma)` of the model whose
+    statistics these are (nuisances integrated out), shape of ``x`` (..., N)."""
+    raise NotImplementedError(f"no likelihood for {type(stats).__name__}")
+
+
+@loglik.register
+def _(stats: FrameStats, x: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
+    return frame_loglik(x, sigma, stats)
+
+
+def gain_terms(x: jnp.ndarray, stats: GainStats) -> tuple[jnp.ndarray, ...]:
+    """``(a, b, e2)`` of the gain model at weights ``x`` (shape (..., N)): with
+    ``v = m0 + x m1``, ``a = |v|^2``, ``b = v . z`` and ``e2 = |z - (b/a) v|^2``, formed from the
+    residual vector itself (no cancellation)."""
+    v = stats.m0 + x[..., None] * stats.m1
+    a = jnp.sum(v * v, axis=-1)
+    b = jnp.sum(v * stats.z, axis=-1)
+    e = stats.z - (b / a)[..., None] * v
+    return a, b, jnp.sum(e * e, axis=-1)
+
+
+@loglik.register
+def _(stats: GainStats, x: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
+    # Integrating g over (0, inf) with a flat prior gives sigma sqrt(2 pi / a) Phi(b / sigma sqrt a)
+    # times the likelihood at g = b / a: one power of sigma fewer.
+    a, b, e2 = gain_terms(x, stats)
+    dof = stats.n - 1.0
+    return (
+        -dof * (jnp.log(sigma) + 0.5 * _LOG_2PI)
+        - 0.5 * jnp.log(a)
+        - 0.5 * (stats.rss + e2) / sigma**2
+        + log_ndtr(b / (sigma * jnp.sqrt(a)))
+    )
+
+
+@singledispatch
+def energy(stats: Any) -> jnp.ndarray:
+    """Per-frame squared norm of the data (plus the references' contrast): the scale below
+    which a noise level is not resolvable, shape (N,)."""
+    raise NotImplementedError(f"no energy for {type(stats).__name__}")
+
+
+@energy.register
+def _(stats: FrameStats) -> jnp.ndarray:
+    return stats.rss + stats.dd * stats.xhat**2 + stats.dd
+
+
+@energy.register
+def _(stats: GainStats) -> jnp.ndarray:
+    return stats.rss + jnp.sum(stats.z**2, axis=-1) + jnp.sum(stats.m1**2, axis=-1)
 
 
 def x_precision(sigma2: jnp.ndarray, stats: FrameStats) -> jnp.ndarray:
@@ -77,14 +143,45 @@ def centred_loglik(
     return -0.5 * (sse_ref / s2) * jnp.expm1(-2.0 * u) - 0.5 * (ds / s2) * jnp.exp(-2.0 * u) - n * u
 
 
-def misfit_pvalue(stats: FrameStats, sigma: float) -> np.ndarray:
-    """Per frame, the upper-tail p-value of ``rss / sigma^2 ~ chi^2(n - 1)``.
+def misfit_pvalue(stats: Any, sigma: float) -> np.ndarray:
+    """Per frame, the upper-tail p-value of ``rss / sigma^2 ~ chi^2(dof)``.
 
-    Under the model the residual of a frame at its least-squares weight is ``n - 1`` degrees of
-    freedom of Gaussian noise; a tiny p-value flags a frame the two references do not explain
-    (another component, a shift, a defect), whatever its weight.
+    Under the model the residual of a frame's least-squares fit is ``dof`` degrees of freedom
+    of Gaussian noise (pixels minus background terms minus the fitted weights); a tiny p-value
+    flags a frame the model does not explain (another component, a shift, a defect), whatever
+    its weight.
     """
     from scipy.stats import chi2
 
-    dof = np.maximum(np.asarray(stats.n, np.float64) - 1.0, 1.0)
+    dof = np.maximum(np.asarray(stats.dof_residual, np.float64), 1.0)
     return chi2.sf(np.asarray(stats.rss, np.float64) / float(sigma) ** 2, dof)
+
+
+def gain_centred_loglik(
+    x: jnp.ndarray,
+    u: jnp.ndarray,
+    stats: GainStats,
+    x_ref: jnp.ndarray,
+    e2_ref: jnp.ndarray,
+    log_a_ref: jnp.ndarray,
+    sse_ref: float,
+    sigma_ref: float,
+) -> jnp.ndarray:
+    """The gain model's total log-likelihood in a float32-safe form (up to a constant).
+
+    As :func:`centred_loglik`: ``sigma = sigma_ref exp(u)``, the squared error split at the MAP
+    (``sse_ref`` in float64, the per-frame ``e2_ref`` and ``log_a_ref`` there), so that every
+    term is of the size of the fluctuations. ``stats`` must be scaled by ``sigma_ref`` (``z``
+    and ``rss`` in units of sigma_ref).
+    """
+    a, b, e2 = gain_terms(x, stats)
+    ds = jnp.sum(e2 - e2_ref)
+    dof = jnp.sum(stats.n - 1.0)
+    t = b * jnp.exp(-u) / jnp.sqrt(a)
+    return (
+        -0.5 * sse_ref * jnp.expm1(-2.0 * u)
+        - 0.5 * ds * jnp.exp(-2.0 * u)
+        - dof * u
+        - 0.5 * jnp.sum(jnp.log(a) - log_a_ref)
+        + jnp.sum(log_ndtr(t))
+    )

@@ -31,21 +31,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmix._devices import on_device
-from bayesmix._io import prepare
-from bayesmix._likelihood import sse
-from bayesmix._posterior import mode, moments, prior_params, summary
+from bayesmix._io import prepare, spectral_frames
+from bayesmix._likelihood import energy, sse
+from bayesmix._model import MixingModel, make_model
+from bayesmix._posterior import posterior_method
 from bayesmix._precision import x64
 from bayesmix._results import MapResult
-from bayesmix._stats import FrameStats, bucket_size, pad_stats, stats_from_stack
-from bayesmix.priors import (
-    Beta,
-    Jeffreys,
-    SigmaPrior,
-    TruncatedNormal,
-    XPrior,
-    check_prior,
-    check_sigma_prior,
+from bayesmix._stats import (
+    BasisStats,
+    FrameStats,
+    basis_stats_from_stack,
+    bucket_size,
+    pad_stats,
+    reduce_stats,
+    stats_from_stack,
 )
+from bayesmix.priors import Beta, Jeffreys, SigmaPrior, TruncatedNormal, XPrior
 
 __all__ = ["fit_map", "fit_map_stats"]
 
@@ -78,36 +79,36 @@ def _in_blocks(fn, stats, n_blocks):
     return jax.tree.map(lambda a: a.reshape(-1), jax.lax.map(fn, blocks))
 
 
-@partial(jax.jit, static_argnames=("kind", "sigma_method", "max_iter", "n_blocks"))
-def _map_core(stats, valid, pp, ig, sigma2_0, tol, *, kind, sigma_method, max_iter, n_blocks):
+@partial(jax.jit, static_argnames=("sigma_method", "max_iter", "n_blocks"))
+def _map_core(stats, valid, prior, ig, sigma2_0, tol, *, sigma_method, max_iter, n_blocks):
+    """sigma by EM (or coordinate ascent), then every frame's posterior summary given it.
+
+    The posterior method is chosen by the types of ``prior`` and ``stats`` when this is traced
+    (:func:`bayesmix._posterior.posterior_method`); their numbers are traced arguments.
+    """
     TRACES["map"] += 1
+    method = posterior_method(prior, stats)
     n_tot = jnp.sum(jnp.where(valid, stats.n, 0.0))
-    energy = jnp.sum(jnp.where(valid, stats.rss + stats.dd * stats.xhat**2, 0.0))
     # Noise below the data's own rounding is not resolvable; the floor also keeps a noise-free
-    # simulation finite. The contrast dd enters it too: frames equal to B have no energy at all.
-    contrast = jnp.sum(jnp.where(valid, stats.dd, 0.0))
-    scale = (energy + contrast) / n_tot
+    # simulation finite. The contrast of the references enters it too: frames equal to B have
+    # no energy at all.
+    scale = jnp.sum(jnp.where(valid, energy(stats), 0.0)) / n_tot
     floor = jnp.maximum(jnp.finfo(jnp.float64).eps * scale, jnp.finfo(jnp.float64).tiny)
 
-    def sigma2_given(x):
-        total = jnp.sum(jnp.where(valid, sse(x, stats), 0.0))
+    def m_step(total):
         return jnp.maximum((total + 2.0 * ig[1]) / (n_tot + 2.0 * ig[0] + 1.0), floor)
 
     def cond(state):
         _, s2, s2_old, it = state
         return (it < max_iter) & (jnp.abs(s2 - s2_old) > tol * s2)
 
-    def expected_sigma2(s2):
-        # EM: the M-step with the expected squared error under x's exact posterior given s2.
-        mean, sd = _in_blocks(lambda st: moments(kind, st, s2, pp), stats, n_blocks)
-        e_sse = stats.rss + stats.dd * (sd**2 + (mean - stats.xhat) ** 2)
-        total = jnp.sum(jnp.where(valid, e_sse, 0.0))
-        return jnp.maximum((total + 2.0 * ig[1]) / (n_tot + 2.0 * ig[0] + 1.0), floor)
-
     def update(s2):
         if sigma_method == "joint":
-            return sigma2_given(_in_blocks(lambda st: mode(kind, st, s2, pp), stats, n_blocks))
-        return expected_sigma2(s2)
+            x = _in_blocks(lambda st: method.mode(st, s2, prior), stats, n_blocks)
+            return m_step(jnp.sum(jnp.where(valid, sse(x, stats), 0.0)))
+        # EM: the M-step with the expected squared error under each frame's exact posterior.
+        e_sse = _in_blocks(lambda st: method.expected_sse(st, s2, prior), stats, n_blocks)
+        return m_step(jnp.sum(jnp.where(valid, e_sse, 0.0)))
 
     def body(state):
         _, s2, _, it = state
@@ -120,8 +121,8 @@ def _map_core(stats, valid, pp, ig, sigma2_0, tol, *, kind, sigma_method, max_it
         converged = jnp.abs(s2 - s2_old) <= tol * s2
     else:
         it, converged = jnp.asarray(0), jnp.asarray(True)
-    x, mean, sd, at_bound = _in_blocks(lambda st: summary(kind, st, s2, pp), stats, n_blocks)
-    return x, mean, sd, at_bound, s2, it, converged
+    summ = _in_blocks(lambda st: method.summary(st, s2, prior), stats, n_blocks)
+    return summ, s2, it, converged
 
 
 def _prior_sd(prior: XPrior) -> float:
@@ -155,12 +156,12 @@ def _warn_if_uninformative(stats: FrameStats, sigma: float, prior: XPrior) -> No
 
 
 def _check_options(
-    prior, sigma_prior, sigma, sigma_method, max_iter, tol
-) -> tuple[XPrior, SigmaPrior]:
+    model: MixingModel, sigma, sigma_method, max_iter, tol
+) -> None:  # fmt: skip
     """Validate the fit options before any pass over the pixels."""
     if sigma_method not in SIGMA_METHODS:
         raise ValueError(f"sigma_method must be one of {SIGMA_METHODS}, got {sigma_method!r}")
-    if int(max_iter) != max_iter or max_iter < 1:
+    if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (np.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be a positive number, got {tol!r}")
@@ -168,22 +169,33 @@ def _check_options(
         raise ValueError(
             f"sigma must be a positive finite noise scale, or None to learn it, got {sigma!r}"
         )
-    return check_prior(prior), check_sigma_prior(sigma_prior)
+    if model.gain and sigma_method == "joint":
+        raise ValueError(
+            "sigma_method='joint' is not available with gain=True (the gain is integrated out, "
+            "so there is no joint mode over it); use sigma_method='marginal'"
+        )
 
 
 def fit_map_stats(
-    stats: FrameStats,
+    stats: FrameStats | BasisStats,
     *,
     prior: XPrior | None = None,
     sigma_prior: SigmaPrior | None = None,
     sigma: float | None = None,
     sigma_method: str = "marginal",
+    gain: bool = False,
     max_iter: int = 1000,
     tol: float = 1e-8,
     frame: Any = None,
     device: str | None = None,
+    model: MixingModel | None = None,
+    map_shape: tuple[int, ...] | None = None,
 ) -> MapResult:
-    """:func:`fit_map` on precomputed per-frame statistics (see :func:`frame_stats`).
+    """:func:`fit_map` on precomputed per-frame statistics.
+
+    ``stats`` is a :class:`FrameStats` (from :func:`frame_stats`: the two-reference model) or a
+    :class:`BasisStats` (from the statistics pass of a model with background or gain; ``gain``
+    then says whether the gain is in the model).
 
     Examples
     --------
@@ -194,30 +206,76 @@ def fit_map_stats(
     >>> bool(abs(res.sigma / 0.05 - 1) < 0.05)
     True
     """
-    return _fit(
-        stats, prior=prior, sigma_prior=sigma_prior, sigma=sigma, sigma_method=sigma_method,
-        max_iter=max_iter, tol=tol, frame=frame, device=device,
-    )  # fmt: skip
+    if model is None:
+        model = make_model(prior=prior, sigma_prior=sigma_prior, gain=gain)
+    _check_options(model, sigma, sigma_method, max_iter, tol)
+    return _fit(stats, model=model, sigma=sigma, sigma_method=sigma_method, max_iter=max_iter,
+                tol=tol, frame=frame, device=device, map_shape=map_shape)  # fmt: skip
 
 
-def _fit(stats, *, prior, sigma_prior, sigma, sigma_method, max_iter, tol, frame, device):
+def _check_stats(stats: Any) -> None:
+    """The statistics a user passes to ``fit_map_stats``: finite, and in their ranges."""
+    if not isinstance(stats, (FrameStats, BasisStats)):
+        raise ValueError(
+            "stats must be the FrameStats of bayesmix.frame_stats (or BasisStats of a model "
+            f"pass), got {type(stats).__name__}"
+        )
+    if stats.n_frames == 0:
+        raise ValueError("stats hold 0 frames; nothing to fit")
+    for name in stats._fields:
+        a = np.asarray(getattr(stats, name), np.float64)
+        if a.shape[:1] != (stats.n_frames,):
+            raise ValueError(
+                f"stats.{name} must hold one entry per frame ({stats.n_frames}), got shape "
+                f"{a.shape}"
+            )
+        bad = np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(axis=1))
+        if bad.size:
+            raise ValueError(
+                f"stats.{name} is NaN or Inf for {bad.size} frame(s), e.g. {bad[:5].tolist()}; "
+                "recompute the statistics or drop those frames"
+            )
+    if np.any(np.asarray(stats.rss) < 0):
+        raise ValueError("stats.rss has negative entries: a residual sum of squares is >= 0")
+    if isinstance(stats, FrameStats) and np.any(np.asarray(stats.dd) <= 0):
+        raise ValueError("stats.dd must be > 0 (||A - B||^2 over each frame's pixels)")
+
+
+def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map_shape=None):
     """The fast path on the statistics; its warnings point at the caller of a public function."""
-    prior, sigma_prior = _check_options(prior, sigma_prior, sigma, sigma_method, max_iter, tol)
+    _check_stats(stats)
+    prior, sigma_prior = model.prior, model.sigma_prior
+    basis = stats if isinstance(stats, BasisStats) else None
+    if basis is not None:
+        stats = reduce_stats(basis, gain=model.gain)
+    elif model.gain:
+        raise ValueError(
+            "gain=True needs the statistics of the model's basis (BasisStats), not FrameStats; "
+            "call fit_map(frames, ref_a, ref_b, gain=True)"
+        )
     n_frames = stats.n_frames
     if frame is not None and len(frame) != n_frames:
         raise ValueError(f"frame labels must have length {n_frames}, got {len(frame)}")
+    if map_shape is not None and int(np.prod(map_shape)) != n_frames:
+        raise ValueError(f"map_shape {map_shape} does not hold {n_frames} frames")
 
-    n_tot = float(np.sum(stats.n))
-    if sigma is None and isinstance(sigma_prior, Jeffreys) and n_tot <= n_frames:
+    dof_ls = float(np.sum(stats.dof_residual))
+    if sigma is None and isinstance(sigma_prior, Jeffreys) and dof_ls < 1:
         raise ValueError(
-            "the noise scale cannot be learned: every frame has a single valid pixel, so no "
-            "residual is left to measure it (under the Jeffreys prior its posterior is improper); "
-            "pass sigma= (a known noise scale) or sigma_prior=InverseGamma(...)"
+            "the noise scale cannot be learned: no frame has more pixels than the model has "
+            "terms, so no residual is left to measure it (under the Jeffreys prior its "
+            "posterior is improper); pass sigma= (a known noise scale) or "
+            "sigma_prior=InverseGamma(...)"
         )
-    # Start from the unbiased least-squares estimate (each frame fits one weight): within the
+    if model.gain and not np.any(np.sum(np.asarray(stats.z) ** 2, axis=1) > 0):
+        raise ValueError(
+            "with gain=True every frame's projection on the references is exactly zero: the "
+            "frames hold no trace of the mixture, so neither gain nor weight can be estimated"
+        )
+    # Start from the unbiased least-squares estimate (each frame fits its weights): within the
     # prior's pull of the fixed point, so EM needs two or three steps.
-    dof = max(n_tot - n_frames, 1.0)
-    sigma2_0 = float(np.sum(stats.rss)) / dof if sigma is None else float(sigma) ** 2
+    rss_tot = float(np.sum(stats.rss))
+    sigma2_0 = rss_tot / max(dof_ls, 1.0) if sigma is None else float(sigma) ** 2
     with on_device(device) as devices, x64():
         size = bucket_size(n_frames)
         size = -(-size // len(devices)) * len(devices)
@@ -227,15 +285,20 @@ def _fit(stats, *, prior, sigma_prior, sigma, sigma_method, max_iter, tol, frame
             mesh = jax.sharding.Mesh(np.asarray(devices), ("frame",))
             spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("frame"))
             padded, valid = jax.device_put((padded, valid), spec)
-        kind, pp = prior_params(prior)
         ig = jnp.asarray(sigma_prior.ig_params, jnp.float64)
+        prior_t = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), prior)
         out = _map_core(
-            padded, valid, pp, ig, jnp.float64(sigma2_0), jnp.float64(tol),
-            kind=kind, sigma_method="fixed" if sigma is not None else sigma_method,
+            padded, valid, prior_t, ig, jnp.float64(sigma2_0), jnp.float64(tol),
+            sigma_method="fixed" if sigma is not None else sigma_method,
             max_iter=int(max_iter), n_blocks=_n_blocks(size),
         )  # fmt: skip
-        x, mean, sd, at_bound, s2, it, converged = jax.device_get(out)
-    _warn_if_uninformative(stats, float(np.sqrt(s2)), prior)
+        summ, s2, it, converged = jax.device_get(out)
+    keep = slice(0, n_frames)
+    extra = {k: np.asarray(v[keep]) for k, v in summ.extra.items()}
+    if isinstance(stats, FrameStats):
+        _warn_if_uninformative(stats, float(np.sqrt(s2)), prior)
+    else:
+        _warn_if_prior_only(np.asarray(summ.sd[keep]), prior)
     if not converged:
         warnings.warn(
             f"the noise scale did not converge in {max_iter} iterations (tol={tol}); "
@@ -243,14 +306,20 @@ def _fit(stats, *, prior, sigma_prior, sigma, sigma_method, max_iter, tol, frame
             RuntimeWarning,
             stacklevel=3,
         )
-    keep = slice(0, n_frames)
+    mean = np.asarray(summ.mean[keep])
+    background = None
+    if basis is not None and basis.n_background:
+        # E[c | y] = bg + bg_sens (E[w | y] - w_ls): the background is linear in w.
+        g = extra.get("gain", np.ones(n_frames))
+        ew = np.stack([g * mean, g * (1.0 - mean)], axis=1)
+        background = basis.bg + np.einsum("kpi,ki->kp", basis.bg_sens, ew - basis.w)
     return MapResult(
-        x=np.asarray(x[keep]),
-        mean=np.asarray(mean[keep]),
-        sd=np.asarray(sd[keep]),
+        x=np.asarray(summ.x[keep]),
+        mean=mean,
+        sd=np.asarray(summ.sd[keep]),
         sigma=float(np.sqrt(s2)),
         r2=stats.r2,
-        at_bound=np.asarray(at_bound[keep]),
+        at_bound=np.asarray(summ.at_bound[keep]),
         stats=stats,
         prior=prior,
         sigma_prior=sigma_prior,
@@ -259,7 +328,35 @@ def _fit(stats, *, prior, sigma_prior, sigma, sigma_method, max_iter, tol, frame
         converged=bool(converged),
         frame=None if frame is None else np.asarray(frame),
         device=f"{devices[0].platform}:{len(devices)}",
+        model=model,
+        gain=extra.get("gain"),
+        gain_sd=extra.get("gain_sd"),
+        background=background,
+        map_shape=None if map_shape is None else tuple(int(v) for v in map_shape),
     )
+
+
+def _warn_if_prior_only(sd: np.ndarray, prior: XPrior) -> None:
+    """Warn when even the best-determined tenth of the frames says little more than the prior:
+    the references differ too little for the noise (with gain, frames without mixture are
+    expected to say nothing, so the criterion looks only at the best frames)."""
+    spread = _prior_sd(prior)
+    best = float(np.quantile(sd, 0.1))
+    if best > 0.9 * spread:
+        warnings.warn(
+            f"the frames say little about x: even the best-determined 10% have a posterior sd "
+            f"of {best:.3g} or more, close to the prior's spread {spread:.3g}, so the weights "
+            "mostly reflect the prior; check the references, or use more pixels per frame",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _stats_for(stack: Any, model: MixingModel, **kw: Any) -> FrameStats | BasisStats:
+    """The statistics pass the model needs: the plain one, or the one on its basis."""
+    if model.is_plain:
+        return stats_from_stack(stack, **kw)
+    return basis_stats_from_stack(stack, model, **kw)
 
 
 def fit_map(
@@ -271,6 +368,9 @@ def fit_map(
     sigma_prior: SigmaPrior | None = None,
     sigma: float | None = None,
     sigma_method: str = "marginal",
+    background: Any = None,
+    gain: bool = False,
+    spectral_axis: int | None = None,
     mask: Any = None,
     chunk_size: int | None = None,
     memory_limit: int | None = None,
@@ -351,10 +451,11 @@ def fit_map(
     >>> bool(0.85 < ((lo <= sim.x) & (sim.x <= hi)).mean() < 0.95)
     True
     """
-    _check_options(prior, sigma_prior, sigma, sigma_method, max_iter, tol)
+    model = make_model(prior=prior, sigma_prior=sigma_prior, background=background, gain=gain)
+    _check_options(model, sigma, sigma_method, max_iter, tol)
+    frames, map_shape = spectral_frames(frames, spectral_axis, ref_a)
     stack = prepare(frames, ref_a, ref_b, mask)
-    stats = stats_from_stack(stack, chunk_size=chunk_size, memory_limit=memory_limit, stacklevel=2)
-    return _fit(
-        stats, prior=prior, sigma_prior=sigma_prior, sigma=sigma, sigma_method=sigma_method,
-        max_iter=max_iter, tol=tol, frame=None, device=device,
-    )  # fmt: skip
+    stats = _stats_for(stack, model, chunk_size=chunk_size, memory_limit=memory_limit,
+                       stacklevel=2)  # fmt: skip
+    return _fit(stats, model=model, sigma=sigma, sigma_method=sigma_method, max_iter=max_iter,
+                tol=tol, frame=None, device=device, map_shape=map_shape)  # fmt: skip

@@ -15,28 +15,29 @@ Pure functions of (stats, sigma^2, prior parameters); ``kind`` is static under j
 
 from __future__ import annotations
 
-from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import xlog1py, xlogy
 
-from bayesmix._likelihood import x_precision
+from bayesmix._likelihood import gain_terms, x_precision
 from bayesmix._precision import x64
-from bayesmix._stats import FrameStats, bucket_size, pad_stats
-from bayesmix._truncnorm import tn_moments, tn_quantile
-from bayesmix.priors import XPrior
+from bayesmix._stats import FrameStats, GainStats, bucket_size, pad_stats
+from bayesmix._truncnorm import log_ndtr, tn_moments, tn_quantile
+from bayesmix.priors import Beta, TruncatedNormal, Uniform, XPrior
 
 __all__ = [
+    "BetaGrid",
+    "ConjugateGaussian",
+    "GainGrid",
     "PriorParams",
-    "mode",
-    "moments",
+    "Summary",
+    "posterior_method",
     "posterior_quantiles",
     "prior_params",
-    "quantiles",
-    "summary",
+    "register",
 ]
 
 _NEWTON_STEPS = 60
@@ -54,13 +55,14 @@ class PriorParams(NamedTuple):
     hi: jnp.ndarray
 
 
-def prior_params(prior: XPrior) -> tuple[str, PriorParams]:
-    """``(kind, params)`` of a prior object."""
+def prior_params(prior: XPrior) -> PriorParams:
+    """The numbers of a prior as the closed forms read them (conjugate: mean and precision of
+    its Gaussian factor; Beta: its shapes), with its bounds."""
     lo, hi = prior.bounds
-    if prior.kind == "gaussian":
-        mu, prec = prior.gaussian_params()
-        return "gaussian", PriorParams(*map(jnp.asarray, (mu, prec, lo, hi)))
-    return "beta", PriorParams(*map(jnp.asarray, (prior.a, prior.b, lo, hi)))
+    if isinstance(prior, Beta):
+        return PriorParams(*map(jnp.asarray, (prior.a, prior.b, lo, hi)))
+    mu, prec = prior.gaussian_params()
+    return PriorParams(*map(jnp.asarray, (mu, prec, lo, hi)))
 
 
 def _gaussian(stats: FrameStats, sigma2, pp: PriorParams):
@@ -109,14 +111,6 @@ def _beta_mode(stats: FrameStats, sigma2, pp: PriorParams):
     return jnp.where(at_lo, 0.0, jnp.where(at_hi, 1.0, x))
 
 
-def mode(kind: str, stats: FrameStats, sigma2, pp: PriorParams) -> jnp.ndarray:
-    """The MAP of each x given sigma, shape (N,)."""
-    if kind == "gaussian":
-        m, _ = _gaussian(stats, sigma2, pp)
-        return jnp.clip(m, pp.lo, pp.hi)
-    return _beta_mode(stats, sigma2, pp)
-
-
 def _beta_grid(stats1: FrameStats, sigma2, pp: PriorParams):
     """Grid, normalised trapezoid weights and CDF of one frame's Beta-prior posterior."""
     x0 = _beta_mode(stats1, sigma2, pp)
@@ -156,48 +150,239 @@ def _beta_quantiles1(stats1, sigma2, pp, qs):
     return jnp.interp(qs, cdf, grid)
 
 
-def summary(kind: str, stats: FrameStats, sigma2, pp: PriorParams):
-    """``(mode, mean, sd, at_bound)`` of each frame's posterior given sigma."""
-    if kind == "gaussian":
+class Summary(NamedTuple):
+    """Each frame's posterior given sigma: mode, mean, sd, at a bound, and model extras
+    (``gain``, ``gain_sd`` for the gain model), each of shape (N,)."""
+
+    x: jnp.ndarray
+    mean: jnp.ndarray
+    sd: jnp.ndarray
+    at_bound: jnp.ndarray
+    extra: dict
+
+
+# (prior type, statistics type) -> posterior method. The statistics' type is the likelihood's
+# family (a Gaussian factor in x, the gain-marginal likelihood, ...); each pair with a closed form
+# or a fitted quadrature registers one method, as numpyro's kl registers one divergence per pair.
+_REGISTRY: dict[tuple[type, type], type] = {}
+
+
+def register(prior_types: tuple[type, ...], stats_type: type):
+    """Class decorator: the posterior method for these prior types with ``stats_type``."""
+
+    def deco(cls: type) -> type:
+        for p in prior_types:
+            _REGISTRY[(p, stats_type)] = cls
+        return cls
+
+    return deco
+
+
+def posterior_method(prior: object, stats: object) -> type:
+    """The registered method for ``(type(prior), type(stats))``, most specific first (by MRO)."""
+    for p in type(prior).__mro__:
+        for st in type(stats).__mro__:
+            method = _REGISTRY.get((p, st))
+            if method is not None:
+                return method
+    raise NotImplementedError(
+        f"no posterior method for a {type(prior).__name__} prior with "
+        f"{type(stats).__name__} statistics"
+    )
+
+
+@register((TruncatedNormal, Uniform), FrameStats)
+class ConjugateGaussian:
+    """Gaussian factor in x times a truncated-normal (or flat) prior: closed forms."""
+
+    @staticmethod
+    def mode(stats, sigma2, prior):
+        pp = prior_params(prior)
+        m, _ = _gaussian(stats, sigma2, pp)
+        return jnp.clip(m, pp.lo, pp.hi)
+
+    @staticmethod
+    def moments(stats, sigma2, prior):
+        pp = prior_params(prior)
+        m, s = _gaussian(stats, sigma2, pp)
+        return tn_moments(m, s, pp.lo, pp.hi)
+
+    @staticmethod
+    def summary(stats, sigma2, prior) -> Summary:
+        pp = prior_params(prior)
         m, s = _gaussian(stats, sigma2, pp)
         mean, sd = tn_moments(m, s, pp.lo, pp.hi)
         x = jnp.clip(m, pp.lo, pp.hi)
-    else:
-        x, mean, sd = jax.lax.map(
-            lambda st: _beta_summary1(st, sigma2, pp), stats, batch_size=_BATCH
-        )
-    at_bound = (x <= pp.lo) | (x >= pp.hi)
-    return x, mean, sd, at_bound
+        return Summary(x, mean, sd, (x <= pp.lo) | (x >= pp.hi), {})
 
+    @classmethod
+    def expected_sse(cls, stats, sigma2, prior):
+        mean, sd = cls.moments(stats, sigma2, prior)
+        return stats.rss + stats.dd * (sd**2 + (mean - stats.xhat) ** 2)
 
-def moments(kind: str, stats: FrameStats, sigma2, pp: PriorParams):
-    """``(mean, sd)`` of each frame's posterior given sigma."""
-    if kind == "gaussian":
-        m, s = _gaussian(stats, sigma2, pp)
-        return tn_moments(m, s, pp.lo, pp.hi)
-    _, mean, sd = jax.lax.map(lambda st: _beta_summary1(st, sigma2, pp), stats, batch_size=_BATCH)
-    return mean, sd
-
-
-def quantiles(kind: str, stats: FrameStats, sigma2, pp: PriorParams, qs) -> jnp.ndarray:
-    """Posterior quantiles ``qs`` (shape (K,)) of each frame, shape (N, K)."""
-    qs = jnp.asarray(qs)
-    if kind == "gaussian":
+    @staticmethod
+    def quantiles(stats, sigma2, prior, qs):
+        pp = prior_params(prior)
         m, s = _gaussian(stats, sigma2, pp)
         return tn_quantile(qs[None, :], m[:, None], s[:, None], pp.lo, pp.hi)
-    return jax.lax.map(lambda st: _beta_quantiles1(st, sigma2, pp, qs), stats, batch_size=_BATCH)
 
 
-@partial(jax.jit, static_argnames="kind")
-def _quantiles_jit(kind, stats, sigma2, pp, qs):
-    return quantiles(kind, stats, sigma2, pp, qs)
+@register((Beta,), FrameStats)
+class BetaGrid(ConjugateGaussian):
+    """Gaussian factor in x times a Beta prior: Newton for the mode, a fitted grid otherwise."""
+
+    @staticmethod
+    def mode(stats, sigma2, prior):
+        return _beta_mode(stats, sigma2, prior_params(prior))
+
+    @staticmethod
+    def moments(stats, sigma2, prior):
+        pp = prior_params(prior)
+        _, mean, sd = jax.lax.map(lambda st: _beta_summary1(st, sigma2, pp), stats,
+                                  batch_size=_BATCH)  # fmt: skip
+        return mean, sd
+
+    @staticmethod
+    def summary(stats, sigma2, prior) -> Summary:
+        pp = prior_params(prior)
+        x, mean, sd = jax.lax.map(lambda st: _beta_summary1(st, sigma2, pp), stats,
+                                  batch_size=_BATCH)  # fmt: skip
+        return Summary(x, mean, sd, (x <= pp.lo) | (x >= pp.hi), {})
+
+    @staticmethod
+    def quantiles(stats, sigma2, prior, qs):
+        pp = prior_params(prior)
+        return jax.lax.map(lambda st: _beta_quantiles1(st, sigma2, pp, qs), stats,
+                           batch_size=_BATCH)  # fmt: skip
 
 
-def posterior_quantiles(prior: XPrior, stats: FrameStats, sigma: float, qs) -> np.ndarray:
+# The gain model: x's density is known pointwise (g integrated in closed form), so the posterior
+# comes from a grid fitted to each frame: coarse grids over the prior's support, each zoomed to
+# where the log density is within _ZOOM_DROP of its maximum, then a fine grid for the moments.
+_ZOOM_POINTS = 129
+_ZOOM_STEPS = 2
+_FINE_POINTS = 513
+_ZOOM_DROP = 40.0
+
+
+def _zoom(logf, lo, hi, points):
+    grid = lo + (hi - lo) * jnp.linspace(0.0, 1.0, points, dtype=jnp.result_type(lo, float))
+    lp = logf(grid)
+    keep = lp >= jnp.max(lp) - _ZOOM_DROP
+    first = jnp.argmax(keep)
+    last = points - 1 - jnp.argmax(keep[::-1])
+    return grid[jnp.maximum(first - 1, 0)], grid[jnp.minimum(last + 1, points - 1)]
+
+
+def _fitted_grid(logf, lo, hi):
+    """Grid, normalised trapezoid weights, CDF and log density of a 1-D density on [lo, hi]."""
+    a, b = lo, hi
+    a, b = _zoom(logf, a, b, _ZOOM_POINTS)
+    for _ in range(_ZOOM_STEPS - 1):
+        a, b = _zoom(logf, a, b, _ZOOM_POINTS)
+    grid = a + (b - a) * jnp.linspace(0.0, 1.0, _FINE_POINTS, dtype=jnp.result_type(a, float))
+    lp = logf(grid)
+    dens = jnp.exp(lp - jnp.max(lp))
+    w = dens.at[0].multiply(0.5).at[-1].multiply(0.5)
+    cdf = jnp.concatenate([jnp.zeros(1, dens.dtype), jnp.cumsum(0.5 * (dens[1:] + dens[:-1]))])
+    return grid, w / jnp.sum(w), cdf / cdf[-1], lp
+
+
+def _grid_mode(grid, lp):
+    """The grid's best point, refined by the parabola through it and its neighbours."""
+    k = jnp.argmax(lp)
+    inner = jnp.clip(k, 1, grid.shape[0] - 2)
+    l0, l1, l2 = lp[inner - 1], lp[inner], lp[inner + 1]
+    h = grid[1] - grid[0]
+    curv = l0 - 2.0 * l1 + l2
+    shift = jnp.where(curv < 0, 0.5 * h * (l0 - l2) / jnp.where(curv < 0, curv, -1.0), 0.0)
+    refined = grid[inner] + jnp.clip(shift, -h, h)
+    return jnp.where((k == 0) | (k == grid.shape[0] - 1), grid[k], refined)
+
+
+def _gain_terms(x, st1: GainStats, sigma2):
+    """For one frame on a grid of x: the log-likelihood (g integrated out, x-dependent part), the
+    conditional posterior of g (mean ghat, sd s, t = ghat / s before truncation at 0) and the
+    squared misfit e2 of the direction."""
+    a, b, e2 = gain_terms(x, st1)
+    ghat = b / a
+    s = jnp.sqrt(sigma2 / a)
+    t = ghat / s
+    ll = -0.5 * jnp.log(a) - 0.5 * e2 / sigma2 + log_ndtr(t)
+    return ll, ghat, s, t, e2
+
+
+def _mills(t):
+    """phi(t) / Phi(t), stable for every t."""
+    return jnp.exp(-0.5 * t * t - 0.5 * np.log(2.0 * np.pi) - log_ndtr(t))
+
+
+def _gain_frame(st1: GainStats, sigma2, prior):
+    lo, hi = prior.bounds
+    lo = jnp.asarray(lo, st1.rss.dtype)
+    hi = jnp.asarray(hi, st1.rss.dtype)
+
+    def logf(x):
+        return prior.log_prob(x) + _gain_terms(x, st1, sigma2)[0]
+
+    grid, w, cdf, lp = _fitted_grid(logf, lo, hi)
+    return grid, w, cdf, lp
+
+
+def _gain_summary1(st1: GainStats, sigma2, prior):
+    grid, w, _, lp = _gain_frame(st1, sigma2, prior)
+    _, ghat, s, t, e2 = _gain_terms(grid, st1, sigma2)
+    mean = jnp.sum(w * grid)
+    sd = jnp.sqrt(jnp.sum(w * (grid - mean) ** 2))
+    lam = _mills(t)
+    g_mean_x = ghat + s * lam
+    g_var_x = s * s * jnp.maximum(1.0 - t * lam - lam * lam, 0.0)
+    g_mean = jnp.sum(w * g_mean_x)
+    g_sd = jnp.sqrt(jnp.maximum(jnp.sum(w * (g_var_x + (g_mean_x - g_mean) ** 2)), 0.0))
+    # E[|z - g v|^2] = e2 + a E[(g - ghat)^2] = e2 + sigma^2 (1 - t lambda(t)), given x.
+    e_sse = st1.rss + jnp.sum(w * (e2 + sigma2 * (1.0 - t * lam)))
+    return _grid_mode(grid, lp), mean, sd, g_mean, g_sd, e_sse
+
+
+@register((object,), GainStats)
+class GainGrid:
+    """The gain model (g integrated out exactly given x) with any prior: a fitted grid in x."""
+
+    @staticmethod
+    def summary(stats, sigma2, prior) -> Summary:
+        x, mean, sd, g, g_sd, _ = jax.lax.map(
+            lambda st: _gain_summary1(st, sigma2, prior), stats, batch_size=_BATCH
+        )
+        lo, hi = prior.bounds
+        return Summary(x, mean, sd, (x <= lo) | (x >= hi), {"gain": g, "gain_sd": g_sd})
+
+    @staticmethod
+    def expected_sse(stats, sigma2, prior):
+        out = jax.lax.map(lambda st: _gain_summary1(st, sigma2, prior), stats, batch_size=_BATCH)
+        return out[-1]
+
+    @staticmethod
+    def mode(stats, sigma2, prior):
+        raise NotImplementedError("the joint mode is not available with gain")
+
+    @staticmethod
+    def quantiles(stats, sigma2, prior, qs):
+        def one(st1):
+            grid, _, cdf, _ = _gain_frame(st1, sigma2, prior)
+            return jnp.interp(qs, cdf, grid)
+
+        return jax.lax.map(one, stats, batch_size=_BATCH)
+
+
+@jax.jit
+def _quantiles_jit(stats, sigma2, prior, qs):
+    return posterior_method(prior, stats).quantiles(stats, sigma2, prior, qs)
+
+
+def posterior_quantiles(prior: XPrior, stats: Any, sigma: float, qs) -> np.ndarray:
     """Quantiles ``qs`` of every frame's posterior given ``sigma``, shape (N, len(qs)), float64."""
     qs = np.atleast_1d(np.asarray(qs, np.float64))
     padded, _ = pad_stats(stats, bucket_size(stats.n_frames))
     with x64():
-        kind, pp = prior_params(prior)
-        out = _quantiles_jit(kind, padded, jnp.asarray(sigma) ** 2, pp, jnp.asarray(qs))
+        out = _quantiles_jit(padded, jnp.asarray(sigma) ** 2, prior, jnp.asarray(qs))
         return np.asarray(out)[: stats.n_frames]

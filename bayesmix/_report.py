@@ -328,7 +328,7 @@ def report(
         "Residual image": _residual_html(v, frames, ref_a, ref_b, mask),
         "Flagged frames": _flagged_html(v),
     }
-    from bayesmix import __version__
+    from bayesmix._version import __version__
 
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",

@@ -10,6 +10,7 @@ import numpy as np
 
 from bayesmix._likelihood import misfit_pvalue
 from bayesmix._posterior import posterior_quantiles
+from bayesmix._model import MixingModel, make_model
 from bayesmix._stats import FrameStats
 from bayesmix.priors import SigmaPrior, XPrior, prior_spec
 
@@ -88,10 +89,19 @@ class MapResult:
     converged: bool = True
     frame: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     device: str = ""
+    model: MixingModel = field(default=None, repr=False)  # type: ignore[assignment]
+    gain: np.ndarray | None = field(default=None, repr=False)
+    gain_sd: np.ndarray | None = field(default=None, repr=False)
+    background: np.ndarray | None = field(default=None, repr=False)
+    map_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.frame is None:
             object.__setattr__(self, "frame", np.arange(self.n_frames))
+        if self.model is None:
+            object.__setattr__(
+                self, "model", make_model(prior=self.prior, sigma_prior=self.sigma_prior)
+            )
 
     @property
     def n_frames(self) -> int:
@@ -196,7 +206,7 @@ class MapResult:
         return ds
 
     def _attrs(self) -> dict[str, Any]:
-        from bayesmix import __version__
+        from bayesmix._version import __version__
 
         return {
             "method": "map",

@@ -31,7 +31,17 @@ import numpy as np
 
 from bayesmix._io import ChunkStream, Stack, prepare
 
-__all__ = ["FrameStats", "bucket_size", "frame_stats", "pad_stats", "stats_from_stack"]
+__all__ = [
+    "BasisStats",
+    "FrameStats",
+    "GainStats",
+    "basis_stats_from_stack",
+    "bucket_size",
+    "frame_stats",
+    "pad_stats",
+    "reduce_stats",
+    "stats_from_stack",
+]
 
 # Reassociation lets the reductions vectorise; no 'nnan'/'ninf', so NaN still propagates and
 # flags the rows that need the masked path.
@@ -76,6 +86,73 @@ class FrameStats(NamedTuple):
         total = rss + np.asarray(self.dd) * np.asarray(self.xhat) ** 2
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(total > 0, 1.0 - rss / total, 0.0)
+
+    @property
+    def dof_residual(self) -> np.ndarray:
+        """Degrees of freedom of ``rss``: n minus the weight."""
+        return np.asarray(self.n, np.float64) - 1.0
+
+
+class GainStats(NamedTuple):
+    """Per-frame statistics of the model with a gain ``g`` (and any background), shape (N, ...).
+
+    With the background integrated out, the all-pixel likelihood of the reference weights
+    ``w = g (x, 1 - x)`` is :math:`-(\\mathrm{rss} + \\lVert M w - z\\rVert^2) / 2\\sigma^2`,
+    and :math:`M w = g\\,(m_0 + x\\, m_1)`.
+    """
+
+    z: np.ndarray  #: (N, 2) the frame's coordinates in the references' subspace
+    m0: np.ndarray  #: (N, 2) M applied to (0, 1), i.e. to B
+    m1: np.ndarray  #: (N, 2) M applied to (1, -1), i.e. to A - B
+    rss: np.ndarray  #: (N,) residual sum of squares of the full least-squares fit
+    n: np.ndarray  #: (N,) degrees of freedom: valid pixels minus background terms
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames N."""
+        return int(np.shape(self.rss)[0])
+
+    @property
+    def r2(self) -> np.ndarray:
+        """R^2 of the least-squares fit (references free) relative to the background alone."""
+        zz = np.sum(np.asarray(self.z) ** 2, axis=-1)
+        total = np.asarray(self.rss) + zz
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, zz / total, 0.0)
+
+    @property
+    def dof_residual(self) -> np.ndarray:
+        """Degrees of freedom of ``rss``: n minus the two reference coefficients."""
+        return np.asarray(self.n, np.float64) - 2.0
+
+
+class BasisStats(NamedTuple):
+    """The statistics pass on a basis [background, A, B]: per frame, shape (N, ...).
+
+    ``w`` and ``bg`` are the least-squares coefficients of the references and of the background,
+    ``chol`` an upper-triangular M with :math:`M^T M` the Schur complement of the background in
+    the frame's Gram matrix, ``z = M w``; ``rss`` is the residual of the full least-squares fit,
+    computed from the residual itself. ``bg_sens`` maps a change of ``w`` to the background's
+    conditional mean: :math:`E[c \\mid w] = bg + bg_{sens} (w - w_{ls})`.
+    """
+
+    w: np.ndarray  #: (N, 2)
+    z: np.ndarray  #: (N, 2)
+    chol: np.ndarray  #: (N, 2, 2)
+    bg: np.ndarray  #: (N, P)
+    bg_sens: np.ndarray  #: (N, P, 2)
+    rss: np.ndarray  #: (N,)
+    n: np.ndarray  #: (N,) valid pixels
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames N."""
+        return int(np.shape(self.rss)[0])
+
+    @property
+    def n_background(self) -> int:
+        """P, the number of background terms."""
+        return int(np.shape(self.bg)[1])
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
@@ -180,6 +257,102 @@ def _stats_kernel(y2d, pixels, c, d, dd, xhat, rss, ddo, n, ninf):
                 ninf[i] = ki
 
 
+@nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _project(y, c, q, out):
+    """out[b] = sum (y - c) q[b] in float32 blocks added into float64, for each basis row b."""
+    zero = q[0, 0] - q[0, 0]
+    for b in range(q.shape[0]):
+        qb = q[b]
+        s = 0.0
+        for j0 in range(0, y.shape[0], _BLOCK):
+            yb, cb, db = y[j0 : j0 + _BLOCK], c[j0 : j0 + _BLOCK], qb[j0 : j0 + _BLOCK]
+            bs = zero
+            for j in range(yb.shape[0]):
+                bs += (yb[j] - cb[j]) * db[j]
+            s += bs
+        out[b] = s
+
+
+@nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _basis_residual(y, c, q, coef, e):
+    """rss = sum (y - c - q^T coef)^2, the residual formed pixel by pixel (``e``: a scratch row)."""
+    zero = q[0, 0] - q[0, 0]
+    for j in range(y.shape[0]):
+        e[j] = y[j] - c[j]
+    for b in range(q.shape[0]):
+        cf = coef[b]
+        qb = q[b]
+        for j in range(y.shape[0]):
+            e[j] -= cf * qb[j]
+    r = 0.0
+    for j0 in range(0, y.shape[0], _BLOCK):
+        eb = e[j0 : j0 + _BLOCK]
+        bq = zero
+        for j in range(eb.shape[0]):
+            bq += eb[j] * eb[j]
+        r += bq
+    return r
+
+
+@nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
+def _basis_kernel(y2d, pixels, c, q, proj, rss, n, ninf):
+    """Projections of each row of ``y2d`` on the orthonormal rows of ``q`` (shape (B, p)) and
+    the residual sum of squares; rows with non-finite pixels get ``n = -1`` (done elsewhere)."""
+    m = y2d.shape[0]
+    p = c.shape[0]
+    nb_ = q.shape[0]
+    gather = pixels.shape[0] > 0
+    ntasks = (m + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for t in nb.prange(ntasks):
+        buf = np.empty(p, dtype=y2d.dtype)
+        e = np.empty(p, dtype=q.dtype)
+        coef = np.empty(nb_, dtype=q.dtype)
+        acc = np.empty(nb_)
+        for i in range(t * _ROWS_PER_TASK, min((t + 1) * _ROWS_PER_TASK, m)):
+            if gather:
+                for j in range(p):
+                    buf[j] = y2d[i, pixels[j]]
+                row = buf
+            else:
+                row = y2d[i]
+            finite = True
+            for j in range(p):
+                if not np.isfinite(row[j]):
+                    finite = False
+                    break
+            if not finite:
+                n[i] = -1
+                ninf[i] = 0
+                rss[i] = np.nan
+                for b in range(nb_):
+                    proj[i, b] = np.nan
+                continue
+            _project(row, c, q, acc)
+            for b in range(nb_):
+                proj[i, b] = acc[b]
+                coef[b] = acc[b]
+            rss[i] = _basis_residual(row, c, q, coef, e)
+            n[i] = p
+            ninf[i] = 0
+
+
+def _masked_basis_row(row: np.ndarray, c: np.ndarray, design: np.ndarray):
+    """A row with non-finite pixels, in float64: (coefficients, Gram, rss, n, n_inf) on the
+    model's design restricted to its finite pixels."""
+    row = np.asarray(row, np.float64)
+    ok = np.isfinite(row)
+    n_inf = int(np.count_nonzero(np.isinf(row)))
+    k = int(ok.sum())
+    phi = design[:, ok]
+    gram = phi @ phi.T
+    if k <= design.shape[0] or np.linalg.matrix_rank(gram) < design.shape[0]:
+        return None, gram, np.nan, k, n_inf
+    r = row[ok] - c[ok]
+    coef = np.linalg.solve(gram, phi @ r)
+    e = r - coef @ phi
+    return coef, gram, float(e @ e), k, n_inf
+
+
 def _chunks(
     n_frames: int,
     frame_bytes: int,
@@ -279,13 +452,20 @@ def _stream_chunks(stream: ChunkStream) -> Iterator[np.ndarray]:
             yield chunk
 
 
+def _as_rows(chunk: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A chunk as a contiguous (k, pixels) array the kernels read directly.
+
+    The kernels read float32/64 and 8-64 bit integers as they are (a view of a contiguous
+    stack); anything else (float16, byte-swapped, strided) costs one chunk-sized copy.
+    """
+    kind = chunk.dtype if chunk.dtype in _NATIVE else dtype
+    return np.ascontiguousarray(chunk, dtype=kind).reshape(int(chunk.shape[0]), -1)
+
+
 def _chunk_stats(chunk: np.ndarray, pixels, c, d, dd) -> tuple[np.ndarray, ...]:
     """The kernel on one chunk of frames: (xhat, rss, dd, n, n_inf), each of shape (k,)."""
-    # The kernel reads float32/64 and 8-64 bit integers as they are (a view of a contiguous
-    # stack); anything else (float16, byte-swapped, strided) costs one chunk-sized copy.
     m = int(chunk.shape[0])
-    kind = chunk.dtype if chunk.dtype in _NATIVE else c.dtype
-    chunk = np.ascontiguousarray(chunk, dtype=kind).reshape(m, -1)
+    chunk = _as_rows(chunk, c.dtype)
     out = (np.empty(m), np.empty(m), np.empty(m), np.empty(m, np.int64), np.empty(m, np.int64))
     _stats_kernel(chunk, pixels, c, d, dd, *out)
     return out
@@ -295,14 +475,26 @@ def _is_dask(frames: Any) -> bool:
     return type(frames).__module__.split(".")[0] == "dask" and hasattr(frames, "map_blocks")
 
 
-def _block_stats(block: np.ndarray, pixels, c, d, dd) -> np.ndarray:
-    """:func:`_chunk_stats` of one dask block, as one float64 array of shape (k, 5)."""
-    return np.stack([col.astype(np.float64) for col in _chunk_stats(block, pixels, c, d, dd)], 1)
+def _pack(cols: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Per-frame outputs of any shape (k, ...) as one float64 array of shape (k, width)."""
+    k = int(cols[0].shape[0])
+    return np.hstack([np.asarray(a, np.float64).reshape(k, -1) for a in cols])
 
 
-def _dask_stats(frames, pixels, c, d, dd, chunk_size, memory_limit) -> tuple[np.ndarray, ...]:
+def _unpack(packed: np.ndarray, like: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """The inverse of :func:`_pack`, with the shapes and dtypes of ``like`` (one chunk's)."""
+    out, at = [], 0
+    for a in like:
+        width = int(np.prod(a.shape[1:], dtype=np.int64))
+        col = packed[:, at : at + width].reshape(-1, *a.shape[1:])
+        out.append(col.astype(a.dtype))
+        at += width
+    return tuple(out)
+
+
+def _dask_pass(frames, fn, chunk_size, memory_limit) -> tuple[np.ndarray, ...]:
     """The pass as a dask computation: each block of whole frames gives its statistics where it
-    lives (a worker of a ``dask.distributed`` cluster, if one is active); only the (N, 5)
+    lives (a worker of a ``dask.distributed`` cluster, if one is active); only the O(N)
     statistics come back."""
     ndim = frames.ndim
     frame_bytes = int(np.prod(frames.shape[1:])) * frames.dtype.itemsize
@@ -313,13 +505,65 @@ def _dask_stats(frames, pixels, c, d, dd, chunk_size, memory_limit) -> tuple[np.
     elif all(len(ch) == 1 for ch in frames.chunks[1:]):
         rows = frames.chunks[0]  # already whole frames: keep the user's blocks
     frames = frames.rechunk({0: rows, **{k: -1 for k in range(1, ndim)}})
+    # The output layout, from one frame (cheap: the first block's first row).
+    like = fn(np.asarray(frames[:1]))
+    width = _pack(like).shape[1]
     out = frames.map_blocks(
-        _block_stats, pixels, c, d, dd,
-        drop_axis=list(range(1, ndim)), new_axis=1, chunks=(frames.chunks[0], (5,)),
-        dtype=np.float64, meta=np.empty((0, 5)),
+        lambda block: _pack(fn(block)),
+        drop_axis=list(range(1, ndim)), new_axis=1, chunks=(frames.chunks[0], (width,)),
+        dtype=np.float64, meta=np.empty((0, width)),
     ).compute()  # fmt: skip
-    n, ninf = out[:, 3].astype(np.int64), out[:, 4].astype(np.int64)
-    return out[:, 0].copy(), out[:, 1].copy(), out[:, 2].copy(), n, ninf
+    return _unpack(out, like)
+
+
+def _run_pass(
+    stack: Stack,
+    fn: Callable[[np.ndarray], tuple[np.ndarray, ...]],
+    *,
+    chunk_size: int | None,
+    memory_limit: int | None,
+    progress: Callable[[int], object] | None,
+) -> tuple[np.ndarray, ...]:
+    """``fn`` (chunk of frames -> per-frame arrays) over the whole stack, chunk by chunk, the
+    next chunk read while one is computed; the per-frame arrays concatenated."""
+    memory_limit = _check_memory_limit(memory_limit)
+    frames = stack.frames
+    if _is_dask(frames):
+        return _dask_pass(frames, fn, chunk_size, memory_limit)
+    if isinstance(frames, ChunkStream):
+        chunks: Iterator[np.ndarray] = _stream_chunks(frames)
+    else:
+        p_all = int(np.prod(stack.frame_shape))
+        native = isinstance(frames, np.ndarray) and frames.dtype in _NATIVE
+        copies = not (native and frames.flags.c_contiguous)
+        step = _chunks(int(frames.shape[0]), p_all * frames.dtype.itemsize,
+                       p_all * stack.dtype.itemsize, chunk_size, memory_limit, copies)  # fmt: skip
+        chunks = _array_chunks(frames, step)
+    parts = []
+    for chunk in chunks:
+        parts.append(fn(chunk))
+        if progress is not None:
+            progress(int(chunk.shape[0]))
+    return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
+
+
+def _check_pass(n: np.ndarray, ninf: np.ndarray, stacklevel: int) -> None:
+    """Errors for frames with no finite pixel, a warning for infinite pixels."""
+    empty = np.flatnonzero(n == 0)
+    if empty.size:
+        raise ValueError(
+            f"{empty.size} frame(s) have no finite pixel (all NaN/Inf), e.g. frame(s) "
+            f"{empty[:5].tolist()}; drop them from the stack or fill them"
+        )
+    n_inf = int(ninf.sum())
+    if n_inf:
+        warnings.warn(
+            f"{n_inf} pixel(s) in {int(np.count_nonzero(ninf))} frame(s) are +/-Inf and were left "
+            "out of those frames, like NaN pixels; check the data for saturation or a bad "
+            "log/division upstream",
+            RuntimeWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def stats_from_stack(
@@ -335,7 +579,6 @@ def stats_from_stack(
     ``progress``, if given, is called with the number of frames of each chunk done (a progress
     bar's ``update``).
     """
-    memory_limit = _check_memory_limit(memory_limit)
     dt = stack.dtype
     d_full = stack.ref_a - stack.ref_b
     d = d_full.astype(dt)
@@ -343,50 +586,162 @@ def stats_from_stack(
     dd = float(np.dot(d.astype(np.float64), d.astype(np.float64)))
     pixels = stack.pixels if stack.pixels is not None else np.empty(0, np.int64)
     pixels = np.ascontiguousarray(pixels, dtype=np.int64)
-
-    frames = stack.frames
-    p_all = int(np.prod(stack.frame_shape))
-    if _is_dask(frames):
-        xhat, rss, ddo, n, ninf = _dask_stats(frames, pixels, c, d, dd, chunk_size, memory_limit)
-    else:
-        if isinstance(frames, ChunkStream):
-            chunks: Iterator[np.ndarray] = _stream_chunks(frames)
-        else:
-            native = isinstance(frames, np.ndarray) and frames.dtype in _NATIVE
-            copies = not (native and frames.flags.c_contiguous)
-            itemsize = frames.dtype.itemsize
-            step = _chunks(int(frames.shape[0]), p_all * itemsize, p_all * dt.itemsize,
-                           chunk_size, memory_limit, copies)  # fmt: skip
-            chunks = _array_chunks(frames, step)
-        parts = []
-        for chunk in chunks:
-            parts.append(_chunk_stats(chunk, pixels, c, d, dd))
-            if progress is not None:
-                progress(int(chunk.shape[0]))
-        xhat, rss, ddo, n, ninf = (np.concatenate(col) for col in zip(*parts, strict=True))
-
-    empty = np.flatnonzero(n == 0)
-    if empty.size:
-        raise ValueError(
-            f"{empty.size} frame(s) have no finite pixel (all NaN/Inf), e.g. frame(s) "
-            f"{empty[:5].tolist()}; drop them from the stack or fill them"
-        )
+    xhat, rss, ddo, n, ninf = _run_pass(
+        stack, lambda chunk: _chunk_stats(chunk, pixels, c, d, dd),
+        chunk_size=chunk_size, memory_limit=memory_limit, progress=progress,
+    )  # fmt: skip
+    _check_pass(n, ninf, stacklevel)
     flat = np.flatnonzero(~(ddo > 0))
     if flat.size:
         raise ValueError(
             f"{flat.size} frame(s) are finite only where ref_a == ref_b, so their weight is not "
             f"identifiable, e.g. frame(s) {flat[:5].tolist()}"
         )
-    n_inf = int(ninf.sum())
-    if n_inf:
-        warnings.warn(
-            f"{n_inf} pixel(s) in {int(np.count_nonzero(ninf))} frame(s) are +/-Inf and were left "
-            "out of those frames, like NaN pixels; check the data for saturation or a bad "
-            "log/division upstream",
-            RuntimeWarning,
-            stacklevel=stacklevel + 1,
-        )
     return FrameStats(xhat=xhat, rss=rss, dd=ddo, n=n)
+
+
+class _Basis(NamedTuple):
+    """The model's basis, orthonormalised once (float64 algebra shared by every chunk)."""
+
+    q: np.ndarray  #: (B, p) orthonormal rows spanning the design, in the pass's dtype
+    c: np.ndarray  #: (p,) centre (A + B) / 2, in the pass's dtype
+    r: np.ndarray  #: (B, B) upper triangular: design^T = Q R
+    design: np.ndarray  #: (B, p) float64, background first, then A, B
+    c64: np.ndarray  #: (p,) float64 centre
+    n_bg: int
+
+
+def _make_basis(stack: Stack, model: Any) -> _Basis:
+    from bayesmix._model import check_design
+
+    design = check_design(model, stack.ref_a, stack.ref_b, stack.frame_shape, stack.pixels)
+    q, r = np.linalg.qr(design.T)
+    c64 = 0.5 * (stack.ref_a + stack.ref_b)
+    dt = stack.dtype
+    return _Basis(np.ascontiguousarray(q.T, dt), c64.astype(dt), r, design, c64,
+                  design.shape[0] - 2)  # fmt: skip
+
+
+def _reduce_rows(theta: np.ndarray, gram: np.ndarray, n_bg: int) -> tuple[np.ndarray, ...]:
+    """Model-basis coefficients and Gram matrices (k, B), (k, B, B) -> w, z, chol, bg, bg_sens."""
+    p = n_bg
+    w, bg = theta[:, p:], theta[:, :p]
+    gww, gcc, gcw = gram[:, p:, p:], gram[:, :p, :p], gram[:, :p, p:]
+    if p:
+        sens = -np.linalg.solve(gcc, gcw)  # (k, P, 2)
+        schur = gww + np.einsum("kpi,kpj->kij", gcw, sens)
+    else:
+        sens = np.zeros((len(theta), 0, 2))
+        schur = gww
+    chol = np.swapaxes(np.linalg.cholesky(schur), -1, -2)  # upper: chol^T chol = schur
+    z = np.einsum("kij,kj->ki", chol, w)
+    return w, z, chol, bg, sens
+
+
+def _basis_chunk(chunk: np.ndarray, pixels: np.ndarray, basis: _Basis) -> tuple[np.ndarray, ...]:
+    """The basis kernel on one chunk: (w, z, chol, bg, bg_sens, rss, n, n_inf)."""
+    m = int(chunk.shape[0])
+    rows = _as_rows(chunk, basis.c.dtype)
+    nb_ = basis.q.shape[0]
+    p = basis.n_bg
+    proj, rss = np.empty((m, nb_)), np.empty(m)
+    n, ninf = np.empty(m, np.int64), np.empty(m, np.int64)
+    _basis_kernel(rows, pixels, basis.c, basis.q, proj, rss, n, ninf)
+    theta_c = np.zeros(nb_)
+    theta_c[p:] = 0.5
+    r = basis.r
+    w = np.empty((m, 2))
+    z = np.empty((m, 2))
+    chol = np.empty((m, 2, 2))
+    bg = np.empty((m, p))
+    sens = np.empty((m, p, 2))
+    ok = n >= 0
+    if ok.any():
+        # Projections on an orthonormal basis: the Gram matrix is R^T R and the Schur complement
+        # of the background is R22^T R22, so z comes straight from the projections.
+        theta = np.linalg.solve(r, proj[ok].T).T + theta_c
+        r22 = r[p:, p:]
+        w[ok] = theta[:, p:]
+        z[ok] = proj[ok, p:] + r22 @ theta_c[p:]
+        chol[ok] = r22
+        bg[ok] = theta[:, :p]
+        sens[ok] = -np.linalg.solve(r[:p, :p], r[:p, p:]) if p else np.zeros((p, 2))
+    for i in np.flatnonzero(~ok):
+        row = rows[i] if pixels.size == 0 else rows[i, pixels]
+        coef, gram, rss_i, k, k_inf = _masked_basis_row(row, basis.c64, basis.design)
+        n[i], ninf[i], rss[i] = k, k_inf, rss_i
+        if coef is None:
+            n[i] = -k - 1 if k else 0  # too few finite pixels for the model: reported below
+            w[i] = z[i] = np.nan
+            chol[i] = np.eye(2)
+            bg[i] = np.nan
+            sens[i] = 0.0
+            continue
+        theta = (coef + theta_c)[None]
+        out = _reduce_rows(theta, gram[None], p)
+        w[i], z[i], chol[i], bg[i], sens[i] = (a[0] for a in out)
+    return w, z, chol, bg, sens, rss, n, ninf
+
+
+def basis_stats_from_stack(
+    stack: Stack,
+    model: Any,
+    *,
+    chunk_size: int | None = None,
+    memory_limit: int | None = None,
+    stacklevel: int = 2,
+    progress: Callable[[int], object] | None = None,
+) -> BasisStats:
+    """The statistics pass on the model's basis [background, A, B] (see :class:`BasisStats`).
+
+    One fused pass per chunk: the projections of each frame (centred on (A + B) / 2) on an
+    orthonormal basis of the model's span, then the residual formed pixel by pixel in a second
+    sweep over the cache-resident row. Frames with non-finite pixels are solved on their own
+    finite pixels in float64.
+    """
+    basis = _make_basis(stack, model)
+    pixels = stack.pixels if stack.pixels is not None else np.empty(0, np.int64)
+    pixels = np.ascontiguousarray(pixels, dtype=np.int64)
+    w, z, chol, bg, sens, rss, n, ninf = _run_pass(
+        stack, lambda chunk: _basis_chunk(chunk, pixels, basis),
+        chunk_size=chunk_size, memory_limit=memory_limit, progress=progress,
+    )  # fmt: skip
+    _check_pass(n, ninf, stacklevel)
+    few = np.flatnonzero(n < 0)
+    if few.size:
+        raise ValueError(
+            f"{few.size} frame(s) have too few finite pixels for the model's "
+            f"{basis.design.shape[0]} linear terms (or only pixels where the terms are "
+            f"dependent), e.g. frame(s) {few[:5].tolist()}; drop them or use a simpler background"
+        )
+    return BasisStats(w=w, z=z, chol=chol, bg=bg, bg_sens=sens, rss=rss, n=n)
+
+
+def reduce_stats(basis: BasisStats, *, gain: bool) -> FrameStats | GainStats:
+    """The per-frame statistics the inference reads, from the basis statistics.
+
+    Without gain, ``w = (x, 1 - x)``: the likelihood is a Gaussian factor in x, i.e. the
+    :class:`FrameStats` of the plain model with ``n`` reduced by the background terms:
+
+    .. math::
+
+        \\mathrm{dd} = \\lVert M u\\rVert^2, \\quad
+        \\hat x = \\frac{(M u) \\cdot t}{\\mathrm{dd}}, \\quad
+        \\mathrm{rss}' = \\mathrm{rss} + \\lVert t - \\hat x M u\\rVert^2,
+
+    with ``u = (1, -1)`` and ``t = z - M (0, 1)``. With gain, :class:`GainStats`.
+    """
+    chol = np.asarray(basis.chol)
+    m1 = np.einsum("kij,j->ki", chol, np.array([1.0, -1.0]))
+    m0 = chol[:, :, 1]
+    dof = np.asarray(basis.n, np.int64) - basis.n_background
+    if gain:
+        return GainStats(z=np.asarray(basis.z), m0=m0, m1=m1, rss=np.asarray(basis.rss), n=dof)
+    t = np.asarray(basis.z) - m0
+    dd = np.sum(m1 * m1, axis=1)
+    xhat = np.sum(m1 * t, axis=1) / dd
+    e = t - xhat[:, None] * m1
+    return FrameStats(xhat=xhat, rss=np.asarray(basis.rss) + np.sum(e * e, axis=1), dd=dd, n=dof)
 
 
 def frame_stats(
@@ -460,20 +815,25 @@ def bucket_size(n: int) -> int:
     return -(-n // (1 << e)) * (1 << e)
 
 
-def pad_stats(stats: FrameStats, size: int) -> tuple[FrameStats, np.ndarray]:
-    """Pad to ``size`` frames with inert frames (n = 0, dd = 1); also return the validity mask."""
+_INERT = {
+    # Padding frames: n = 0 (no pixels), so they add nothing to any sum over frames, and values
+    # that keep every per-frame formula finite.
+    "FrameStats": {"xhat": 0.5, "rss": 0.0, "dd": 1.0, "n": 0.0},
+    "GainStats": {"z": 0.0, "m0": (1.0, 0.0), "m1": (0.0, 1.0), "rss": 0.0, "n": 0.0},
+}
+
+
+def pad_stats(stats: Any, size: int) -> tuple[Any, np.ndarray]:
+    """Pad to ``size`` frames with inert frames (n = 0); also return the validity mask."""
     n = stats.n_frames
     extra = size - n
     valid = np.zeros(size, bool)
     valid[:n] = True
+    fill = _INERT[type(stats).__name__]
 
-    def pad(a, value, dtype):
-        return np.concatenate([np.asarray(a, dtype), np.full(extra, value, dtype)])
+    def pad(name):
+        a = np.asarray(getattr(stats, name), np.float64)
+        tail = np.broadcast_to(np.asarray(fill[name], np.float64), (extra, *a.shape[1:]))
+        return np.concatenate([a, tail])
 
-    padded = FrameStats(
-        xhat=pad(stats.xhat, 0.5, np.float64),
-        rss=pad(stats.rss, 0.0, np.float64),
-        dd=pad(stats.dd, 1.0, np.float64),
-        n=pad(stats.n, 0, np.float64),
-    )
-    return padded, valid
+    return type(stats)(*(pad(f) for f in stats._fields)), valid

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import betaln, log_ndtr, xlog1py, xlogy
@@ -99,8 +99,6 @@ class TruncatedNormal:
     low: float = 0.0
     high: float = 1.0
 
-    kind: ClassVar[str] = "gaussian"
-
     def __post_init__(self) -> None:
         low, high = _check_bounds(self.low, self.high)
         loc = _check_finite("loc", self.loc)
@@ -132,7 +130,7 @@ class TruncatedNormal:
         b = (self.high - self.loc) / self.scale
         # log(Phi(b) - Phi(a)) without cancellation: a <= 0 <= b since loc is inside the bounds.
         log_z = jnp.log1p(-jnp.exp(log_ndtr(a)) - jnp.exp(log_ndtr(-b)))
-        lp = -0.5 * z**2 - _LOG_SQRT_2PI - math.log(self.scale) - log_z
+        lp = -0.5 * z**2 - _LOG_SQRT_2PI - jnp.log(self.scale) - log_z
         return jnp.where((x >= self.low) & (x <= self.high), lp, -jnp.inf)
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -158,8 +156,6 @@ class Uniform:
     low: float = 0.0
     high: float = 1.0
 
-    kind: ClassVar[str] = "gaussian"
-
     def __post_init__(self) -> None:
         low, high = _check_bounds(self.low, self.high)
         object.__setattr__(self, "low", low)
@@ -177,7 +173,7 @@ class Uniform:
     def log_prob(self, x: jnp.ndarray) -> jnp.ndarray:
         """Normalised log density, ``-inf`` outside [low, high]."""
         x = jnp.asarray(x)
-        lp = -math.log(self.high - self.low) * jnp.ones_like(x, dtype=jnp.result_type(float))
+        lp = -jnp.log(self.high - self.low) * jnp.ones_like(x, dtype=jnp.result_type(float))
         return jnp.where((x >= self.low) & (x <= self.high), lp, -jnp.inf)
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -209,8 +205,6 @@ class Beta:
 
     a: float = 5.5
     b: float = 4.5
-
-    kind: ClassVar[str] = "beta"
 
     def __post_init__(self) -> None:
         a = _check_finite("a", self.a)
@@ -288,6 +282,27 @@ class InverseGamma:
         """``(concentration, scale)`` of the inverse-gamma on sigma^2."""
         return (self.concentration, self.scale)
 
+
+def _register_pytree(cls: type, fields: tuple[str, ...]) -> None:
+    """Register a prior as a pytree whose leaves are its parameters: jitted code then takes the
+    prior as a traced argument (its type, not its numbers, selects the compiled program), and
+    ``log_prob`` runs on traced parameters. Unflattening skips validation, which already ran."""
+
+    def flatten(prior: object) -> tuple[tuple[object, ...], None]:
+        return tuple(getattr(prior, f) for f in fields), None
+
+    def unflatten(_: None, leaves: tuple[object, ...]) -> object:
+        obj = object.__new__(cls)
+        for f, v in zip(fields, leaves, strict=True):
+            object.__setattr__(obj, f, v)
+        return obj
+
+    jax.tree_util.register_pytree_node(cls, flatten, unflatten)
+
+
+_register_pytree(TruncatedNormal, ("loc", "scale", "low", "high"))
+_register_pytree(Uniform, ("low", "high"))
+_register_pytree(Beta, ("a", "b"))
 
 XPrior = TruncatedNormal | Uniform | Beta
 SigmaPrior = Jeffreys | InverseGamma

@@ -1,4 +1,7 @@
-"""The example notebook: it runs top to bottom, and it is stored without outputs.
+"""The example notebooks: they run top to bottom, and they are stored without outputs.
+
+``uncertainty_analysis.ipynb`` works on simulated frames; ``stxm_real_data.ipynb`` on the real STXM
+spectrum image in ``../shared/realdata`` beside the repository (skipped when that file is absent).
 
 nbclient, nbformat and ipykernel are declared test dependencies (``bayesmix[notebook]``): they are
 imported at module level so that a missing one fails the run instead of skipping it.
@@ -16,10 +19,13 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
+from conftest import REALDATA
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "uncertainty_analysis.ipynb"
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK = NOTEBOOKS / "uncertainty_analysis.ipynb"
+REAL_NOTEBOOK = NOTEBOOKS / "stxm_real_data.ipynb"
 KERNEL = "python3"
 PROBE = (
     "import sys\nprint('KERNEL_PREFIX=' + sys.prefix)\nprint('KERNEL_EXECUTABLE=' + sys.executable)"
@@ -65,25 +71,9 @@ def _n_images(nb) -> int:
     )
 
 
-@pytest.fixture(scope="module")
-def stored():
-    return nbformat.read(NOTEBOOK, as_version=4)
-
-
-def test_notebook_is_stored_without_outputs(stored):
-    nbformat.validate(stored)
-    assert stored.metadata["kernelspec"]["name"] == KERNEL
-    code = [c for c in stored.cells if c.cell_type == "code"]
-    assert code, "the notebook has no code cells"
-    for i, cell in enumerate(stored.cells):
-        if cell.cell_type != "code":
-            continue
-        assert cell.get("outputs") == [], f"cell {i} has stored outputs"
-        assert cell.get("execution_count") is None, f"cell {i} has an execution count"
-        assert "execution" not in cell.get("metadata", {}), f"cell {i} has execution timings"
-
-
-def test_notebook_runs(stored, tmp_path):
+def _execute(stored, tmp_path: Path, cwd: Path):
+    """Run a copy of ``stored`` (plus the interpreter probe) in a kernel of this interpreter whose
+    working directory is ``cwd``; return the executed notebook, its stdout and the seconds taken."""
     nb = nbformat.from_dict(json.loads(json.dumps(stored)))  # a copy: never touch the file
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
     env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")}
@@ -92,7 +82,7 @@ def test_notebook_runs(stored, tmp_path):
         km=_kernel_manager(tmp_path),
         kernel_name=KERNEL,
         timeout=600,
-        resources={"metadata": {"path": str(tmp_path)}},  # the kernel's working directory
+        resources={"metadata": {"path": str(cwd)}},  # the kernel's working directory
     )
     t0 = time.perf_counter()
     client.execute(env=env)  # raises CellExecutionError on the first failing cell
@@ -108,10 +98,41 @@ def test_notebook_runs(stored, tmp_path):
     ]
     assert not errors
     text = _stream_text(nb)
-
     # The kernel ran this interpreter, not whatever "python3" a user's kernelspec names.
     prefix = re.search(r"KERNEL_PREFIX=(.+)", text)
     assert prefix and Path(prefix.group(1).strip()) == Path(sys.prefix), text[-500:]
+    return nb, text, seconds
+
+
+def _number(text: str, name: str) -> float:
+    """The value printed as ``NAME=value`` by a notebook."""
+    match = re.search(rf"^{name}=(-?[0-9.]+(?:e-?[0-9]+)?)\s*$", text, flags=re.M)
+    assert match, f"the notebook did not print {name}=...; its output ends with:\n{text[-800:]}"
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def stored():
+    return nbformat.read(NOTEBOOK, as_version=4)
+
+
+@pytest.mark.parametrize("path", [NOTEBOOK, REAL_NOTEBOOK], ids=lambda p: p.stem)
+def test_notebook_is_stored_without_outputs(path):
+    stored = nbformat.read(path, as_version=4)
+    nbformat.validate(stored)
+    assert stored.metadata["kernelspec"]["name"] == KERNEL
+    code = [c for c in stored.cells if c.cell_type == "code"]
+    assert code, "the notebook has no code cells"
+    for i, cell in enumerate(stored.cells):
+        if cell.cell_type != "code":
+            continue
+        assert cell.get("outputs") == [], f"cell {i} has stored outputs"
+        assert cell.get("execution_count") is None, f"cell {i} has an execution count"
+        assert "execution" not in cell.get("metadata", {}), f"cell {i} has execution timings"
+
+
+def test_notebook_runs(stored, tmp_path):
+    nb, text, seconds = _execute(stored, tmp_path, cwd=tmp_path)
 
     # Key results: calibrated intervals, a diagnose verdict, the comparison, LOO, PPC, residual.
     cov = re.search(r"coverage of the 90% intervals \(fit_map\): ([0-9.]+)", text)
@@ -132,4 +153,37 @@ def test_notebook_runs(stored, tmp_path):
     assert not list(NOTEBOOK.parent.glob("*.npy")) and not list(NOTEBOOK.parent.glob("*.html"))
     assert not list(tmp_path.glob("*.npy")) and not list(tmp_path.glob("*.html"))
     # The notebook is meant to run in well under a minute; allow for a slow, shared machine.
+    assert seconds < 180, f"the notebook took {seconds:.0f} s"
+
+
+def test_real_data_notebook_runs(tmp_path):
+    """The STXM notebook on the real spectrum image: the plain model fails, the model with a
+    linear background and a gain gives the iron-rich pixels' Fe3+ fraction with a small sd and
+    the iron-poor pixels a prior-like sd, every estimate in [0, 1]."""
+    if not REALDATA.exists():
+        pytest.skip(f"real STXM data not found at {REALDATA}")
+    stored = nbformat.read(REAL_NOTEBOOK, as_version=4)
+    before = sorted(p.name for p in NOTEBOOKS.iterdir())
+    # Started from notebooks/, as `jupyter lab` in the repository would: the notebook finds the
+    # data in ../shared/realdata beside the repository by itself.
+    nb, text, seconds = _execute(stored, tmp_path, cwd=NOTEBOOKS)
+
+    # The plain model (no background, no gain) explains nothing and returns the prior.
+    assert _number(text, "PLAIN_R2_MEDIAN") < 0.1
+    assert 0.45 < _number(text, "PLAIN_MEAN") < 0.65
+    assert _number(text, "PLAIN_SD_MEDIAN") > 0.1
+    # Iron-rich pixels (top 20% by posterior mean amount): measured, and as least squares says.
+    assert 0.80 <= _number(text, "IRON_RICH_MEDIAN") <= 0.92
+    assert _number(text, "IRON_RICH_CORR") >= 0.98
+    assert _number(text, "IRON_RICH_SD_MEDIAN") < 0.08
+    assert _number(text, "IRON_RICH_R2_MEDIAN") > 0.5
+    # Iron-poor half: the posterior says "cannot tell" (prior-like sd), never leaves [0, 1].
+    assert _number(text, "IRON_POOR_SD_MEDIAN") >= 0.10
+    assert 0.0 <= _number(text, "MEAN_MIN") and _number(text, "MEAN_MAX") <= 1.0
+    assert 0.0 <= _number(text, "INTERVAL_MIN") and _number(text, "INTERVAL_MAX") <= 1.0
+    # ... where the least-squares ratio leaves [0, 1] for many pixels.
+    assert _number(text, "LSTSQ_OUTSIDE_FRACTION") > 0.2
+    assert _n_images(nb) >= 4
+    # Nothing written next to the notebook (it was the kernel's working directory).
+    assert sorted(p.name for p in NOTEBOOKS.iterdir()) == before
     assert seconds < 180, f"the notebook took {seconds:.0f} s"

@@ -29,7 +29,7 @@ from conftest import scipy_logpdf
 from scipy import integrate, optimize, special, stats
 
 from bayesmix import priors as P
-from bayesmix._posterior import posterior_quantiles, prior_params, quantiles, summary
+from bayesmix._posterior import posterior_method, posterior_quantiles
 from bayesmix._stats import FrameStats
 from bayesmix._truncnorm import log_diff_ndtr, ndtri_log, tn_moments, tn_quantile
 
@@ -316,7 +316,7 @@ def _tols(prior):
     mean and sd within 1e-4 (sd, relative; measured <= 2e-5); quantiles by linear interpolation
     of the grid CDF, error ~ h^2/8 |f'/f| ~ 1.5e-4 sd at 3 sd (measured <= 2.5e-4): 1e-3 sd.
     """
-    return (1e-7, 1e-7, 1e-7) if prior.kind == "gaussian" else (1e-4, 1e-4, 1e-3)
+    return (1e-7, 1e-7, 1e-7) if not isinstance(prior, P.Beta) else (1e-4, 1e-4, 1e-3)
 
 
 class RefPosterior:
@@ -436,10 +436,16 @@ def _reference(prior, frames=tuple(FRAMES)):
     return refs, q
 
 
-# Jitted with ``kind`` static, as the library calls them (bayesmix._map._map_core): one
-# compilation per prior family instead of hundreds of eager dispatches.
-_summary = jax.jit(summary, static_argnums=0)
-_quantiles = jax.jit(quantiles, static_argnums=0)
+# Jitted with the prior as a traced pytree, as the library calls them (bayesmix._map._map_core):
+# the method is chosen by the prior's and the statistics' types at trace time.
+@jax.jit
+def _summary(st, sigma2, prior):
+    return posterior_method(prior, st).summary(st, sigma2, prior)[:4]
+
+
+@jax.jit
+def _quantiles(st, sigma2, prior, qs):
+    return posterior_method(prior, st).quantiles(st, sigma2, prior, qs)
 
 
 @cache
@@ -447,10 +453,9 @@ def _library(prior, frames=tuple(FRAMES)):
     """summary and quantiles for `frames`, float64, as numpy."""
     st = _stats(frames)
     with jax.enable_x64(True):
-        kind, pp = prior_params(prior)
-        assert kind == prior.kind and pp.lo.dtype == jnp.float64
-        out = _summary(kind, st, jnp.float64(SIGMA2), pp)
-        q = _quantiles(kind, st, jnp.float64(SIGMA2), pp, jnp.asarray(QS))
+        pt = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), prior)
+        out = _summary(st, jnp.float64(SIGMA2), pt)
+        q = _quantiles(st, jnp.float64(SIGMA2), pt, jnp.asarray(QS))
         return tuple(np.asarray(v) for v in out), np.asarray(q)
 
 

@@ -1,0 +1,234 @@
+"""The model: one description that every step of the pipeline reads.
+
+A frame ``y_i`` (n pixels) is
+
+.. math::
+
+    y_i = g_i \\,(x_i A + (1 - x_i) B) + \\sum_p c_{ip} N_p + \\varepsilon_i,
+    \\qquad \\varepsilon_i \\sim \\mathcal N(0, \\sigma^2 I),
+
+with the references ``A``, ``B``, a background basis ``N`` (none, a constant, a constant plus a
+ramp along each frame axis, or images of the user's own) whose coefficients have a flat prior, an
+optional per-frame gain ``g_i > 0`` (flat prior; ``g_i = 1`` when off), the prior on ``x`` and
+the prior on ``sigma``. :class:`MixingModel` holds these choices; from it
+
+- the statistics pass takes its basis (:meth:`MixingModel.basis`),
+- the fast path and NUTS take the per-frame likelihood (the type of the reduced statistics it
+  returns selects the closed forms, see :mod:`bayesmix._posterior`),
+- results, writers, the report and the CLI take its description (:meth:`MixingModel.describe`).
+
+Adding a model (K references, a noise model, a sequence prior) means adding a field here, the
+statistics its likelihood needs, and the posterior methods registered for them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bayesmix.priors import SigmaPrior, XPrior, check_prior, check_sigma_prior
+
+__all__ = ["BACKGROUNDS", "NOISES", "MixingModel", "make_model"]
+
+#: Named background bases; an array of basis images is accepted as well.
+BACKGROUNDS = ("none", "constant", "linear")
+#: Noise models (more arrive with the noise issue).
+NOISES = ("gaussian",)
+
+
+def _ramps(frame_shape: tuple[int, ...]) -> list[np.ndarray]:
+    """A ramp from -1 to 1 along each axis of the frame (axes of length 1 have none)."""
+    out = []
+    for axis, size in enumerate(frame_shape):
+        if size < 2:
+            continue
+        shape = [1] * len(frame_shape)
+        shape[axis] = size
+        ramp = np.linspace(-1.0, 1.0, size).reshape(shape)
+        out.append(np.broadcast_to(ramp, frame_shape).astype(np.float64))
+    return out
+
+
+@dataclass(frozen=True)
+class MixingModel:
+    """What is assumed about every frame: references, background, gain, noise, priors.
+
+    Parameters
+    ----------
+    background : {'none', 'constant', 'linear'} or array, shape (P, *S)
+        The background basis, integrated out exactly with a flat prior on its coefficients.
+        'linear' is a constant plus a ramp along each frame axis (a slope for spectra, a plane
+        for images). An array gives P basis images of the frame shape.
+    gain : bool
+        A per-frame positive amount or exposure ``g_i`` multiplying the mixture, integrated out
+        exactly (flat prior on ``g > 0``).
+    noise : {'gaussian'}
+        The pixel noise model: i.i.d. Gaussian with one scale sigma.
+    prior, sigma_prior
+        Priors on each weight and on sigma (defaults as in :func:`bayesmix.fit_map`).
+
+    Examples
+    --------
+    >>> from bayesmix._model import make_model
+    >>> m = make_model(background="linear", gain=True)
+    >>> m.basis_size((123,)), m.describe()["background"]
+    (2, 'linear')
+    >>> make_model().is_plain
+    True
+    """
+
+    background: str | np.ndarray = "none"
+    gain: bool = False
+    noise: str = "gaussian"
+    prior: XPrior = field(default=None)  # type: ignore[assignment]
+    sigma_prior: SigmaPrior = field(default=None)  # type: ignore[assignment]
+
+    @property
+    def is_plain(self) -> bool:
+        """The two-reference model of the first release: no background, no gain."""
+        return isinstance(self.background, str) and self.background == "none" and not self.gain
+
+    def basis_size(self, frame_shape: tuple[int, ...]) -> int:
+        """P, the number of background basis images for frames of ``frame_shape``."""
+        if not isinstance(self.background, str):
+            return int(self.background.shape[0])
+        if self.background == "none":
+            return 0
+        if self.background == "constant":
+            return 1
+        return 1 + len(_ramps(tuple(frame_shape)))
+
+    def basis(self, frame_shape: tuple[int, ...]) -> np.ndarray:
+        """The background basis, float64 of shape (P, *S)."""
+        frame_shape = tuple(frame_shape)
+        if not isinstance(self.background, str):
+            if tuple(self.background.shape[1:]) != frame_shape:
+                raise ValueError(
+                    f"background basis images must have the frame shape {frame_shape}, got "
+                    f"{tuple(self.background.shape[1:])} (the array's shape is (P, *S))"
+                )
+            return np.asarray(self.background, np.float64)
+        if self.background == "none":
+            return np.zeros((0, *frame_shape))
+        ones = np.ones(frame_shape)
+        if self.background == "constant":
+            return ones[None]
+        return np.stack([ones, *_ramps(frame_shape)])
+
+    def describe(self) -> dict[str, Any]:
+        """The model in words and numbers, for provenance (results files, reports)."""
+        bg = self.background if isinstance(self.background, str) else "custom"
+        out: dict[str, Any] = {"background": bg, "gain": bool(self.gain), "noise": self.noise}
+        if not isinstance(self.background, str):
+            out["background_terms"] = int(self.background.shape[0])
+        return out
+
+    @property
+    def name(self) -> str:
+        """A short name, e.g. ``'linear background + gain'``."""
+        parts = []
+        bg = self.describe()["background"]
+        if bg != "none":
+            parts.append(f"{bg} background")
+        if self.gain:
+            parts.append("gain")
+        return " + ".join(parts) if parts else "two references"
+
+
+def _check_background(background: Any) -> str | np.ndarray:
+    if background is None:
+        return "none"
+    if isinstance(background, str):
+        if background not in BACKGROUNDS:
+            raise ValueError(
+                f"background must be one of {BACKGROUNDS}, None, or an array of basis images "
+                f"of shape (P, *S), got {background!r}"
+            )
+        return background
+    arr = np.asarray(background)
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(
+            f"a background basis must hold real numbers, got dtype {arr.dtype}; pass "
+            "'constant', 'linear' or an array of shape (P, *S)"
+        )
+    if arr.ndim < 2 or arr.shape[0] == 0:
+        raise ValueError(
+            f"a background basis array must have shape (P, *S) with P >= 1 basis images, got "
+            f"{arr.shape}; a single image needs a leading axis: basis[None]"
+        )
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("the background basis has NaN or Inf pixels; basis images must be finite")
+    arr.setflags(write=False)
+    return arr
+
+
+def make_model(
+    *,
+    background: Any = None,
+    gain: bool = False,
+    noise: str = "gaussian",
+    prior: XPrior | None = None,
+    sigma_prior: SigmaPrior | None = None,
+) -> MixingModel:
+    """A validated :class:`MixingModel` (every option checked before any work)."""
+    if not isinstance(gain, (bool, np.bool_)):
+        raise ValueError(f"gain must be True or False, got {gain!r}")
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+    return MixingModel(
+        background=_check_background(background),
+        gain=bool(gain),
+        noise=noise,
+        prior=check_prior(prior),
+        sigma_prior=check_sigma_prior(sigma_prior),
+    )
+
+
+def check_design(
+    model: MixingModel, ref_a: np.ndarray, ref_b: np.ndarray, frame_shape: tuple[int, ...],
+    pixels: np.ndarray | None,
+) -> np.ndarray:  # fmt: skip
+    """The model's design matrix on the selected pixels, float64 of shape (P + 2, n), background
+    first, then A and B; raises when the model cannot be identified from these pixels."""
+    n_px = int(np.prod(frame_shape))
+    basis = model.basis(frame_shape).reshape(model.basis_size(frame_shape), n_px)
+    if pixels is not None:
+        basis = basis[:, pixels]
+    design = np.vstack([basis, ref_a[None], ref_b[None]])
+    n_par, n = design.shape
+    if n_par >= n:
+        raise ValueError(
+            f"the model has {n_par} linear terms ({n_par - 2} background + 2 references) but a "
+            f"frame has only {n} pixels: nothing would be left to measure the noise; use a "
+            "simpler background or more pixels per frame"
+        )
+    if n_par > 2:
+        bg = design[:-2]
+        if np.linalg.matrix_rank(bg) < bg.shape[0]:
+            raise ValueError(
+                "the background basis images are linearly dependent (one is a combination of "
+                "the others); remove the redundant ones"
+            )
+        # The weight x lives in the direction A - B: it is identifiable only if A - B is not
+        # explained by the background (with gain, A and B must each stay independent of it).
+        for name, vec in (("A - B", ref_a - ref_b),) + (
+            (("A", ref_a), ("B", ref_b)) if model.gain else ()
+        ):
+            coef, *_ = np.linalg.lstsq(bg.T, vec, rcond=None)
+            left = np.linalg.norm(vec - bg.T @ coef)
+            if not left > 1e-9 * max(np.linalg.norm(vec), math.ulp(1.0)):
+                raise ValueError(
+                    f"the background basis explains {name} entirely (collinear with the "
+                    "references): the weight x is not identifiable; use a background basis "
+                    "that does not contain the references"
+                )
+    if model.gain and np.linalg.matrix_rank(design[-2:]) < 2:
+        raise ValueError(
+            "with gain=True the references A and B must not be proportional: g * (x A + (1-x) B)"
+            " cannot tell x from g when B = k A"
+        )
+    return design

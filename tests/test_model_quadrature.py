@@ -1,0 +1,386 @@
+"""The background basis and the per-frame gain against brute-force quadrature of the pixels.
+
+Model (frame y of n pixels, references A and B, known noise scale sigma)::
+
+    y = g (x A + (1 - x) B) + sum_p c_p N_p + noise,    noise ~ Normal(0, sigma^2) i.i.d.
+
+with a flat prior on the background coefficients c (improper) and on the gain g > 0 (improper, on
+(0, inf); g = 1 without gain), and the prior ``prior`` on x. ``fit_map(..., sigma=...)`` reports
+the posterior of each x given sigma, with g and c integrated out.
+
+The reference here shares no maths with bayesmix: the unnormalised joint density
+``prior(x) * exp(-||y - g m(x) - N c||^2 / (2 sigma^2))``, ``m(x) = x A + (1 - x) B``, is summed
+on a rectangular grid over (x, g, c) (every nuisance integral numeric, on its own axis), in log
+space. The only algebra used is the expansion of the squared norm into the pixel sums
+``r.r``, ``F_j.r`` and ``F_j.F_k`` (checked against the plain per-pixel sum below). The grid:
+
+- nuisance axes: a box of half-width ``K_SD`` posterior sd around the unconstrained least-squares
+  fit of the linear model in (u, v, c) = (g x, g (1 - x), c) (the likelihood is negligible
+  outside it whatever the bounded prior of x does), cut at g = 0; spacing a fraction of the
+  smallest conditional sd ``sigma / ||F_j||``. Simpson weights on the g axis (the cut at g = 0
+  is an end point with a non-zero slope), trapezoid on the c axes (a Gaussian on a grid much
+  wider than it: exponentially accurate). The reference checks that the box edges carry no mass
+  (log density below the peak by more than ``EDGE_DROP``) and raises otherwise;
+- x: a coarse pass over the prior's bounds finds where the posterior lives (log density within
+  ``X_DROP`` of its peak), a fine trapezoid grid covers that; quantiles by inverting the
+  cumulative trapezoid sum.
+
+How accurate it is: ``test_reference_converged`` (marked slow) doubles the nuisance resolution,
+widens the box by half and doubles the x grid, for every frame of every case: mean, sd and
+quantiles of x move by < 1e-4 posterior sd, the posterior mean of g and c by < 1e-4 of theirs,
+against a test tolerance of ``TOL_SD`` = 0.05 sd. The reference also matches the closed-form
+truncated normal (no gain, no background; no gain, constant background) to < 1e-4 sd, and its
+g-c integral matches ``scipy.integrate.nquad`` to 1e-6 (relative), cut at g = 0 included.
+
+Each frame of a case is made with a different character: high signal (iron-rich), low signal
+(gain near 0, x barely seen), x near a bound of the prior, x mid-range; and a frame with no
+mixture at all (g = 0), whose posterior of x must stay close to the prior.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import scipy_logpdf
+from scipy import integrate, special, stats
+
+import bayesmix
+from bayesmix import priors as P
+
+#: Agreement required between bayesmix and the quadrature, in posterior sd (of x, g or c).
+TOL_SD = 0.05
+#: Half-width of the nuisance box, in sd of the unconstrained least-squares fit.
+K_SD = 10.0
+#: Grid points per smallest conditional sd on the nuisance axes.
+PER_SD = 4.0
+#: The posterior of x is followed down to exp(-X_DROP) of its peak.
+X_DROP = 40.0
+#: The box edges must lie below exp(-EDGE_DROP) of the peak.
+EDGE_DROP = 25.0
+QS = (0.05, 0.5, 0.95)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference: grid quadrature of the all-pixel likelihood
+# ---------------------------------------------------------------------------------------------
+
+
+def background_basis(kind, shape):
+    """The background images N_p, shape (P, *shape), built from the model's definition.
+
+    Parameters
+    ----------
+    kind : None, 'constant', 'linear' or ndarray
+        None: no background (P = 0); 'constant': one image of ones; 'linear': ones, then for
+        each frame axis a ramp ``linspace(-1, 1, size)`` along it; an array is used as given.
+    shape : tuple of int
+        Frame shape S.
+    """
+    if kind is None:
+        return np.zeros((0, *shape))
+    if isinstance(kind, np.ndarray):
+        return np.asarray(kind, np.float64)
+    out = [np.ones(shape)]
+    if kind == "linear":
+        for axis, size in enumerate(shape):
+            ramp = np.linspace(-1.0, 1.0, size)
+            out.append(np.broadcast_to(np.expand_dims(ramp, [i for i in range(len(shape)) if i != axis]), shape))
+        return np.stack(out)
+    return np.stack(out)
+
+
+def _simpson_weights(n, h):
+    """Composite Simpson weights for ``n`` (odd) equally spaced nodes ``h`` apart."""
+    w = np.ones(n)
+    w[1:-1:2] = 4.0
+    w[2:-1:2] = 2.0
+    return w * h / 3.0
+
+
+def _axis(lo, hi, h, simpson):
+    """Nodes and weights of one nuisance axis on [lo, hi] with spacing at most ``h``."""
+    n = max(int(np.ceil((hi - lo) / h)) + 1, 5)
+    n += 1 - n % 2  # odd, for Simpson
+    nodes = np.linspace(lo, hi, n)
+    step = nodes[1] - nodes[0]
+    if simpson:
+        return nodes, _simpson_weights(n, step)
+    w = np.full(n, step)
+    w[[0, -1]] *= 0.5
+    return nodes, w
+
+
+def quadrature_posterior(y, ref_a, ref_b, basis, gain, sigma, prior, *, k_sd=K_SD, per_sd=PER_SD,
+                         n_x=2001, n_coarse=241):
+    """Posterior of x (and of g and c) for one frame by brute-force grid quadrature.
+
+    Parameters
+    ----------
+    y, ref_a, ref_b : ndarray, shape S
+        The frame and the references.
+    basis : ndarray, shape (P, *S)
+        Background images (P may be 0).
+    gain : bool
+        Whether the frame has a free gain g > 0 (flat prior); else g = 1.
+    sigma : float
+        Known noise scale.
+    prior : bayesmix prior on x
+        Its density is taken from scipy.stats (``conftest.scipy_logpdf``).
+    k_sd, per_sd : float
+        Box half-width (in least-squares sd) and resolution (nodes per conditional sd) of the
+        nuisance axes.
+    n_x, n_coarse : int
+        Nodes of the fine and the coarse x grids.
+
+    Returns
+    -------
+    dict
+        ``mean``, ``sd``, ``quantiles`` (at ``QS``) of x; ``g_mean``, ``g_sd`` (gain only);
+        ``c_mean``, ``c_sd`` (shape (P,)); ``edge`` the largest log density on the box edges
+        relative to the peak; ``n_nodes`` the nuisance grid size.
+    """
+    y = np.asarray(y, np.float64).ravel()
+    a = np.asarray(ref_a, np.float64).ravel()
+    b = np.asarray(ref_b, np.float64).ravel()
+    nb = np.asarray(basis, np.float64).reshape(len(basis), y.size)
+    lo, hi = prior.bounds
+
+    # The box: unconstrained least squares of the linear model, covariance sigma^2 (M'M)^-1.
+    if gain:
+        design = np.column_stack([a, b, *nb])
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        cov = sigma**2 * np.linalg.inv(design.T @ design)
+        lin = np.zeros((1 + len(nb), 2 + len(nb)))  # (g, c) = lin @ (u, v, c)
+        lin[0, :2] = 1.0
+        lin[1:, 2:] = np.eye(len(nb))
+    else:
+        design = np.column_stack([a - b, *nb])
+        coef, *_ = np.linalg.lstsq(design, y - b, rcond=None)
+        cov = sigma**2 * np.linalg.inv(design.T @ design)
+        lin = np.zeros((len(nb), 1 + len(nb)))  # c = lin @ (x, c)
+        lin[:, 1:] = np.eye(len(nb))
+    centre = lin @ coef
+    if len(centre):
+        # Sheared axes: theta = centre + shear @ phi with shear unit lower triangular (Jacobian 1,
+        # g = centre[0] + phi[0] untouched), from the Cholesky factor of the least-squares
+        # covariance, so the phi are uncorrelated under it and the box hugs the likelihood.
+        chol = np.linalg.cholesky(lin @ cov @ lin.T)
+        scale = np.diag(chol)
+        shear = chol / scale
+    else:
+        scale, shear = np.zeros(0), np.zeros((0, 0))
+
+    def features(x):
+        """The nuisances' pixel columns at weight x, shape (len(x), k, n), and the offset."""
+        m = x[:, None] * a + (1.0 - x[:, None]) * b
+        rest = np.broadcast_to(nb, (len(x), *nb.shape))
+        if gain:
+            return np.concatenate([m[:, None, :], rest], axis=1), np.zeros_like(m)
+        return rest, m
+
+    # Smallest conditional sd along each phi axis: sigma / max over x of ||(F(x) shear)_j||, the
+    # column being affine in x, its norm is largest at a bound.
+    ends = features(np.array([lo, hi]))[0]
+    col_norm = np.linalg.norm(np.einsum("cjn,jk->ckn", ends, shear), axis=2).max(axis=0)
+    axes, cut = [], []
+    for j, (s0, fn) in enumerate(zip(scale, col_norm, strict=True)):
+        left, right = -k_sd * s0, k_sd * s0
+        is_gain = gain and j == 0
+        if is_gain and left < -centre[0]:  # g = centre[0] + phi[0] > 0
+            left = -centre[0]
+            right = max(right, left + k_sd * s0)
+        axes.append(_axis(left, right, sigma / fn / per_sd, simpson=is_gain))
+        cut.append(is_gain and left == -centre[0])
+    if axes:
+        grids = np.meshgrid(*[ax[0] for ax in axes], indexing="ij")
+        phi = np.stack([g.ravel() for g in grids], axis=1)
+        theta = centre + phi @ shear.T
+        wgrid = np.meshgrid(*[ax[1] for ax in axes], indexing="ij")
+        log_w = np.sum([np.log(w.ravel()) for w in wgrid], axis=0)
+        # Box-edge nodes (the g = 0 cut is a true end of the domain, not an edge).
+        edge = np.zeros(len(theta), bool)
+        for j, (g, ax) in enumerate(zip(grids, axes, strict=True)):
+            on_lo = (g.ravel() == ax[0][0]) & (not cut[j])
+            edge |= on_lo | (g.ravel() == ax[0][-1])
+    else:
+        theta, log_w, edge = np.zeros((1, 0)), np.zeros(1), np.zeros(1, bool)
+    pairs = (theta[:, :, None] * theta[:, None, :]).reshape(len(theta), -1)
+
+    def log_post(xs):
+        """Log posterior of x (unnormalised) at ``xs``, the conditional moments of the nuisances,
+        and the joint log density at the peak and on the box edges."""
+        out_log, out_m1, out_m2, top_raw, edge_raw = [], [], [], [], []
+        for start in range(0, len(xs), 16):
+            feats, off = features(xs[start : start + 16])
+            r = y - off
+            rr = np.einsum("cn,cn->c", r, r)
+            fr = np.einsum("cjn,cn->cj", feats, r)
+            ff = np.einsum("cjn,ckn->cjk", feats, feats).reshape(len(r), -1)
+            raw = -0.5 * (rr[:, None] - 2.0 * fr @ theta.T + ff @ pairs.T) / sigma**2  # (nc, T)
+            logl = raw + log_w
+            top = logl.max(axis=1, keepdims=True)
+            e = np.exp(logl - top)
+            s0 = e.sum(axis=1)
+            out_log.append(top[:, 0] + np.log(s0))
+            out_m1.append(e @ theta / s0[:, None])
+            out_m2.append(e @ theta**2 / s0[:, None])
+            top_raw.append(raw.max(axis=1))
+            edge_raw.append(raw[:, edge].max(axis=1) if edge.any() else np.full(len(r), -np.inf))
+        lp = scipy_logpdf(prior, xs)
+        peak = np.max(lp + np.concatenate(top_raw))
+        edge_height = np.max(lp + np.concatenate(edge_raw)) - peak
+        return (lp + np.concatenate(out_log), np.concatenate(out_m1), np.concatenate(out_m2),
+                edge_height)
+
+    coarse = np.linspace(lo, hi, n_coarse)
+    lp, *_ = log_post(coarse)
+    keep = np.flatnonzero(lp > lp.max() - X_DROP)
+    x_lo, x_hi = coarse[max(keep[0] - 1, 0)], coarse[min(keep[-1] + 1, n_coarse - 1)]
+    xs = np.linspace(x_lo, x_hi, n_x)
+    lp, m1, m2, edge_height = log_post(xs)
+    w = np.full(n_x, xs[1] - xs[0])
+    w[[0, -1]] *= 0.5
+    log_z = special.logsumexp(lp, b=w)
+    dens = np.exp(lp - log_z)
+    px = dens * w  # posterior mass at each node
+    mean = float(px @ xs)
+    sd = float(np.sqrt(px @ (xs - mean) ** 2))
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(xs))])
+    quant = np.interp(QS, cdf / cdf[-1], xs)
+    th_mean = px @ m1
+    th_sd = np.sqrt(np.maximum(px @ m2 - th_mean**2, 0.0))
+    if edge_height > -EDGE_DROP:
+        raise AssertionError(f"quadrature box too narrow: edge at {edge_height:.1f} of the peak")
+    out = {"mean": mean, "sd": sd, "quantiles": quant, "n_nodes": len(theta), "edge": edge_height,
+           "log_post": log_post}
+    if gain:
+        out["g_mean"], out["g_sd"] = float(th_mean[0]), float(th_sd[0])
+    out["c_mean"], out["c_sd"] = th_mean[int(gain) :], th_sd[int(gain) :]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The cases: frames of different character, made from known (x, g, c) with fixed noise
+# ---------------------------------------------------------------------------------------------
+
+
+def _images(shape, seed):
+    """Two distinct positive reference images (fixed seed)."""
+    rng = np.random.default_rng(seed)
+    return 1.0 + 0.35 * rng.normal(size=shape), 0.8 + 0.35 * rng.normal(size=shape)
+
+
+def _spectra(size):
+    """Two L-edge-like reference spectra: peaks at different energies on a common edge step."""
+    e = np.linspace(0.0, 1.0, size)
+    step = 0.4 / (1.0 + np.exp(-(e - 0.55) / 0.04))
+    ref_a = 0.2 + step + 1.0 * np.exp(-0.5 * ((e - 0.35) / 0.05) ** 2)
+    ref_b = 0.2 + step + 0.8 * np.exp(-0.5 * ((e - 0.45) / 0.05) ** 2)
+    return ref_a, ref_b
+
+
+def _blob(shape):
+    """A user background image: a smooth off-centre blob (for ``background=<array>``)."""
+    ii, jj = np.meshgrid(*(np.arange(s, dtype=float) for s in shape), indexing="ij")
+    return np.exp(-0.5 * ((ii - 1.0) ** 2 + (jj - 3.0) ** 2) / 2.0**2)[None]
+
+
+#: Per case: frame shape, references, background, gain, sigma, prior and the frames as
+#: (label, x, g, c) before noise.
+CASES = {
+    "constant-gain": dict(
+        shape=(4, 5), refs=lambda: _images((4, 5), 7), background="constant", gain=True,
+        sigma=0.05, prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
+        frames=[
+            ("iron-rich", 0.92, 1.6, [0.3]),
+            ("low-signal", 0.40, 0.06, [0.5]),
+            ("near-bound", 0.0, 1.5, [-0.2]),
+            ("mid-range", 0.50, 0.5, [0.1]),
+        ],
+    ),
+    "custom-gain": dict(
+        shape=(4, 5), refs=lambda: _images((4, 5), 8), background="blob", gain=True,
+        sigma=0.05, prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
+        frames=[
+            ("iron-rich", 0.95, 1.4, [0.6]),
+            ("low-signal", 0.6, 0.03, [1.0]),
+            ("near-bound", 0.02, 1.2, [-0.3]),
+            ("mid-range", 0.45, 0.7, [0.2]),
+        ],
+    ),
+    "linear-spectra": dict(
+        shape=(24,), refs=lambda: _spectra(24), background="linear", gain=False,
+        sigma=0.08, prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
+        frames=[
+            ("iron-rich", 0.97, 1.0, [0.2, 0.1]),
+            ("near-bound", 0.0, 1.0, [-0.1, 0.3]),
+            ("mid-range", 0.5, 1.0, [0.5, -0.2]),
+            ("strong-background", 0.75, 1.0, [3.0, 1.5]),
+        ],
+    ),
+    "gain-beta": dict(
+        shape=(4, 4), refs=lambda: _images((4, 4), 9), background=None, gain=True,
+        sigma=0.05, prior=P.Beta(2.0, 3.0),
+        frames=[
+            ("iron-rich", 0.9, 1.5, []),
+            ("low-signal", 0.5, 0.02, []),
+            ("near-bound", 0.02, 1.2, []),
+            ("mid-range", 0.5, 0.8, []),
+        ],
+    ),
+    "gain-uniform": dict(
+        shape=(4, 4), refs=lambda: _images((4, 4), 9), background=None, gain=True,
+        sigma=0.05, prior=P.Uniform(0.0, 1.0),
+        frames=[
+            ("iron-rich", 0.9, 1.5, []),
+            ("low-signal", 0.5, 0.02, []),
+            ("near-bound", 0.99, 1.2, []),
+            ("mid-range", 0.5, 0.8, []),
+        ],
+    ),
+    "no-mixture-constant": dict(
+        shape=(4, 5), refs=lambda: _images((4, 5), 7), background="constant", gain=True,
+        sigma=0.05, prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
+        frames=[("no-mixture", 0.5, 0.0, [0.4]), ("no-mixture-dark", 0.5, 0.0, [0.0])],
+    ),
+    "no-mixture-none": dict(
+        shape=(4, 5), refs=lambda: _images((4, 5), 7), background=None, gain=True,
+        sigma=0.05, prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
+        frames=[("no-mixture", 0.5, 0.0, [])],
+    ),
+}
+
+
+def make_case(name, seed=0):
+    """The frames, references, background argument and basis of case ``name``.
+
+    Returns
+    -------
+    dict
+        ``frames`` (N, *S), ``ref_a``, ``ref_b``, ``background`` (the ``fit_map`` argument),
+        ``basis`` (P, *S), ``gain``, ``sigma``, ``prior``, ``labels``.
+    """
+    spec = CASES[name]
+    shape = spec["shape"]
+    ref_a, ref_b = spec["refs"]()
+    background = _blob(shape) if spec["background"] == "blob" else spec["background"]
+    basis = background_basis(background, shape)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _, x, g, c in spec["frames"]:
+        clean = g * (x * ref_a + (1.0 - x) * ref_b) + np.tensordot(c, basis, axes=1)
+        frames.append(clean + spec["sigma"] * rng.normal(size=shape))
+    return dict(
+        frames=np.stack(frames), ref_a=ref_a, ref_b=ref_b, background=background, basis=basis,
+        gain=spec["gain"], sigma=spec["sigma"], prior=spec["prior"],
+        labels=[f[0] for f in spec["frames"]],
+    )
+
+
+def reference(case, **grid):
+    """The quadrature posterior of every frame of a case (``make_case`` output)."""
+    return [
+        quadrature_posterior(y, case["ref_a"], case["ref_b"], case["basis"], case["gain"],
+                             case["sigma"], case["prior"], **grid)
+        for y in case["frames"]
+    ]
