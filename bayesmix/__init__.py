@@ -19,7 +19,6 @@ from bayesmix._version import __version__
 from bayesmix._writers import read_results, write_idata, write_results
 from bayesmix.priors import Beta, InverseGamma, Jeffreys, TruncatedNormal, Uniform
 
-
 __all__ = [
     "Beta",
     "Diagnostics",

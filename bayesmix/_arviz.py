@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bayesmix._likelihood import misfit_pvalue
-from bayesmix._stats import FrameStats
+from bayesmix._results import clean_attrs
+from bayesmix._schema import frame_table, model_attrs, stats_columns, stats_from_columns
+from bayesmix._version import __version__
 from bayesmix.priors import prior_spec
 
 if TYPE_CHECKING:
@@ -44,18 +45,22 @@ def to_inference_data(
     sigma: np.ndarray,
     extra: dict[str, np.ndarray],
     log_likelihood: np.ndarray | None,
-    stats: FrameStats,
     fit: MapResult,
     attrs: dict[str, Any],
+    gain: np.ndarray | None = None,
+    background: np.ndarray | None = None,
 ) -> az.InferenceData:
-    """Assemble the InferenceData of a NUTS run (arrays of shape (chain, draw, ...))."""
+    """Assemble the InferenceData of a NUTS run (arrays of shape (chain, draw, ...)).
+
+    ``observed_data`` holds the statistics the model ran on (:func:`bayesmix._schema.
+    stats_columns`), ``constant_data`` the fast path's MAP it started from and, with a
+    background, the posterior mean of the background coefficients.
+    """
     import arviz as az
 
-    from bayesmix._version import __version__
-
     frame = np.asarray(fit.frame)
-    coords = {"frame": frame}
-    dims = {"x": ["frame"], "y": ["frame"]}
+    coords: dict[str, Any] = {"frame": frame}
+    dims: dict[str, list[str]] = {"x": ["frame"], "y": ["frame"], "x_map": ["frame"]}
     sample_stats = {
         "diverging": extra["diverging"].astype(bool),
         "n_steps": extra["num_steps"],
@@ -65,33 +70,45 @@ def to_inference_data(
         "step_size": extra["adapt_state.step_size"],
         "lp": -extra["potential_energy"],
     }
-    observed = {
-        "xhat": np.asarray(stats.xhat),
-        "rss": np.asarray(stats.rss),
-        "dd": np.asarray(stats.dd),
-        "n_pixels": np.asarray(stats.n),
-    }
-    constant = {"x_map": fit.x, "sigma_map": np.asarray(fit.sigma)}
+    observed = stats_columns(fit.stats, fit.n_background)
+    dims.update({k: ["frame"] for k in observed})
+    posterior = {"x": x, "sigma": sigma}
+    if gain is not None:
+        posterior["gain"] = gain
+        dims["gain"] = ["frame"]
+    constant: dict[str, Any] = {"x_map": fit.x, "sigma_map": np.asarray(fit.sigma)}
+    if background is not None:
+        constant["background_mean"] = background
+        dims["background_mean"] = ["frame", "background_term"]
+        coords["background_term"] = np.arange(background.shape[1])
     all_attrs = {
         "prior": prior_spec(fit.prior),
         "prior_low": fit.prior.bounds[0],
         "prior_high": fit.prior.bounds[1],
         "sigma_prior": prior_spec(fit.sigma_prior),
+        **fit.model.describe(),
+        "n_background": fit.n_background,
+        **({} if fit.map_shape is None else {"map_shape": list(fit.map_shape)}),
         "bayesmix_version": __version__,
         "inference_library": "numpyro",
         **attrs,
     }
-    idata = az.from_dict(
-        posterior={"x": x, "sigma": sigma},
+    return az.from_dict(
+        posterior=posterior,
         sample_stats=sample_stats,
         log_likelihood=None if log_likelihood is None else {"y": log_likelihood},
-        observed_data={k: v for k, v in observed.items()},
+        observed_data=observed,
         constant_data=constant,
         coords=coords,
-        dims={**dims, **{k: ["frame"] for k in observed}, "x_map": ["frame"]},
-        attrs=all_attrs,
+        dims=dims,
+        attrs=clean_attrs(all_attrs),
     )
-    return idata
+
+
+def idata_model(idata: az.InferenceData) -> dict[str, Any]:
+    """The model description recorded in a NUTS run's attributes (older files: the plain
+    model)."""
+    return model_attrs(idata.attrs)
 
 
 @dataclass(frozen=True)
@@ -243,43 +260,51 @@ def plot_energy(idata: az.InferenceData, ax: Any) -> Any:
 
 
 def nuts_table(idata: az.InferenceData, prob: float = 0.9) -> pd.DataFrame:
-    """One row per frame from a NUTS run: the fast path's MAP, posterior mean, sd, equal-tailed
-    ``prob`` interval, R^2, flags, the frame's statistics, R-hat and bulk ESS."""
+    """One row per frame from a NUTS run, in the schema of :func:`bayesmix._schema.frame_table`
+    (the same columns as the fast path's), plus R-hat and bulk ESS."""
     import arviz as az
-    import pandas as pd
-
-    from bayesmix._results import _label
 
     if not is_inference_data(idata):
         raise ValueError("expected the InferenceData of bayesmix.sample (posterior 'x', 'sigma')")
-    x = idata.posterior["x"]
-    draws = x.values.reshape(-1, x.sizes["frame"])
+    info = idata_model(idata)
+    post = idata.posterior
+    n = post["x"].sizes["frame"]
+    draws = post["x"].values.reshape(-1, n)
     tail = 0.5 * (1.0 - prob)
     lo, hi = np.quantile(draws, [tail, 1.0 - tail], axis=0)
     obs = idata.observed_data
-    stats = FrameStats(*(np.asarray(obs[k].values) for k in ("xhat", "rss", "dd", "n_pixels")))
-    x_map = np.asarray(idata.constant_data["x_map"].values)
-    bounds = (idata.attrs["prior_low"], idata.attrs["prior_high"])
-    df = pd.DataFrame(
-        {
-            "x_map": x_map,
-            "mean": draws.mean(axis=0),
-            "sd": draws.std(axis=0, ddof=1),
-            _label(tail): lo,
-            _label(1.0 - tail): hi,
-            "r2": stats.r2,
-            "at_bound": (x_map <= bounds[0]) | (x_map >= bounds[1]),
-            "misfit_p": misfit_pvalue(stats, float(np.median(idata.posterior["sigma"].values))),
-            "xhat": stats.xhat,
-            "rss": stats.rss,
-            "dd": stats.dd,
-            "n_pixels": stats.n.astype(np.int64),
-            "rhat": az.rhat(idata.posterior[["x"]])["x"].values,
-            "ess_bulk": az.ess(idata.posterior[["x"]], method="bulk")["x"].values,
+    stats = stats_from_columns(
+        {k: obs[k].values for k in obs.data_vars},
+        gain=info["gain"], n_background=info["n_background"],
+    )  # fmt: skip
+    gain = gain_sd = None
+    if "gain" in post:
+        g = post["gain"].values.reshape(-1, n)
+        gain, gain_sd = g.mean(axis=0), g.std(axis=0, ddof=1)
+    const = idata.constant_data
+    background = const["background_mean"].values if "background_mean" in const else None
+    sigma = post["sigma"].values
+    df = frame_table(
+        frame=post["x"].coords["frame"].values,
+        x_map=np.asarray(const["x_map"].values),
+        mean=draws.mean(axis=0),
+        sd=draws.std(axis=0, ddof=1),
+        lo=lo,
+        hi=hi,
+        prob=prob,
+        stats=stats,
+        sigma=float(np.median(sigma)),
+        bounds=(float(idata.attrs["prior_low"]), float(idata.attrs["prior_high"])),
+        n_background=info["n_background"],
+        gain=gain,
+        gain_sd=gain_sd,
+        background=background,
+        map_shape=info["map_shape"],
+        extra={
+            "rhat": az.rhat(post[["x"]])["x"].values,
+            "ess_bulk": az.ess(post[["x"]], method="bulk")["x"].values,
         },
-        index=pd.Index(x.coords["frame"].values, name="frame"),
     )
-    sigma = idata.posterior["sigma"].values
     df.attrs.update(
         {k: v for k, v in idata.attrs.items() if isinstance(v, (str, int, float, bool))}
     )

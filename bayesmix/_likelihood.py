@@ -27,6 +27,8 @@ from bayesmix._truncnorm import log_ndtr
 
 __all__ = [
     "centred_loglik",
+    "centred_reference",
+    "centred_total",
     "energy",
     "frame_loglik",
     "gain_centred_loglik",
@@ -165,14 +167,13 @@ def gain_centred_loglik(
     e2_ref: jnp.ndarray,
     log_a_ref: jnp.ndarray,
     sse_ref: float,
-    sigma_ref: float,
 ) -> jnp.ndarray:
     """The gain model's total log-likelihood in a float32-safe form (up to a constant).
 
     As :func:`centred_loglik`: ``sigma = sigma_ref exp(u)``, the squared error split at the MAP
     (``sse_ref`` in float64, the per-frame ``e2_ref`` and ``log_a_ref`` there), so that every
-    term is of the size of the fluctuations. ``stats`` must be scaled by ``sigma_ref`` (``z``
-    and ``rss`` in units of sigma_ref).
+    term is of the size of the fluctuations. ``stats`` must be in units of sigma_ref (``z`` and
+    ``rss`` divided by it: see :func:`centred_reference`).
     """
     a, b, e2 = gain_terms(x, stats)
     ds = jnp.sum(e2 - e2_ref)
@@ -185,3 +186,52 @@ def gain_centred_loglik(
         - 0.5 * jnp.sum(jnp.log(a) - log_a_ref)
         + jnp.sum(log_ndtr(t))
     )
+
+
+@singledispatch
+def centred_reference(stats: Any, x_map: np.ndarray, sigma_ref: float) -> tuple[Any, Any, float]:
+    """``(stats, ref, sse_ref)`` for :func:`centred_total`, built in float64 at the MAP."""
+    raise NotImplementedError(f"no centred likelihood for {type(stats).__name__}")
+
+
+@centred_reference.register
+def _(stats: FrameStats, x_map: np.ndarray, sigma_ref: float) -> tuple[Any, Any, float]:
+    x_map = np.asarray(x_map, np.float64)
+    sse = np.asarray(stats.rss) + np.asarray(stats.dd) * (x_map - np.asarray(stats.xhat)) ** 2
+    sse_ref = float(np.sum(sse))
+    return stats, x_map, sse_ref
+
+
+@centred_reference.register
+def _(stats: GainStats, x_map: np.ndarray, sigma_ref: float) -> tuple[Any, Any, float]:
+    # In units of sigma_ref, and each frame's M scaled to |m1| = 1 (a constant factor of a, b):
+    # every number the sampler sees is then O(1) whatever the data's units.
+    k = np.linalg.norm(np.asarray(stats.m1), axis=1)[:, None]
+    scaled = GainStats(
+        z=np.asarray(stats.z) / sigma_ref,
+        m0=np.asarray(stats.m0) / k,
+        m1=np.asarray(stats.m1) / k,
+        rss=np.asarray(stats.rss) / sigma_ref**2,
+        n=np.asarray(stats.n, np.float64),
+    )
+    x_map = np.asarray(x_map, np.float64)
+    a, _, e2 = (np.asarray(v) for v in gain_terms(jnp.asarray(x_map), scaled))
+    sse_ref = float(np.sum(scaled.rss + e2))
+    return scaled, (x_map, e2, np.log(a)), sse_ref
+
+
+@singledispatch
+def centred_total(stats: Any, x, u, ref, sse_ref, sigma_ref) -> jnp.ndarray:
+    """The model's total log-likelihood in its float32-safe centred form (up to a constant)."""
+    raise NotImplementedError(f"no centred likelihood for {type(stats).__name__}")
+
+
+@centred_total.register
+def _(stats: FrameStats, x, u, ref, sse_ref, sigma_ref) -> jnp.ndarray:
+    return centred_loglik(x, u, stats, ref, sse_ref, sigma_ref)
+
+
+@centred_total.register
+def _(stats: GainStats, x, u, ref, sse_ref, sigma_ref) -> jnp.ndarray:
+    _, e2_ref, log_a_ref = ref
+    return gain_centred_loglik(x, u, stats, ref[0], e2_ref, log_a_ref, sse_ref)

@@ -19,13 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmix._devices import on_device
-from bayesmix._io import prepare
-from bayesmix._likelihood import centred_loglik, frame_loglik, sse
-from bayesmix._map import fit_map_stats
+from bayesmix._io import prepare, spectral_frames
+from bayesmix._likelihood import centred_reference, centred_total, gain_terms
+from bayesmix._likelihood import loglik as loglik_fn
+from bayesmix._map import _check_options, _fit, _stats_for
+from bayesmix._model import MixingModel, make_model
 from bayesmix._precision import x64
 from bayesmix._results import MapResult
-from bayesmix._stats import FrameStats, stats_from_stack
-from bayesmix.priors import Beta, SigmaPrior, TruncatedNormal, XPrior
+from bayesmix._stats import BasisStats, FrameStats, GainStats
+from bayesmix.priors import SigmaPrior, XPrior
 
 __all__ = ["sample", "sample_stats"]
 
@@ -48,14 +50,13 @@ class _Frame(NamedTuple):
     scale: jnp.ndarray
 
 
-def _log_prior_x(prior: XPrior, x, log_s, log_1ms):
-    """Log prior density of x (up to a constant); ``log_s``, ``log_1ms`` = log of the fraction
-    (x - lo) / span and of its complement, finite even where x rounds to a bound."""
-    if isinstance(prior, TruncatedNormal):
-        return -0.5 * ((x - prior.loc) / prior.scale) ** 2
-    if isinstance(prior, Beta):
-        return (prior.a - 1.0) * log_s + (prior.b - 1.0) * log_1ms
-    return jnp.zeros_like(x)  # Uniform
+def _log_prior_x(prior: XPrior, x):
+    """The prior's own ``log_prob``, evaluated a rounding step inside its bounds: in float32
+    ``lo + span * sigmoid(t)`` reaches a bound for |t| > 17, where a Beta density is 0 or
+    infinite; the step inside keeps it finite (the mass out there is below 1e-7)."""
+    lo, hi = prior.bounds
+    eps = (hi - lo) * jnp.finfo(x.dtype).eps
+    return prior.log_prob(jnp.clip(x, lo + eps, hi - eps))
 
 
 def _model(stats, x_ref, sse_ref, sigma_ref, ig, affine, u_scale, *, prior):
@@ -82,12 +83,12 @@ def _model(stats, x_ref, sse_ref, sigma_ref, ig, affine, u_scale, *, prior):
     x = numpyro.deterministic("x", lo + (hi - lo) * jnp.exp(log_s))
     u = u_scale * v
     # log |dx/dw| = log(span * scale) + log_s + log_1ms; the first term is constant.
-    numpyro.factor("prior_x", jnp.sum(_log_prior_x(prior, x, log_s, log_1ms) + log_s + log_1ms))
+    numpyro.factor("prior_x", jnp.sum(_log_prior_x(prior, x) + log_s + log_1ms))
     # Jeffreys on sigma is flat in u = log(sigma / sigma_ref); the inverse-gamma on sigma^2 adds
     # -2 alpha u - beta / sigma^2 (the Jacobian included).
     numpyro.factor("sigma_prior", -2.0 * ig[0] * u - ig[1] * jnp.exp(-2.0 * u) / sigma_ref**2)
     numpyro.deterministic("sigma", sigma_ref * jnp.exp(u))
-    numpyro.factor("loglik", centred_loglik(x, u, stats, x_ref, sse_ref, sigma_ref))
+    numpyro.factor("loglik", centred_total(stats, x, u, x_ref, sse_ref, sigma_ref))
 
 
 def _chain_method(method: str, num_chains: int, n_devices: int) -> str:
@@ -138,10 +139,11 @@ def _standardise(fit: MapResult) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sample_stats(
-    stats: FrameStats,
+    stats: FrameStats | BasisStats,
     *,
     prior: XPrior | None = None,
     sigma_prior: SigmaPrior | None = None,
+    gain: bool = False,
     num_chains: int = 4,
     num_warmup: int = 500,
     num_samples: int = 500,
@@ -153,25 +155,36 @@ def sample_stats(
     log_likelihood: bool = True,
     frame: Any = None,
     device: str | None = None,
+    model: MixingModel | None = None,
+    map_shape: tuple[int, ...] | None = None,
 ):
-    """:func:`sample` on precomputed per-frame statistics (see :func:`bayesmix.frame_stats`)."""
+    """:func:`sample` on precomputed per-frame statistics (see :func:`bayesmix.frame_stats`,
+    and :func:`bayesmix.fit_map_stats` for the :class:`BasisStats` of a model with background or
+    gain)."""
     from bayesmix._arviz import to_inference_data
 
+    if model is None:
+        model = make_model(prior=prior, sigma_prior=sigma_prior, gain=gain)
     _check_counts(num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples)
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
     if not 0.0 < target_accept < 1.0:
         raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
+    if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     with on_device(device) as devices:
         method = _chain_method(chain_method, num_chains, len(devices))
 
-        fit = fit_map_stats(stats, prior=prior, sigma_prior=sigma_prior, frame=frame, device=device)
+        fit = _fit(stats, model=model, sigma=None, sigma_method="marginal", max_iter=1000,
+                   tol=1e-8, frame=frame, device=device, map_shape=map_shape)  # fmt: skip
+        red = fit.stats
         n = fit.n_frames
-        # The reference point of the centred likelihood: the MAP, with S(x_map) in float64.
-        sse_ref = float(np.sum(sse(fit.x, fit.stats)))
         sigma_ref = fit.sigma
+        # The reference point of the centred likelihood: the MAP, with the squared error there
+        # in float64.
+        st_c, ref, sse_ref = centred_reference(red, fit.x, sigma_ref)
         loc, scale = _standardise(fit)
-        u_scale = 1.0 / math.sqrt(2.0 * float(np.sum(stats.n)))
+        u_scale = 1.0 / math.sqrt(2.0 * float(np.sum(red.n)))
         # Chains start at independent draws of the standardised posterior: the typical set.
         rng = np.random.default_rng(seed)
         init = {"w": rng.standard_normal((num_chains, n)), "v": rng.standard_normal(num_chains)}
@@ -179,10 +192,13 @@ def sample_stats(
         scope = x64() if dtype == "float64" else _float32()
         with scope:
             ft = jnp.float64 if dtype == "float64" else jnp.float32
-            st = FrameStats(*(jnp.asarray(np.asarray(a, np.float64), ft) for a in stats))
+
+            def cast(tree: Any) -> Any:
+                return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64), ft), tree)
+
             args = (
-                st,
-                jnp.asarray(fit.x, ft),
+                cast(st_c),
+                cast(ref),
                 ft(sse_ref),
                 ft(sigma_ref),
                 jnp.asarray(fit.sigma_prior.ig_params, ft),
@@ -214,18 +230,25 @@ def sample_stats(
             if log_likelihood:
                 # Per frame, from the one likelihood, in float64 (LOO needs differences of O(1)).
                 with x64():
-                    ll = jax.jit(frame_loglik)(
-                        jnp.asarray(x), jnp.asarray(sigma)[..., None], _as_f64(stats)
+                    ll = jax.jit(loglik_fn)(
+                        _as_f64(red), jnp.asarray(x), jnp.asarray(sigma)[..., None]
                     )
                     loglik = np.asarray(ll)
+    gain_draws = _gain_draws(red, x, sigma, seed) if isinstance(red, GainStats) else None
+    background = None
+    if isinstance(stats, BasisStats) and stats.n_background:
+        g = np.ones_like(x) if gain_draws is None else gain_draws
+        ew = np.stack([(g * x).mean(axis=(0, 1)), (g * (1.0 - x)).mean(axis=(0, 1))], axis=1)
+        background = stats.bg + np.einsum("kpi,ki->kp", stats.bg_sens, ew - stats.w)
 
     return to_inference_data(
         x=x,
         sigma=sigma,
         extra=extra,
         log_likelihood=loglik,
-        stats=stats,
         fit=fit,
+        gain=gain_draws,
+        background=background,
         attrs={
             "sampling_time": seconds,
             "num_warmup": int(num_warmup),
@@ -237,8 +260,21 @@ def sample_stats(
     )
 
 
-def _as_f64(stats: FrameStats) -> FrameStats:
-    return FrameStats(*(jnp.asarray(np.asarray(a, np.float64)) for a in stats))
+def _gain_draws(stats: GainStats, x: np.ndarray, sigma: np.ndarray, seed: int) -> np.ndarray:
+    """A draw of each frame's gain from its exact conditional posterior given each draw of x
+    and sigma: Normal(b / a, sigma^2 / a) truncated to g > 0 (the sampler integrated g out)."""
+    from scipy.stats import truncnorm
+
+    with x64():
+        a, b, _ = (np.asarray(v) for v in gain_terms(jnp.asarray(x), _as_f64(stats)))
+    mu = b / a
+    s = sigma[..., None] / np.sqrt(a)
+    rng = np.random.default_rng([int(seed), 1])
+    return truncnorm.rvs(-mu / s, np.inf, loc=mu, scale=s, random_state=rng)
+
+
+def _as_f64(stats: Any) -> Any:
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), stats)
 
 
 class _float32:
@@ -258,6 +294,9 @@ def sample(
     *,
     prior: XPrior | None = None,
     sigma_prior: SigmaPrior | None = None,
+    background: Any = None,
+    gain: bool = False,
+    spectral_axis: int | None = None,
     mask: Any = None,
     num_chains: int = 4,
     num_warmup: int = 500,
@@ -332,12 +371,17 @@ def sample(
     >>> idata.posterior["x"].dims
     ('chain', 'draw', 'frame')
     """
+    model = make_model(prior=prior, sigma_prior=sigma_prior, background=background, gain=gain)
+    _check_options(model, None, "marginal", 1000, 1e-8)
+    _check_counts(num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples)
+    frames, map_shape = spectral_frames(frames, spectral_axis, ref_a)
     stack = prepare(frames, ref_a, ref_b, mask)
-    stats = stats_from_stack(stack, chunk_size=chunk_size, memory_limit=memory_limit, stacklevel=2)
+    stats = _stats_for(stack, model, chunk_size=chunk_size, memory_limit=memory_limit,
+                       stacklevel=2)  # fmt: skip
     return sample_stats(
         stats,
-        prior=prior,
-        sigma_prior=sigma_prior,
+        model=model,
+        map_shape=map_shape,
         num_chains=num_chains,
         num_warmup=num_warmup,
         num_samples=num_samples,

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from bayesmix._io import atomic_write, prepare
-from bayesmix._likelihood import misfit_pvalue
+from bayesmix._model import make_model
 from bayesmix._results import MapResult
-from bayesmix._stats import FrameStats
+from bayesmix._schema import label, model_attrs
 from bayesmix.priors import parse_prior
 
 __all__ = ["report"]
@@ -58,34 +58,28 @@ def _figure(w: float = 10, h: float = 3.6) -> Any:
 
 
 class _View:
-    """What the report needs, from either kind of result."""
+    """What the report needs, from either kind of result: the per-frame table of the one schema
+    (:func:`bayesmix._writers.results_table`), so MAP and NUTS reports read the same columns."""
 
     def __init__(self, result: Any, prob: float) -> None:
+        from bayesmix._writers import results_table
+
         tail = 0.5 * (1 - prob)
+        df = results_table(result, prob=prob)
+        self.table = df
         if isinstance(result, MapResult):
             self.kind = "MAP (fast path)"
-            self.frame = np.asarray(result.frame)
-            self.center = result.mean
-            self.lo, self.hi = result.interval(prob)
-            self.x_map = result.x
             self.sigma = result.sigma
-            self.stats = result.stats
             self.bounds = result.prior.bounds
             self.prior = repr(result.prior)
             self.idata = None
-        elif hasattr(result, "posterior") and "x" in result.posterior:
+            self.model_name = result.model.name
+            self.model = result.model.describe()
+            self.map_shape = result.map_shape
+            self.basis = result.model
+        else:
             self.kind = "NUTS (full posterior)"
-            post = result.posterior
-            x = post["x"].values.reshape(-1, post.sizes["frame"])
-            self.frame = post["frame"].values
-            self.center = x.mean(0)
-            self.lo, self.hi = np.quantile(x, [tail, 1 - tail], axis=0)
-            self.x_map = result.constant_data["x_map"].values
-            self.sigma = float(post["sigma"].mean())
-            obs = result.observed_data
-            self.stats = FrameStats(
-                obs["xhat"].values, obs["rss"].values, obs["dd"].values, obs["n_pixels"].values
-            )
+            self.sigma = float(df.attrs["sigma"])
             spec = str(result.attrs.get("prior", ""))
             self.prior = repr(parse_prior(spec)) if spec else ""
             self.bounds = (
@@ -93,15 +87,24 @@ class _View:
                 float(result.attrs.get("prior_high", 1.0)),
             )
             self.idata = result
-        else:
-            raise ValueError(
-                "report needs a MapResult (bayesmix.fit_map) or the InferenceData of "
-                f"bayesmix.sample, got {type(result).__name__}"
-            )
-        lo_b, hi_b = self.bounds
-        self.at_bound = (self.x_map <= lo_b) | (self.x_map >= hi_b)
-        self.r2 = self.stats.r2
-        self.misfit_p = misfit_pvalue(self.stats, self.sigma)
+            info = model_attrs(result.attrs)
+            self.model = {k: info[k] for k in ("background", "gain")}
+            self.map_shape = info["map_shape"]
+            bg = info["background"]
+            self.basis = None if bg == "custom" else make_model(background=bg, gain=info["gain"])
+            self.model_name = (self.basis.name if self.basis is not None else "custom background"
+                               + (" + gain" if info["gain"] else ""))  # fmt: skip
+        self.frame = df.index.to_numpy()
+        self.center = df["mean"].to_numpy()
+        self.lo = df[label(tail)].to_numpy()
+        self.hi = df[label(1 - tail)].to_numpy()
+        self.x_map = df["x_map"].to_numpy()
+        self.at_bound = df["at_bound"].to_numpy(bool)
+        self.r2 = df["r2"].to_numpy()
+        self.misfit_p = df["misfit_p"].to_numpy()
+        self.gain = df["gain"].to_numpy() if "gain" in df else None
+        bg_cols = [c for c in df.columns if c.startswith("background_")]
+        self.background = df[bg_cols].to_numpy() if bg_cols else None
 
 
 def _weights_plot(v: _View, prob: float) -> str:
@@ -120,12 +123,39 @@ def _weights_plot(v: _View, prob: float) -> str:
     return _png(fig)
 
 
+def _maps_html(v: _View) -> str:
+    """Maps of a spectrum image's results: the weight, its sd, the gain and R^2."""
+    shape = v.map_shape
+    if shape is None or len(shape) != 2:
+        return ""
+    sd = v.table["sd"].to_numpy()
+    panels = [("posterior mean of x", v.center, "viridis", v.bounds),
+              ("posterior sd of x", sd, "magma", (0.0, None))]  # fmt: skip
+    if v.gain is not None:
+        panels.append(("gain (amount)", v.gain, "cividis", (None, None)))
+    panels.append(("R^2 of the full model", v.r2, "gray", (0.0, 1.0)))
+    fig = _figure(4.2 * len(panels), 4.0)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, values, cmap, (lo, hi)) in zip(axes, panels, strict=True):
+        im = ax.imshow(values.reshape(shape), cmap=cmap, vmin=lo, vmax=hi)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return _png(fig) + (
+        "<p>Where the gain is near 0 the pixel holds no mixture: its x returns to the prior "
+        "(large sd), the honest answer.</p>"
+    )
+
+
 def _summary_html(v: _View, result: Any) -> str:
     import pandas as pd
 
     rows = {
         "frames": v.center.size,
         "method": v.kind,
+        "model": v.model_name,
         "prior": v.prior,
         "sigma (noise sd)": f"{v.sigma:.6g}",
         "x mean: median [min, max]": f"{np.median(v.center):.4f} [{v.center.min():.4f}, "
@@ -134,6 +164,10 @@ def _summary_html(v: _View, result: Any) -> str:
         "R^2: median": f"{np.median(v.r2):.4f}",
         "frames at a bound": int(v.at_bound.sum()),
     }
+    if v.gain is not None:
+        rows["gain (amount): median [min, max]"] = (
+            f"{np.median(v.gain):.4g} [{v.gain.min():.4g}, {v.gain.max():.4g}]"
+        )
     table = pd.DataFrame({"value": rows}).to_html(border=0)
     if v.idata is not None:
         from bayesmix._arviz import summary_table
@@ -223,8 +257,17 @@ def _residual_html(v: _View, frames: Any, ref_a: Any, ref_b: Any, mask: Any) -> 
         count += ok.sum(0)
     a = np.asarray(ref_a, np.float64).reshape(-1)
     b = np.asarray(ref_b, np.float64).reshape(-1)
+    # The model is linear in the per-frame numbers, so its mean over frames is the model at their
+    # means: mean(g x) A + mean(g (1 - x)) B + N mean(c).
+    g = np.ones_like(v.center) if v.gain is None else v.gain
+    fitted = float(np.mean(g * v.center)) * a + float(np.mean(g * (1.0 - v.center))) * b
+    if v.background is not None:
+        if v.basis is None:
+            return "<p>Not drawn: the fit used background images that the report was not given."
+        basis = v.basis.basis(shape).reshape(v.background.shape[1], -1)
+        fitted = fitted + v.background.mean(axis=0) @ basis
     with np.errstate(invalid="ignore", divide="ignore"):
-        resid = total / count - b - float(np.mean(v.center)) * (a - b)
+        resid = total / count - fitted
     if stack.pixels is not None:
         keep = np.zeros(total.size, bool)
         keep[stack.pixels] = True
@@ -244,7 +287,7 @@ def _residual_html(v: _View, frames: Any, ref_a: Any, ref_b: Any, mask: Any) -> 
         fig.colorbar(im, ax=ax, label="mean residual (data - model)")
         ax.set_xlabel("pixel column")
         ax.set_ylabel("pixel row")
-    ax.set_title("Mean residual per pixel: where the two-reference model fails")
+    ax.set_title(f"Mean residual per pixel: where the model ({v.model_name}) fails")
     noise = v.sigma / np.sqrt(n)
     return _png(fig) + (
         f"<p>Pure noise would leave residuals of about sigma/sqrt(N) = {noise:.3g}; "
@@ -320,6 +363,7 @@ def report(
     v = _View(result, prob)
     diag_html, diag = _diagnostics_html(v, result)
     body = {
+        "Maps": _maps_html(v),
         "Weights per frame": _weights_plot(v, prob),
         "Summary": _summary_html(v, result),
         "Diagnostics": diag_html,
@@ -336,7 +380,8 @@ def report(
         f"<p>bayesmix {__version__} &middot; {html.escape(v.kind)} &middot; "
         f"{v.center.size} frames</p>",
     ]
-    for name in SECTIONS:
+    names = (("Maps",) if body["Maps"] else ()) + SECTIONS
+    for name in names:
         anchor = name.lower().replace(" ", "-")
         parts.append(f"<section id='{anchor}'><h2>{name}</h2>{body[name]}</section>")
     parts.append("</body></html>")

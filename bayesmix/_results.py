@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bayesmix._likelihood import misfit_pvalue
-from bayesmix._posterior import posterior_quantiles
 from bayesmix._model import MixingModel, make_model
+from bayesmix._posterior import posterior_quantiles
+from bayesmix._schema import MAP_DIMS, frame_table
 from bayesmix._stats import FrameStats
 from bayesmix.priors import SigmaPrior, XPrior, prior_spec
 
@@ -26,12 +26,6 @@ def _check_prob(prob: float) -> float:
     if not 0.0 < prob < 1.0:
         raise ValueError(f"prob must be in (0, 1), e.g. 0.9 for a 90% interval, got {prob}")
     return prob
-
-
-def _label(q: float) -> str:
-    """Column name of a quantile: 0.05 -> 'q05', 0.975 -> 'q97.5'."""
-    s = f"{100 * q:g}"
-    return "q" + (s if "." in s else s.zfill(2))
 
 
 def clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -151,23 +145,19 @@ class MapResult:
         qs = self.quantiles([tail, 1.0 - tail])
         return qs[:, 0], qs[:, 1]
 
-    def _columns(self, prob: float) -> dict[str, np.ndarray]:
+    def _table(self, prob: float) -> pd.DataFrame:
         lo, hi = self.interval(prob)
-        tail = 0.5 * (1.0 - prob)
-        return {
-            "x_map": self.x,
-            "mean": self.mean,
-            "sd": self.sd,
-            _label(tail): lo,
-            _label(1.0 - tail): hi,
-            "r2": self.r2,
-            "at_bound": self.at_bound,
-            "misfit_p": misfit_pvalue(self.stats, self.sigma),
-            "xhat": np.asarray(self.stats.xhat),
-            "rss": np.asarray(self.stats.rss),
-            "dd": np.asarray(self.stats.dd),
-            "n_pixels": np.asarray(self.stats.n, np.int64),
-        }
+        return frame_table(
+            frame=self.frame, x_map=self.x, mean=self.mean, sd=self.sd, lo=lo, hi=hi, prob=prob,
+            stats=self.stats, sigma=self.sigma, bounds=self.prior.bounds,
+            n_background=self.n_background, gain=self.gain, gain_sd=self.gain_sd,
+            background=self.background, map_shape=self.map_shape,
+        )  # fmt: skip
+
+    @property
+    def n_background(self) -> int:
+        """P, the number of background terms integrated out."""
+        return 0 if self.background is None else int(np.shape(self.background)[1])
 
     def to_dataframe(self, prob: float = 0.9) -> pd.DataFrame:
         """One row per frame: MAP, mean, sd, the ``prob`` interval, R^2, flags, statistics.
@@ -188,20 +178,31 @@ class MapResult:
         ['x_map', 'mean', 'sd', 'q05', 'q95', 'r2', 'at_bound', 'misfit_p', 'xhat', 'rss', 'dd',
          'n_pixels']
         """
-        import pandas as pd
-
-        df = pd.DataFrame(
-            self._columns(_check_prob(prob)), index=pd.Index(self.frame, name="frame")
-        )
+        df = self._table(_check_prob(prob))
         df.attrs.update(self._attrs())
         return df
 
     def to_xarray(self, prob: float = 0.9) -> xr.Dataset:
-        """The per-frame results as an :class:`xarray.Dataset` with dimension ``frame``."""
+        """The per-frame results as an :class:`xarray.Dataset`.
+
+        Dimension ``frame``; for a spectrum image (``spectral_axis=``) the map's dimensions
+        instead, ``(y, x)`` for a 2-D map, so that ``ds["mean"].plot()`` draws the map.
+        """
         import xarray as xr
 
-        cols = self._columns(_check_prob(prob))
-        ds = xr.Dataset({k: ("frame", v) for k, v in cols.items()}, coords={"frame": self.frame})
+        df = self._table(_check_prob(prob))
+        if self.map_shape is None:
+            ds = xr.Dataset({k: ("frame", df[k].to_numpy()) for k in df.columns},
+                            coords={"frame": self.frame})  # fmt: skip
+        else:
+            shape = self.map_shape
+            dims = MAP_DIMS if len(shape) == 2 else tuple(f"map_{k}" for k in range(len(shape)))
+            keep = [k for k in df.columns if not k.endswith("_index")]
+            coords = {d: np.arange(n) for d, n in zip(dims, shape, strict=True)}
+            ds = xr.Dataset(
+                {k: (dims, df[k].to_numpy().reshape(shape)) for k in keep}, coords=coords
+            )
+            ds["frame"] = (dims, np.asarray(self.frame).reshape(shape))
         ds.attrs.update(clean_attrs(self._attrs()))
         return ds
 
@@ -217,6 +218,9 @@ class MapResult:
             "n_iter": self.n_iter,
             "converged": self.converged,
             "device": self.device,
+            **self.model.describe(),
+            "n_background": self.n_background,
+            **({} if self.map_shape is None else {"map_shape": list(self.map_shape)}),
             "bayesmix_version": __version__,
         }
 
@@ -230,5 +234,9 @@ class MapResult:
             f"  posterior sd: median {np.median(self.sd):.4g}",
             f"  frames at a bound: {int(self.at_bound.sum())}; R^2 median {np.median(self.r2):.4f}",
             f"  prior: {self.prior!r}",
+            f"  model: {self.model.name}"
+            + ("" if self.map_shape is None else f"; map {self.map_shape}"),
         ]
+        if self.gain is not None:
+            lines.insert(3, f"  gain: median {np.median(self.gain):.4g}")
         return "\n".join(lines)

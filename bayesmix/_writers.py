@@ -211,8 +211,9 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
 
     The statistics columns and the recorded sigma and priors determine every other number.
     """
+    from bayesmix._model import make_model
     from bayesmix._results import MapResult
-    from bayesmix._stats import FrameStats
+    from bayesmix._schema import model_attrs, stats_from_columns
     from bayesmix.priors import parse_prior, parse_sigma_prior
 
     attrs = df.attrs
@@ -221,20 +222,33 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
             f"this results table comes from method {attrs.get('method')!r}, not the fast MAP "
             "path; for a NUTS run, pass its InferenceData (.nc written with --idata) instead"
         )
-    need = ["x_map", "mean", "sd", "r2", "at_bound", "xhat", "rss", "dd", "n_pixels"]
+    need = ["x_map", "mean", "sd", "r2", "at_bound"]
     missing = [c for c in need if c not in df.columns]
     if missing or "sigma" not in attrs or "prior" not in attrs:
         raise ValueError(
             f"results table lacks {missing or 'its sigma/prior metadata'}; write it with "
             "bayesmix.write_results (or bayesmix fit --out)"
         )
+    info = model_attrs(attrs)
+    try:
+        stats = stats_from_columns(
+            {c: df[c].to_numpy() for c in df.columns},
+            gain=info["gain"], n_background=info["n_background"],
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ValueError(
+            f"results table: {exc}; write it with bayesmix.write_results (or bayesmix fit --out)"
+        ) from None
     col = {c: df[c].to_numpy() for c in need}
-    stats = FrameStats(
-        xhat=col["xhat"].astype(np.float64),
-        rss=col["rss"].astype(np.float64),
-        dd=col["dd"].astype(np.float64),
-        n=col["n_pixels"].astype(np.int64),
-    )
+    prior = parse_prior(str(attrs["prior"]))
+    sigma_prior = parse_sigma_prior(str(attrs.get("sigma_prior", "jeffreys")))
+    bg_cols = [c for c in df.columns if c.startswith("background_")]
+    background = info["background"]
+    model = make_model(
+        prior=prior, sigma_prior=sigma_prior, gain=info["gain"],
+        # A user's own basis images are not in the table: its size is what the results need.
+        background=np.zeros((len(bg_cols), 1)) if background == "custom" else background,
+    )  # fmt: skip
     return MapResult(
         x=col["x_map"].astype(np.float64),
         mean=col["mean"].astype(np.float64),
@@ -243,12 +257,17 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
         r2=col["r2"].astype(np.float64),
         at_bound=col["at_bound"].astype(bool),
         stats=stats,
-        prior=parse_prior(str(attrs["prior"])),
-        sigma_prior=parse_sigma_prior(str(attrs.get("sigma_prior", "jeffreys"))),
+        prior=prior,
+        sigma_prior=sigma_prior,
         sigma_fixed=bool(attrs.get("sigma_fixed", False)),
         n_iter=int(attrs.get("n_iter", 0)),
         converged=bool(attrs.get("converged", True)),
         frame=df.index.to_numpy(),
+        model=model,
+        gain=df["gain"].to_numpy(np.float64) if "gain" in df else None,
+        gain_sd=df["gain_sd"].to_numpy(np.float64) if "gain_sd" in df else None,
+        background=df[bg_cols].to_numpy(np.float64) if bg_cols else None,
+        map_shape=info["map_shape"],
     )
 
 

@@ -1,0 +1,179 @@
+"""The one schema of per-frame results: the table's columns and the InferenceData's groups.
+
+The fast path (:class:`~bayesmix._results.MapResult`) and NUTS (InferenceData) both build their
+per-frame table here (:func:`frame_table`), so their columns, names and flags cannot disagree;
+writers, the report and the CLI read that table. The statistics a model's inference runs on are
+written as columns (:func:`stats_columns`) and read back (:func:`stats_from_columns`), so a
+results file rebuilds its fit. ArviZ itself is called only in :mod:`bayesmix._arviz`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import singledispatch
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bayesmix._likelihood import misfit_pvalue
+from bayesmix._stats import FrameStats, GainStats
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "MAP_DIMS",
+    "frame_table",
+    "label",
+    "map_coords",
+    "model_attrs",
+    "stats_columns",
+    "stats_from_columns",
+]
+
+#: Names of the map axes of a spectrum image's results (2-D maps: rows, columns).
+MAP_DIMS = ("y", "x")
+
+
+def label(q: float) -> str:
+    """Column name of a quantile: 0.05 -> 'q05', 0.975 -> 'q97.5'."""
+    s = f"{100 * q:g}"
+    return "q" + (s if "." in s else s.zfill(2))
+
+
+@singledispatch
+def stats_columns(stats: Any, n_background: int = 0) -> dict[str, np.ndarray]:
+    """The statistics of a fit as named per-frame columns (what rebuilds the fit)."""
+    raise NotImplementedError(f"no columns for {type(stats).__name__}")
+
+
+@stats_columns.register
+def _(stats: FrameStats, n_background: int = 0) -> dict[str, np.ndarray]:
+    return {
+        "xhat": np.asarray(stats.xhat, np.float64),
+        "rss": np.asarray(stats.rss, np.float64),
+        "dd": np.asarray(stats.dd, np.float64),
+        "n_pixels": np.asarray(stats.n, np.int64) + int(n_background),
+    }
+
+
+_GAIN_VECTORS = ("z", "m0", "m1")
+
+
+@stats_columns.register
+def _(stats: GainStats, n_background: int = 0) -> dict[str, np.ndarray]:
+    out = {}
+    for name in _GAIN_VECTORS:
+        v = np.asarray(getattr(stats, name), np.float64)
+        out[f"{name}_a"], out[f"{name}_b"] = v[:, 0], v[:, 1]
+    out["rss"] = np.asarray(stats.rss, np.float64)
+    out["n_pixels"] = np.asarray(stats.n, np.int64) + int(n_background)
+    return out
+
+
+def stats_from_columns(
+    cols: Mapping[str, Any], *, gain: bool, n_background: int
+) -> FrameStats | GainStats:
+    """The inverse of :func:`stats_columns`."""
+    need = (
+        [f"{v}_{k}" for v in _GAIN_VECTORS for k in "ab"] if gain else ["xhat", "dd"]
+    ) + ["rss", "n_pixels"]
+    missing = [c for c in need if c not in cols]
+    if missing:
+        raise ValueError(f"the statistics columns {missing} are missing")
+
+    def col(name: str, dtype: Any = np.float64) -> np.ndarray:
+        return np.asarray(cols[name]).astype(dtype)
+
+    n = col("n_pixels", np.int64) - int(n_background)
+    if gain:
+        vec = {v: np.stack([col(f"{v}_a"), col(f"{v}_b")], axis=1) for v in _GAIN_VECTORS}
+        return GainStats(**vec, rss=col("rss"), n=n)
+    return FrameStats(xhat=col("xhat"), rss=col("rss"), dd=col("dd"), n=n)
+
+
+def map_coords(map_shape: tuple[int, ...] | None, n_frames: int) -> dict[str, np.ndarray]:
+    """Per-frame map coordinates of a spectrum image (``y``, ``x`` for a 2-D map)."""
+    if map_shape is None:
+        return {}
+    names = MAP_DIMS if len(map_shape) == 2 else tuple(f"map_{k}" for k in range(len(map_shape)))
+    idx = np.unravel_index(np.arange(n_frames), map_shape)
+    return {f"{n}_index": np.asarray(i, np.int64) for n, i in zip(names, idx, strict=True)}
+
+
+def frame_table(
+    *,
+    frame: np.ndarray,
+    x_map: np.ndarray,
+    mean: np.ndarray,
+    sd: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    prob: float,
+    stats: FrameStats | GainStats,
+    sigma: float,
+    bounds: tuple[float, float],
+    n_background: int = 0,
+    gain: np.ndarray | None = None,
+    gain_sd: np.ndarray | None = None,
+    background: np.ndarray | None = None,
+    map_shape: tuple[int, ...] | None = None,
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """One row per frame, the same columns for every inference path.
+
+    Columns, in order: map coordinates (spectrum images), ``x_map``, ``mean``, ``sd``, the
+    equal-tailed ``prob`` interval (``q05``, ``q95`` for 0.9), ``gain`` and ``gain_sd`` (gain
+    model), ``background_0..`` (background coefficients' posterior means), ``r2``, ``at_bound``,
+    ``misfit_p``, the statistics (:func:`stats_columns`), then ``extra`` (e.g. NUTS' ``rhat``,
+    ``ess_bulk``).
+    """
+    import pandas as pd
+
+    tail = 0.5 * (1.0 - prob)
+    cols: dict[str, np.ndarray] = dict(map_coords(map_shape, len(x_map)))
+    cols.update(
+        {
+            "x_map": np.asarray(x_map),
+            "mean": np.asarray(mean),
+            "sd": np.asarray(sd),
+            label(tail): np.asarray(lo),
+            label(1.0 - tail): np.asarray(hi),
+        }
+    )
+    if gain is not None:
+        cols["gain"] = np.asarray(gain)
+        cols["gain_sd"] = np.asarray(gain_sd)
+    if background is not None:
+        for k in range(np.shape(background)[1]):
+            cols[f"background_{k}"] = np.asarray(background)[:, k]
+    cols["r2"] = np.asarray(stats.r2)
+    cols["at_bound"] = (np.asarray(x_map) <= bounds[0]) | (np.asarray(x_map) >= bounds[1])
+    cols["misfit_p"] = misfit_pvalue(stats, sigma)
+    cols.update(stats_columns(stats, n_background))
+    cols.update(extra or {})
+    return pd.DataFrame(cols, index=pd.Index(np.asarray(frame), name="frame"))
+
+
+def model_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The model recorded in a results file's or an InferenceData's attributes, whatever the
+    format stored them as (JSON, netCDF text); files from before the model seam are the plain
+    model."""
+    import json
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value
+
+    gain = parse(attrs.get("gain", False))
+    shape = parse(attrs.get("map_shape"))
+    return {
+        "gain": gain in (True, 1, "True", "true"),
+        "background": str(attrs.get("background", "none")),
+        "n_background": int(parse(attrs.get("n_background", 0))),
+        "map_shape": None if shape is None else tuple(int(v) for v in np.ravel(shape)),
+    }
