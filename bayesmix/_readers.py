@@ -43,6 +43,8 @@ class Frames(NamedTuple):
     data: Any
     #: ndarray of str, shape (N,): file (and page) of each frame, or None
     source: np.ndarray | None
+    #: for a spectrum image read with ``spectral_axis``: the map's shape, e.g. (H, W)
+    map_shape: tuple[int, ...] | None = None
 
 
 def _natural_key(text: str) -> list[Any]:
@@ -276,7 +278,13 @@ def _from_object(obj: Any) -> Frames:
     return Frames(obj, None)
 
 
-def read_frames(source: Any, *, key: str | None = None, progress: Any = None) -> Frames:
+def read_frames(
+    source: Any,
+    *,
+    key: str | None = None,
+    progress: Any = None,
+    spectral_axis: int | None = None,
+) -> Frames:
     """Read a stack of frames from a file, a folder, a glob pattern or an array object.
 
     Parameters
@@ -289,12 +297,17 @@ def read_frames(source: Any, *, key: str | None = None, progress: Any = None) ->
         Array inside a ``.npz``, HDF5 or zarr container; also given as ``file.h5:/dataset``.
     progress : callable, optional
         Called with 1 after each image of a folder is read (a progress bar's ``update``).
+    spectral_axis : int, optional
+        For a spectrum image, e.g. (E, H, W) with ``spectral_axis=0`` or (H, W, E) with -1: each
+        pixel's spectrum becomes a frame, ``data`` has shape (H*W, E) and ``map_shape`` is
+        (H, W). The image is read into memory.
 
     Returns
     -------
     Frames
         ``data`` of shape (N, *S) (lazy for ``.npy``, HDF5, zarr and dask), and ``source``, the
-        file (and page) of each frame where known, else None.
+        file (and page) of each frame where known, else None; ``map_shape`` for a spectrum
+        image.
 
     Examples
     --------
@@ -310,6 +323,14 @@ def read_frames(source: Any, *, key: str | None = None, progress: Any = None) ->
     ...
     ValueError: cannot tell the format of .../stack.txt from its extension ...
     """
+    if spectral_axis is not None:
+        from bayesmix._io import spectral_frames
+
+        if isinstance(spectral_axis, bool) or not isinstance(spectral_axis, (int, np.integer)):
+            raise ValueError(f"spectral_axis must be an integer axis, got {spectral_axis!r}")
+        cube = read_frames(source, key=key, progress=progress).data
+        data, shape = spectral_frames(cube, spectral_axis)
+        return Frames(data, None, shape)
     if not isinstance(source, (str, os.PathLike)):
         return _from_object(source)
     text = os.fspath(source)

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from bayesmix._io import Stack, atomic_write
-from bayesmix._stats import FrameStats, stats_from_stack
+from bayesmix._model import MixingModel, make_model
+from bayesmix._stats import BasisStats, FrameStats, basis_stats_from_stack, stats_from_stack
 
 __all__ = ["checkpointed_stats", "fingerprint", "finish", "parts_dir"]
 
@@ -39,12 +40,17 @@ def parts_dir(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".parts")
 
 
-def fingerprint(stack: Stack, options: dict[str, Any]) -> str:
-    """A digest of what determines the statistics: the references, the mask, the stack's shape
-    and dtype, the chunking and the caller's ``options`` (e.g. input file names and sizes)."""
+def fingerprint(stack: Stack, options: dict[str, Any], model: MixingModel | None = None) -> str:
+    """A digest of what determines the statistics: the references, the mask, the model's basis,
+    the stack's shape and dtype, the chunking and the caller's ``options`` (e.g. input file
+    names and sizes)."""
     h = hashlib.sha256()
-    for arr in (stack.ref_a, stack.ref_b, stack.pixels if stack.pixels is not None else ()):
+    model = make_model() if model is None else model
+    basis = model.basis(stack.frame_shape)
+    arrays = (stack.ref_a, stack.ref_b, stack.pixels if stack.pixels is not None else (), basis)
+    for arr in arrays:
         h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(json.dumps(model.describe(), sort_keys=True).encode())
     h.update(repr((tuple(stack.frames.shape), str(stack.frames.dtype))).encode())
     h.update(json.dumps(options, sort_keys=True, default=str).encode())
     return h.hexdigest()
@@ -61,11 +67,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)), overwrite=True)
 
 
-def _load_chunk(path: Path, size: int) -> FrameStats | None:
+def _load_chunk(path: Path, size: int, kind: type = FrameStats) -> Any:
     """A saved chunk, or None if it is missing, truncated or of the wrong length."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            stats = FrameStats(*(z[k] for k in FrameStats._fields))
+            stats = kind(*(z[k] for k in kind._fields))
     except Exception:  # truncated or foreign: zipfile, numpy and the OS raise many kinds
         return None
     return stats if all(len(a) == size for a in stats) else None
@@ -80,8 +86,10 @@ def checkpointed_stats(
     resume: bool,
     progress: Callable[[int], object] | None = None,
     memory_limit: int | None = None,
-) -> FrameStats:
-    """The statistics pass, chunk by chunk, each chunk saved in ``work`` as it finishes.
+    model: MixingModel | None = None,
+) -> FrameStats | BasisStats:
+    """The statistics pass the model needs, chunk by chunk, each chunk saved in ``work`` as it
+    finishes.
 
     ``key`` (from :func:`fingerprint`) must match the manifest's when resuming. Returns the
     statistics of the whole stack; ``work`` is left in place (remove it once the results are
@@ -104,16 +112,23 @@ def checkpointed_stats(
     if manifest["chunk"] != chunk:
         raise ValueError(f"{work} was made with chunks of {manifest['chunk']} frames, not {chunk}")
 
+    model = make_model() if model is None else model
+    kind = FrameStats if model.is_plain else BasisStats
     parts = []
     for start in range(0, n_frames, chunk):
         stop = min(start + chunk, n_frames)
         name = f"chunk-{start:012d}.npz"
-        saved = _load_chunk(work / name, stop - start) if name in manifest["done"] else None
+        saved = (_load_chunk(work / name, stop - start, kind) if name in manifest["done"]
+                 else None)  # fmt: skip
         if saved is None:
             sub = stack._replace(frames=stack.frames[start:stop])
-            saved = stats_from_stack(sub, memory_limit=memory_limit, stacklevel=3)
+            if kind is FrameStats:
+                saved = stats_from_stack(sub, memory_limit=memory_limit, stacklevel=3)
+            else:
+                saved = basis_stats_from_stack(sub, model, memory_limit=memory_limit,
+                                               stacklevel=3)  # fmt: skip
 
-            def save(tmp: str, st: FrameStats = saved) -> None:
+            def save(tmp: str, st: Any = saved) -> None:
                 with open(tmp, "wb") as fh:
                     np.savez(fh, **st._asdict())
 
@@ -123,7 +138,7 @@ def checkpointed_stats(
         parts.append(saved)
         if progress is not None:
             progress(stop - start)
-    return FrameStats(*(np.concatenate(cols) for cols in zip(*parts, strict=True)))
+    return kind(*(np.concatenate(cols) for cols in zip(*parts, strict=True)))
 
 
 def finish(work: Path) -> None:

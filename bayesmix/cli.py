@@ -117,6 +117,16 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--ref-a", required=True, metavar="A", help="reference A (x is its weight)")
     fit.add_argument("--ref-b", required=True, metavar="B", help="reference B")
     fit.add_argument("--mask", metavar="M", help="boolean mask of the pixels to use (True keeps)")
+    fit.add_argument("--background", default="none", metavar="KIND",
+                     help="background integrated out: none, constant, linear (a constant plus a "
+                     "ramp along each frame axis), or a file of basis images of shape (P, *S) "
+                     "(default: %(default)s)")  # fmt: skip
+    fit.add_argument("--gain", action="store_true",
+                     help="a per-frame positive amount/exposure multiplying the mixture, "
+                     "integrated out")  # fmt: skip
+    fit.add_argument("--spectral-axis", type=int, metavar="AXIS",
+                     help="the stack is a spectrum image: each pixel's spectrum along AXIS "
+                     "(0 for (E, H, W), -1 for (H, W, E)) is a frame")  # fmt: skip
     fit.add_argument("--method", choices=METHODS, default="map", help="default: %(default)s")
     fit.add_argument("--prior", default="truncnormal:0.55,0.15,0,1", metavar="SPEC",
                      help="prior on x (default: %(default)s)")  # fmt: skip
@@ -244,54 +254,70 @@ def _fit(args: argparse.Namespace) -> int:
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.chains}"
 
-    import bayesmix
+    from bayesmix._arviz import diagnose
     from bayesmix._devices import on_device
     from bayesmix._io import prepare
     from bayesmix._map import fit_map_stats
+    from bayesmix._model import BACKGROUNDS, check_design, make_model
     from bayesmix._nuts import sample_stats
     from bayesmix._readers import read_frames, read_reference
+    from bayesmix._report import report
     from bayesmix._runs import checkpointed_stats, fingerprint, finish
     from bayesmix._writers import write_idata, write_results
     from bayesmix.priors import parse_prior, parse_sigma_prior
 
     prior = parse_prior(args.prior)
     sigma_prior = parse_sigma_prior(args.sigma_prior)
+    background: Any = args.background
+    if background not in BACKGROUNDS:
+        if not Path(background).exists():
+            raise UserError(
+                f"--background must be one of {', '.join(BACKGROUNDS)} or a file of basis "
+                f"images, got {background!r} (no such file)"
+            )
+        background = read_frames(background).data
+    model = make_model(prior=prior, sigma_prior=sigma_prior, background=background,
+                       gain=args.gain)  # fmt: skip
     with on_device(args.device):  # checked before any work
         t0 = time.perf_counter()
         with _bar(args.quiet, None, "reading") as bar:
-            frames = read_frames(args.frames, progress=bar.update)
+            frames = read_frames(args.frames, progress=bar.update,
+                                 spectral_axis=args.spectral_axis)  # fmt: skip
         ref_a = read_reference(args.ref_a)
         ref_b = read_reference(args.ref_b)
         mask = None if args.mask is None else _mask(read_reference(args.mask), args.mask)
         stack = prepare(frames.data, ref_a, ref_b, mask)
+        check_design(model, stack.ref_a, stack.ref_b, stack.frame_shape, stack.pixels)
         work = parts_dir(args.out)
         if args.overwrite and not args.resume:
             finish(work)
-        key = fingerprint(stack, {"frames": _describe(args.frames), "mask": args.mask})
+        options = {"frames": _describe(args.frames), "mask": args.mask,
+                   "spectral_axis": args.spectral_axis}  # fmt: skip
+        key = fingerprint(stack, options, model)
         with _bar(args.quiet, stack.frames.shape[0], "statistics") as bar:
             stats = checkpointed_stats(stack, work, chunk=args.checkpoint, key=key,
                                        resume=args.resume, progress=bar.update,
-                                       memory_limit=args.memory_limit)  # fmt: skip
+                                       memory_limit=args.memory_limit, model=model)  # fmt: skip
         n = stats.n_frames
         labels = frames.source
-        common = {"prior": prior, "sigma_prior": sigma_prior}
+        common = {"model": model, "map_shape": frames.map_shape, "device": args.device}
         if args.method == "map":
-            result = fit_map_stats(stats, **common, device=args.device)
+            result = fit_map_stats(stats, **common)
         else:
             result = sample_stats(
                 stats, **common, num_chains=args.chains, num_warmup=args.warmup,
                 num_samples=args.samples, seed=args.seed, progress=_show(args.quiet),
-                device=args.device,
             )  # fmt: skip
         meta = {"frames": str(args.frames), "ref_a": str(args.ref_a), "ref_b": str(args.ref_b),
-                "mask": str(args.mask), "seed": args.seed}  # fmt: skip
+                "mask": str(args.mask), "seed": args.seed,
+                "background_source": str(args.background)}  # fmt: skip
         written = [write_results(result, args.out, prob=args.prob, source=labels,
                                  overwrite=args.overwrite, meta=meta)]  # fmt: skip
         if args.idata is not None:
             written.append(write_idata(result, args.idata, overwrite=args.overwrite))
         if args.report is not None:
             written.append(
-                bayesmix.report(result, args.report, frames=stack.frames, ref_a=ref_a,
+                report(result, args.report, frames=stack.frames, ref_a=ref_a,
                                 ref_b=ref_b, mask=mask, prob=args.prob, overwrite=args.overwrite)
             )  # fmt: skip
         finish(work)
@@ -304,7 +330,7 @@ def _fit(args: argparse.Namespace) -> int:
             print(result.summary())
         else:
             print(f"sigma = {float(result.posterior['sigma'].mean()):.6g}")
-            print(bayesmix.diagnose(result))
+            print(diagnose(result))
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -348,14 +374,17 @@ def _demo(args: argparse.Namespace) -> int:
     if not (np.isfinite(args.noise) and args.noise > 0):
         raise UserError(f"--noise must be a positive number, got {args.noise}")
 
-    import bayesmix
+    from bayesmix._map import fit_map
+    from bayesmix._report import report
+    from bayesmix._simulate import simulate
+    from bayesmix._writers import write_results
 
     t0 = time.perf_counter()
-    sim = bayesmix.simulate(
+    sim = simulate(
         args.frames, shape=(args.size, args.size), noise=args.noise, seed=args.seed
     )
     t1 = time.perf_counter()
-    res = bayesmix.fit_map(sim.frames, sim.ref_a, sim.ref_b)
+    res = fit_map(sim.frames, sim.ref_a, sim.ref_b)
     lo, hi = res.interval(0.9)
     t2 = time.perf_counter()
 
@@ -363,9 +392,9 @@ def _demo(args: argparse.Namespace) -> int:
     meta = {"demo": f"simulate({args.frames}, noise={args.noise}, seed={args.seed})",
             "sigma_true": sim.sigma}  # fmt: skip
     # The truth beside the estimates, for the reader of the demo.
-    bayesmix.write_results(res, results_path, columns={"x_true": sim.x}, meta=meta,
+    write_results(res, results_path, columns={"x_true": sim.x}, meta=meta,
                            overwrite=args.overwrite)  # fmt: skip
-    bayesmix.report(res, report_path, frames=sim.frames, ref_a=sim.ref_a, ref_b=sim.ref_b,
+    report(res, report_path, frames=sim.frames, ref_a=sim.ref_a, ref_b=sim.ref_b,
                     overwrite=args.overwrite, title="bayesmix demo")  # fmt: skip
 
     n = res.n_frames
@@ -410,10 +439,10 @@ def _simulate(args: argparse.Namespace) -> int:
     if out.is_dir():
         _free([out / n for n in names], args.overwrite)
 
-    import bayesmix
     from bayesmix._io import atomic_write
+    from bayesmix._simulate import simulate
 
-    sim = bayesmix.simulate(args.frames, shape=tuple(args.shape), noise=args.noise, seed=args.seed)
+    sim = simulate(args.frames, shape=tuple(args.shape), noise=args.noise, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     for name, arr in zip(names[:3], (sim.frames, sim.ref_a, sim.ref_b), strict=True):
         # np.save on a file object: a path argument would get '.npy' appended to the temp name.
@@ -439,8 +468,8 @@ def _report(args: argparse.Namespace) -> int:
     src = Path(args.source)
     if not src.is_file():
         raise UserError(f"no such file: {src}")
-    import bayesmix
     from bayesmix._arviz import is_inference_data, read_idata
+    from bayesmix._report import report
     from bayesmix._writers import map_result_from_table, read_results
 
     result: Any = None
@@ -449,7 +478,7 @@ def _report(args: argparse.Namespace) -> int:
             result = read_idata(src)
     if not is_inference_data(result):
         result = map_result_from_table(read_results(src))
-    path = bayesmix.report(result, args.out, prob=args.prob, overwrite=args.overwrite)
+    path = report(result, args.out, prob=args.prob, overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0
 

@@ -83,9 +83,8 @@ def background_basis(kind, shape):
     out = [np.ones(shape)]
     if kind == "linear":
         for axis, size in enumerate(shape):
-            ramp = np.linspace(-1.0, 1.0, size)
-            out.append(np.broadcast_to(np.expand_dims(ramp, [i for i in range(len(shape)) if i != axis]), shape))
-        return np.stack(out)
+            others = [i for i in range(len(shape)) if i != axis]
+            out.append(np.broadcast_to(np.expand_dims(np.linspace(-1.0, 1.0, size), others), shape))
     return np.stack(out)
 
 
@@ -110,8 +109,9 @@ def _axis(lo, hi, h, simpson):
     return nodes, w
 
 
-def quadrature_posterior(y, ref_a, ref_b, basis, gain, sigma, prior, *, k_sd=K_SD, per_sd=PER_SD,
-                         n_x=1201, n_coarse=161):
+def quadrature_posterior(
+    y, ref_a, ref_b, basis, gain, sigma, prior, *, k_sd=K_SD, per_sd=PER_SD, n_x=1201, n_coarse=161
+):
     """Posterior of x (and of g and c) for one frame by brute-force grid quadrature.
 
     Parameters
@@ -241,8 +241,12 @@ def quadrature_posterior(y, ref_a, ref_b, basis, gain, sigma, prior, *, k_sd=K_S
         lp = scipy_logpdf(prior, xs)
         peak = np.max(lp + np.concatenate(top_raw))
         edge_height = np.max(lp + np.concatenate(edge_raw)) - peak
-        return (lp + np.concatenate(out_log), np.concatenate(out_m1), np.concatenate(out_m2),
-                edge_height)
+        return (
+            lp + np.concatenate(out_log),
+            np.concatenate(out_m1),
+            np.concatenate(out_m2),
+            edge_height,
+        )
 
     coarse = np.linspace(lo, hi, n_coarse)
     lp, *_ = log_post(coarse)
@@ -263,8 +267,14 @@ def quadrature_posterior(y, ref_a, ref_b, basis, gain, sigma, prior, *, k_sd=K_S
     th_sd = np.sqrt(np.maximum(px @ m2 - th_mean**2, 0.0))
     if edge_height > -EDGE_DROP:
         raise AssertionError(f"quadrature box too narrow: edge at {edge_height:.1f} of the peak")
-    out = {"mean": mean, "sd": sd, "quantiles": quant, "n_nodes": len(theta), "edge": edge_height,
-           "log_post": log_post}
+    out = {
+        "mean": mean,
+        "sd": sd,
+        "quantiles": quant,
+        "n_nodes": len(theta),
+        "edge": edge_height,
+        "log_post": log_post,
+    }
     if gain:
         out["g_mean"], out["g_sd"] = float(th_mean[0]), float(th_sd[0])
     out["c_mean"], out["c_sd"] = th_mean[int(gain) :], th_sd[int(gain) :]
@@ -301,8 +311,12 @@ def _blob(shape):
 #: (label, x, g, c) before noise.
 CASES = {
     "constant-gain": dict(
-        shape=(4, 5), refs=lambda: _images((4, 5), 7), background="constant", gain=True,
-        sigma=0.05, prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
+        shape=(4, 5),
+        refs=lambda: _images((4, 5), 7),
+        background="constant",
+        gain=True,
+        sigma=0.05,
+        prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
         frames=[
             ("iron-rich", 0.92, 1.6, [0.3]),
             ("low-signal", 0.40, 0.06, [0.5]),
@@ -311,8 +325,12 @@ CASES = {
         ],
     ),
     "custom-gain": dict(
-        shape=(4, 5), refs=lambda: _images((4, 5), 8), background="blob", gain=True,
-        sigma=0.05, prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
+        shape=(4, 5),
+        refs=lambda: _images((4, 5), 8),
+        background="blob",
+        gain=True,
+        sigma=0.05,
+        prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
         frames=[
             ("iron-rich", 0.95, 1.4, [0.6]),
             ("low-signal", 0.6, 0.03, [1.0]),
@@ -321,8 +339,12 @@ CASES = {
         ],
     ),
     "linear-spectra": dict(
-        shape=(24,), refs=lambda: _spectra(24), background="linear", gain=False,
-        sigma=0.08, prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
+        shape=(24,),
+        refs=lambda: _spectra(24),
+        background="linear",
+        gain=False,
+        sigma=0.08,
+        prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
         frames=[
             ("iron-rich", 0.97, 1.0, [0.2, 0.1]),
             ("near-bound", 0.0, 1.0, [-0.1, 0.3]),
@@ -331,8 +353,12 @@ CASES = {
         ],
     ),
     "gain-beta": dict(
-        shape=(4, 4), refs=lambda: _images((4, 4), 9), background=None, gain=True,
-        sigma=0.05, prior=P.Beta(2.0, 3.0),
+        shape=(4, 4),
+        refs=lambda: _images((4, 4), 9),
+        background=None,
+        gain=True,
+        sigma=0.05,
+        prior=P.Beta(2.0, 3.0),
         frames=[
             ("iron-rich", 0.9, 1.5, []),
             ("low-signal", 0.5, 0.02, []),
@@ -341,8 +367,12 @@ CASES = {
         ],
     ),
     "gain-uniform": dict(
-        shape=(4, 4), refs=lambda: _images((4, 4), 9), background=None, gain=True,
-        sigma=0.05, prior=P.Uniform(0.0, 1.0),
+        shape=(4, 4),
+        refs=lambda: _images((4, 4), 9),
+        background=None,
+        gain=True,
+        sigma=0.05,
+        prior=P.Uniform(0.0, 1.0),
         frames=[
             ("iron-rich", 0.9, 1.5, []),
             ("low-signal", 0.5, 0.02, []),
@@ -351,13 +381,21 @@ CASES = {
         ],
     ),
     "no-mixture-constant": dict(
-        shape=(4, 5), refs=lambda: _images((4, 5), 7), background="constant", gain=True,
-        sigma=0.05, prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
+        shape=(4, 5),
+        refs=lambda: _images((4, 5), 7),
+        background="constant",
+        gain=True,
+        sigma=0.05,
+        prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
         frames=[("no-mixture", 0.5, 0.0, [0.4]), ("no-mixture-dark", 0.5, 0.0, [0.0])],
     ),
     "no-mixture-none": dict(
-        shape=(4, 5), refs=lambda: _images((4, 5), 7), background=None, gain=True,
-        sigma=0.05, prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
+        shape=(4, 5),
+        refs=lambda: _images((4, 5), 7),
+        background=None,
+        gain=True,
+        sigma=0.05,
+        prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
         frames=[("no-mixture", 0.5, 0.0, [])],
     ),
 }
@@ -383,8 +421,14 @@ def make_case(name, seed=0):
         clean = g * (x * ref_a + (1.0 - x) * ref_b) + np.tensordot(c, basis, axes=1)
         frames.append(clean + spec["sigma"] * rng.normal(size=shape))
     return dict(
-        frames=np.stack(frames), ref_a=ref_a, ref_b=ref_b, background=background, basis=basis,
-        gain=spec["gain"], sigma=spec["sigma"], prior=spec["prior"],
+        frames=np.stack(frames),
+        ref_a=ref_a,
+        ref_b=ref_b,
+        background=background,
+        basis=basis,
+        gain=spec["gain"],
+        sigma=spec["sigma"],
+        prior=spec["prior"],
         labels=[f[0] for f in spec["frames"]],
     )
 
@@ -392,8 +436,16 @@ def make_case(name, seed=0):
 def reference(case, **grid):
     """The quadrature posterior of every frame of a case (``make_case`` output)."""
     return [
-        quadrature_posterior(y, case["ref_a"], case["ref_b"], case["basis"], case["gain"],
-                             case["sigma"], case["prior"], **grid)
+        quadrature_posterior(
+            y,
+            case["ref_a"],
+            case["ref_b"],
+            case["basis"],
+            case["gain"],
+            case["sigma"],
+            case["prior"],
+            **grid,
+        )
         for y in case["frames"]
     ]
 
@@ -426,8 +478,12 @@ def test_reference_matches_closed_form(background, x_true):
     shape, sigma, prior = (20,), 0.1, P.TruncatedNormal(0.55, 0.15, 0.0, 1.0)
     ref_a, ref_b = 1.0 + 0.4 * rng.normal(size=shape), 0.9 + 0.4 * rng.normal(size=shape)
     basis = background_basis(background, shape)
-    y = (x_true * ref_a + (1 - x_true) * ref_b + np.tensordot(rng.normal(size=len(basis)), basis, 1)
-         + sigma * rng.normal(size=shape))
+    y = (
+        x_true * ref_a
+        + (1 - x_true) * ref_b
+        + np.tensordot(rng.normal(size=len(basis)), basis, 1)
+        + sigma * rng.normal(size=shape)
+    )
     got = quadrature_posterior(y, ref_a, ref_b, basis, False, sigma, prior)
 
     d, r = ref_a - ref_b, y - ref_b
@@ -446,8 +502,13 @@ def test_reference_matches_closed_form(background, x_true):
 
 
 @pytest.mark.parametrize(
-    ("name", "label"), [("constant-gain", "low-signal"), ("constant-gain", "near-bound"),
-                        ("linear-spectra", "mid-range"), ("no-mixture-none", "no-mixture")],
+    ("name", "label"),
+    [
+        ("constant-gain", "low-signal"),
+        ("constant-gain", "near-bound"),
+        ("linear-spectra", "mid-range"),
+        ("no-mixture-none", "no-mixture"),
+    ],
 )
 def test_reference_nuisance_integral_matches_cubature(name, label):
     """The reference's integral over the nuisances (g > 0 and/or c) at fixed x, against
@@ -474,7 +535,7 @@ def test_reference_nuisance_integral_matches_cubature(name, label):
         sd = sigma * np.sqrt(np.diag(np.linalg.inv(cols.T @ cols)))
         shift = np.sum((rhs - cols @ coef) ** 2) / (2 * sigma**2)
 
-        def integrand(theta, m=m):
+        def integrand(theta, m=m, shift=shift):
             """exp(-SSE / (2 sigma^2) + shift) at each row of theta, pixel by pixel."""
             mu = (theta[:, :1] * m if gain else m) + theta[:, int(gain) :] @ basis
             return np.exp(-np.sum((y - mu) ** 2, axis=1) / (2 * sigma**2) + shift)
@@ -487,3 +548,148 @@ def test_reference_nuisance_integral_matches_cubature(name, label):
         val = res.estimate
         exact.append(np.log(val) - shift)
     np.testing.assert_allclose(grid, exact, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_reference_converged(name):
+    """The reference against itself on a finer, wider grid (nuisance resolution doubled, box
+    half as wide again, x grid doubled): every summary moves by < 1e-3 of its posterior sd (the
+    largest change measured is 3e-4 sd, the gain sd of the no-mixture frame; most are < 1e-4),
+    so the reference's own error is far below ``TOL_SD``."""
+    case, coarse = case_and_reference(name)
+    fine = reference(case, k_sd=1.5 * K_SD, per_sd=2 * PER_SD, n_x=2401, n_coarse=321)
+    for ref, fin in zip(coarse, fine, strict=True):
+        s = fin["sd"]
+        assert abs(ref["mean"] - fin["mean"]) < 1e-3 * s
+        assert abs(ref["sd"] - s) < 1e-3 * s
+        np.testing.assert_allclose(ref["quantiles"], fin["quantiles"], rtol=0, atol=1e-3 * s)
+        if case["gain"]:
+            assert abs(ref["g_mean"] - fin["g_mean"]) < 1e-3 * fin["g_sd"]
+            assert abs(ref["g_sd"] - fin["g_sd"]) < 1e-3 * fin["g_sd"]
+        np.testing.assert_allclose(ref["c_mean"], fin["c_mean"], rtol=0, atol=1e-3 * fin["c_sd"])
+
+
+# ---------------------------------------------------------------------------------------------
+# bayesmix against the reference
+# ---------------------------------------------------------------------------------------------
+
+
+def fit(case):
+    """``bayesmix.fit_map`` on a case, with the known sigma."""
+    return bayesmix.fit_map(
+        case["frames"], case["ref_a"], case["ref_b"], background=case["background"],
+        gain=case["gain"], sigma=case["sigma"], prior=case["prior"],
+    )  # fmt: skip
+
+
+def agreement(res, case, refs):
+    """bayesmix's errors against the quadrature, each in units of the reference's posterior sd.
+
+    Returns
+    -------
+    dict
+        ``{frame label: {quantity: error / sd}}`` for the mean, sd and quantiles of x, the 90%
+        interval, and (as the model has them) the gain's mean and sd and each background
+        coefficient's mean.
+    """
+    quant = res.quantiles(list(QS))
+    lo, hi = res.interval(0.9)
+    out = {}
+    for i, (label, ref) in enumerate(zip(case["labels"], refs, strict=True)):
+        s = ref["sd"]
+        err = {"mean": (res.mean[i] - ref["mean"]) / s, "sd": (res.sd[i] - s) / s}
+        for q, got, want in zip(QS, quant[i], ref["quantiles"], strict=True):
+            err[f"q{q:g}"] = (got - want) / s
+        err["interval_lo"] = (lo[i] - ref["quantiles"][0]) / s
+        err["interval_hi"] = (hi[i] - ref["quantiles"][-1]) / s
+        if case["gain"]:
+            err["gain"] = (res.gain[i] - ref["g_mean"]) / ref["g_sd"]
+            err["gain_sd"] = (res.gain_sd[i] - ref["g_sd"]) / ref["g_sd"]
+        for p in range(len(case["basis"])):
+            err[f"c{p}"] = (res.background[i, p] - ref["c_mean"][p]) / ref["c_sd"][p]
+        out[label] = err
+    return out
+
+
+def assert_agrees(res, case, refs, tol=TOL_SD):
+    """Every error of :func:`agreement` below ``tol`` (in sd), with all failures reported."""
+    bad = [
+        f"{label}: {q} off by {e:+.3f} sd"
+        for label, errs in agreement(res, case, refs).items()
+        for q, e in errs.items()
+        if not abs(e) < tol
+    ]
+    assert not bad, "bayesmix differs from the quadrature:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("name", ["constant-gain", "custom-gain"])
+def test_background_and_gain(name):
+    """background='constant' (and a user basis image) with gain=True, sigma known: the posterior
+    mean, sd and 5/50/95% quantiles of x (and the 90% interval) within 0.05 posterior sd of the
+    3-D grid quadrature over (x, g, c); the posterior mean and sd of the gain within 0.05 sd of
+    g, the posterior mean of the background coefficient within 0.05 sd of c, all from the same
+    quadrature."""
+    case, refs = case_and_reference(name)
+    res = fit(case)
+    assert res.mean.shape == res.sd.shape == res.gain.shape == res.gain_sd.shape == (4,)
+    assert res.background.shape == (4, 1)
+    assert_agrees(res, case, refs)
+
+
+def test_linear_background_spectra():
+    """background='linear' on 1-D spectra (shape (24,): ones and one ramp), gain=False: mean,
+    sd, quantiles of x and the posterior means of the two background coefficients within 0.05
+    posterior sd of the 3-D grid quadrature over (x, c0, c1)."""
+    case, refs = case_and_reference("linear-spectra")
+    res = fit(case)
+    assert res.background.shape == (4, 2)
+    assert_agrees(res, case, refs)
+
+
+@pytest.mark.parametrize("name", ["gain-beta", "gain-uniform"])
+def test_gain_without_background(name):
+    """gain=True, background=None, with a Beta(2, 3) and a Uniform(0, 1) prior: mean, sd,
+    quantiles of x and the gain's mean and sd within 0.05 posterior sd of the 2-D grid
+    quadrature over (x, g)."""
+    case, refs = case_and_reference(name)
+    assert_agrees(fit(case), case, refs)
+
+
+@pytest.mark.parametrize("name", ["no-mixture-constant", "no-mixture-none"])
+def test_no_mixture_leaves_the_prior(name):
+    """Frames with no trace of the references (y = background + noise, true gain 0): the data
+    say nothing about x, so its posterior stays close to the prior: sd above 0.6 of the prior's
+    sd (scipy.stats.truncnorm), both in bayesmix and in the quadrature; and bayesmix matches the
+    quadrature (mean, sd, quantiles of x, gain, background) within 0.05 posterior sd."""
+    case, refs = case_and_reference(name)
+    prior = case["prior"]
+    prior_sd = stats.truncnorm(
+        (prior.low - prior.loc) / prior.scale, (prior.high - prior.loc) / prior.scale,
+        loc=prior.loc, scale=prior.scale,
+    ).std()  # fmt: skip
+    res = fit(case)
+    assert np.all([ref["sd"] > 0.6 * prior_sd for ref in refs])
+    assert np.all(res.sd > 0.6 * prior_sd)
+    assert_agrees(res, case, refs)
+
+
+def test_linear_basis_on_images_is_the_documented_one():
+    """background='linear' on (H, W) images is the three images ones, ramp down the rows and
+    ramp along the columns (``linspace(-1, 1, size)`` each): the fit equals the fit with those
+    images passed as an array (same x posterior, same coefficients, in the same order). A 4-D
+    quadrature is too slow for the test suite; the 1-D case above checks the numbers."""
+    case = make_case("constant-gain")
+    shape = case["ref_a"].shape
+    basis = background_basis("linear", shape)
+    rng = np.random.default_rng(3)
+    frames = case["frames"] + np.tensordot(rng.normal(size=(len(case["frames"]), 2)), basis[1:], 1)
+    kw = dict(gain=True, sigma=case["sigma"], prior=case["prior"])
+    named = bayesmix.fit_map(frames, case["ref_a"], case["ref_b"], background="linear", **kw)
+    given = bayesmix.fit_map(frames, case["ref_a"], case["ref_b"], background=basis, **kw)
+    assert named.background.shape == (len(frames), 3)
+    for attr in ("mean", "sd", "gain", "gain_sd", "background"):
+        np.testing.assert_allclose(
+            getattr(named, attr), getattr(given, attr), rtol=1e-9, atol=1e-12
+        )
+    np.testing.assert_allclose(named.quantiles(list(QS)), given.quantiles(list(QS)), rtol=1e-9)
