@@ -262,8 +262,9 @@ def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map
     dof_ls = float(np.sum(stats.dof_residual))
     if sigma is None and isinstance(sigma_prior, Jeffreys) and dof_ls < 1:
         raise ValueError(
-            "the noise scale cannot be learned: no frame has more pixels than the model has "
-            "terms, so no residual is left to measure it (under the Jeffreys prior its "
+            "the noise scale cannot be learned: no frame has more valid pixels than the model "
+            "has terms (two references: every frame has a single valid pixel), so no residual "
+            "is left to measure it (under the Jeffreys prior its "
             "posterior is improper); pass sigma= (a known noise scale) or "
             "sigma_prior=InverseGamma(...)"
         )

@@ -259,9 +259,9 @@ class BetaGrid(ConjugateGaussian):
 # The gain model: x's density is known pointwise (g integrated in closed form), so the posterior
 # comes from a grid fitted to each frame: coarse grids over the prior's support, each zoomed to
 # where the log density is within _ZOOM_DROP of its maximum, then a fine grid for the moments.
-_ZOOM_POINTS = 129
-_ZOOM_STEPS = 2
-_FINE_POINTS = 513
+_ZOOM_POINTS = 65
+_ZOOM_STEPS = 3
+_FINE_POINTS = 257
 _ZOOM_DROP = 40.0
 
 

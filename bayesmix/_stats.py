@@ -609,6 +609,7 @@ class _Basis(NamedTuple):
     design: np.ndarray  #: (B, p) float64, background first, then A, B
     c64: np.ndarray  #: (p,) float64 centre
     n_bg: int
+    centre: float  #: the centre's weight on each reference: 0.5, or 0 with gain
 
 
 def _make_basis(stack: Stack, model: Any) -> _Basis:
@@ -616,10 +617,14 @@ def _make_basis(stack: Stack, model: Any) -> _Basis:
 
     design = check_design(model, stack.ref_a, stack.ref_b, stack.frame_shape, stack.pixels)
     q, r = np.linalg.qr(design.T)
-    c64 = 0.5 * (stack.ref_a + stack.ref_b)
+    # Centring on (A + B) / 2 removes the frame's common level when the references are in the
+    # data's units (g = 1). With a gain the references may be in any units: centring on them
+    # could cost the data its precision, so the frames are projected as they are.
+    centre = 0.0 if model.gain else 0.5
+    c64 = centre * (stack.ref_a + stack.ref_b)
     dt = stack.dtype
     return _Basis(np.ascontiguousarray(q.T, dt), c64.astype(dt), r, design, c64,
-                  design.shape[0] - 2)  # fmt: skip
+                  design.shape[0] - 2, centre)  # fmt: skip
 
 
 def _reduce_rows(theta: np.ndarray, gram: np.ndarray, n_bg: int) -> tuple[np.ndarray, ...]:
@@ -648,7 +653,7 @@ def _basis_chunk(chunk: np.ndarray, pixels: np.ndarray, basis: _Basis) -> tuple[
     n, ninf = np.empty(m, np.int64), np.empty(m, np.int64)
     _basis_kernel(rows, pixels, basis.c, basis.q, proj, rss, n, ninf)
     theta_c = np.zeros(nb_)
-    theta_c[p:] = 0.5
+    theta_c[p:] = basis.centre
     r = basis.r
     w = np.empty((m, 2))
     z = np.empty((m, 2))

@@ -277,6 +277,7 @@ def quadrature_posterior(
     }
     if gain:
         out["g_mean"], out["g_sd"] = float(th_mean[0]), float(th_sd[0])
+        out["gx_mean"] = float(px @ (xs * m1[:, 0]))  # E[g x]
     out["c_mean"], out["c_sd"] = th_mean[int(gain) :], th_sd[int(gain) :]
     return out
 
@@ -290,6 +291,12 @@ def _images(shape, seed):
     """Two distinct positive reference images (fixed seed)."""
     rng = np.random.default_rng(seed)
     return 1.0 + 0.35 * rng.normal(size=shape), 0.8 + 0.35 * rng.normal(size=shape)
+
+
+def _featureless_b(shape, seed):
+    """A structured reference A and a nearly flat, darker reference B (fixed seed)."""
+    rng = np.random.default_rng(seed)
+    return 2.0 + 0.5 * rng.normal(size=shape), 0.5 + 0.05 * rng.normal(size=shape)
 
 
 def _spectra(size):
@@ -336,6 +343,17 @@ CASES = {
             ("low-signal", 0.6, 0.03, [1.0]),
             ("near-bound", 0.02, 1.2, [-0.3]),
             ("mid-range", 0.45, 0.7, [0.2]),
+        ],
+    ),
+    # B nearly featureless and darker than A: the frame's brightness is shared between the gain,
+    # x and the background, so g and x are strongly correlated (cov(g, x) / (sd_g sd_x) ~ -0.4).
+    "featureless-b": dict(
+        shape=(4, 5), refs=lambda: _featureless_b((4, 5), 0), background="constant", gain=True,
+        sigma=0.1, prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
+        frames=[
+            ("dim", 0.5, 0.3, [1.0]),
+            ("dim-iron-poor", 0.2, 0.5, [0.0]),
+            ("bright", 0.5, 1.0, [0.0]),
         ],
     ),
     "linear-spectra": dict(
@@ -623,7 +641,7 @@ def assert_agrees(res, case, refs, tol=TOL_SD):
     assert not bad, "bayesmix differs from the quadrature:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("name", ["constant-gain", "custom-gain"])
+@pytest.mark.parametrize("name", ["constant-gain", "custom-gain", "featureless-b"])
 def test_background_and_gain(name):
     """background='constant' (and a user basis image) with gain=True, sigma known: the posterior
     mean, sd and 5/50/95% quantiles of x (and the 90% interval) within 0.05 posterior sd of the
@@ -632,8 +650,9 @@ def test_background_and_gain(name):
     quadrature."""
     case, refs = case_and_reference(name)
     res = fit(case)
-    assert res.mean.shape == res.sd.shape == res.gain.shape == res.gain_sd.shape == (4,)
-    assert res.background.shape == (4, 1)
+    n = len(case["frames"])
+    assert res.mean.shape == res.sd.shape == res.gain.shape == res.gain_sd.shape == (n,)
+    assert res.background.shape == (n, 1)
     assert_agrees(res, case, refs)
 
 
