@@ -9,17 +9,22 @@ posterior of every weight given the learned noise scale.
 from bayesmix import priors
 from bayesmix._arviz import Diagnostics, diagnose, read_idata
 from bayesmix._map import fit_map, fit_map_stats
+from bayesmix._model import MixingModel, make_model
 from bayesmix._nuts import sample, sample_stats
 from bayesmix._readers import Frames, read_frames, read_reference
 from bayesmix._report import report
 from bayesmix._results import MapResult
 from bayesmix._simulate import Simulation, sample_references, simulate
-from bayesmix._stats import FrameStats, frame_stats
+from bayesmix._stats import BasisStats, FrameStats, GainStats, frame_stats
 from bayesmix._version import __version__
 from bayesmix._writers import read_results, write_idata, write_results
 from bayesmix.priors import Beta, InverseGamma, Jeffreys, TruncatedNormal, Uniform
 
 __all__ = [
+    "BasisStats",
+    "GainStats",
+    "MixingModel",
+    "make_model",
     "Beta",
     "Diagnostics",
     "FrameStats",

@@ -183,6 +183,7 @@ def fit_map_stats(
     sigma_prior: SigmaPrior | None = None,
     sigma: float | None = None,
     sigma_method: str = "marginal",
+    background: Any = None,
     gain: bool = False,
     max_iter: int = 1000,
     tol: float = 1e-8,
@@ -194,8 +195,9 @@ def fit_map_stats(
     """:func:`fit_map` on precomputed per-frame statistics.
 
     ``stats`` is a :class:`FrameStats` (from :func:`frame_stats`: the two-reference model) or a
-    :class:`BasisStats` (from the statistics pass of a model with background or gain; ``gain``
-    then says whether the gain is in the model).
+    :class:`BasisStats` (from :func:`frame_stats` with ``background=`` or ``gain=``; pass the
+    same options here). ``model`` (a :class:`MixingModel`) replaces the model options;
+    ``map_shape`` makes the results a map (spectrum images).
 
     Examples
     --------
@@ -207,8 +209,20 @@ def fit_map_stats(
     True
     """
     if model is None:
-        model = make_model(prior=prior, sigma_prior=sigma_prior, gain=gain)
+        model = make_model(prior=prior, sigma_prior=sigma_prior, background=background,
+                           gain=gain)  # fmt: skip
     _check_options(model, sigma, sigma_method, max_iter, tol)
+    if isinstance(stats, BasisStats):
+        kind = model.describe()["background"]
+        # The frame shape is not known here: check what can be (a 'linear' or custom basis
+        # only for being there).
+        if (kind == "none") != (stats.n_background == 0) or (
+            kind == "constant" and stats.n_background != 1
+        ):
+            raise ValueError(
+                f"stats hold {stats.n_background} background term(s), but the model's "
+                f"background is {kind!r}; pass the background= the statistics were made with"
+            )
     return _fit(stats, model=model, sigma=sigma, sigma_method=sigma_method, max_iter=max_iter,
                 tol=tol, frame=frame, device=device, map_shape=map_shape)  # fmt: skip
 
@@ -310,9 +324,11 @@ def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map
     mean = np.asarray(summ.mean[keep])
     background = None
     if basis is not None and basis.n_background:
-        # E[c | y] = bg + bg_sens (E[w | y] - w_ls): the background is linear in w.
+        # E[c | y] = bg + bg_sens (E[w | y] - w_ls): the background is linear in w, and
+        # E[w] = (E[g x], E[g] - E[g x]) (with gain the two are correlated: not E[g] E[x]).
         g = extra.get("gain", np.ones(n_frames))
-        ew = np.stack([g * mean, g * (1.0 - mean)], axis=1)
+        gx = extra.get("gain_x", mean)
+        ew = np.stack([gx, g - gx], axis=1)
         background = basis.bg + np.einsum("kpi,ki->kp", basis.bg_sens, ew - basis.w)
     return MapResult(
         x=np.asarray(summ.x[keep]),
@@ -381,9 +397,10 @@ def fit_map(
 ) -> MapResult:
     """Estimate every frame's mixing weight: MAP with exact per-frame posterior given sigma.
 
-    Model: :math:`y_i = x_i A + (1 - x_i) B + \\varepsilon_i`, with i.i.d. Gaussian pixel noise of
-    scale sigma shared by all frames, the prior ``prior`` on each :math:`x_i` and ``sigma_prior``
-    on sigma.
+    Model: :math:`y_i = g_i (x_i A + (1 - x_i) B) + \\sum_p c_{ip} N_p + \\varepsilon_i`, with
+    i.i.d. Gaussian pixel noise of scale sigma shared by all frames, the prior ``prior`` on each
+    :math:`x_i` and ``sigma_prior`` on sigma. By default there is no background (:math:`c = 0`)
+    and no gain (:math:`g_i = 1`): the two-reference model.
 
     Parameters
     ----------
@@ -402,7 +419,22 @@ def fit_map(
         How sigma is learned. 'marginal' (default): the mode of :math:`p(\\sigma \\mid y)` with
         every weight integrated out exactly (EM), unbiased even with few pixels per frame.
         'joint': the joint mode of :math:`p(x, \\sigma \\mid y)`, which underestimates
-        :math:`\\sigma^2` by a factor of about :math:`1 - N/n` (n pixels in all).
+        :math:`\\sigma^2` by a factor of about :math:`1 - N/n` (n pixels in all); not with gain.
+    background : {None, 'constant', 'linear'} or array, shape (P, *S)
+        A background in every frame with its own coefficients per frame, integrated out exactly
+        (flat prior): 'constant' (an offset), 'linear' (an offset plus a ramp along each frame
+        axis: a slope for spectra, a plane for images), or P basis images of your own. It costs
+        P degrees of freedom per frame; ``res.background`` holds the coefficients' posterior
+        means.
+    gain : bool
+        A per-frame positive amount or exposure :math:`g_i` multiplying the mixture, integrated
+        out exactly (flat prior on :math:`g > 0`); x's posterior then comes from a grid fitted to
+        each frame. ``res.gain``, ``res.gain_sd``: its posterior mean and sd. Where a frame
+        holds no mixture (:math:`g \\approx 0`) x returns to its prior.
+    spectral_axis : int, optional
+        ``frames`` is a spectrum image, e.g. (E, H, W) with ``spectral_axis=0``: each pixel's
+        spectrum is a frame, the references are spectra of length E, and the results keep the
+        map's shape (``res.map_shape``, ``res.to_xarray()`` with dims (y, x)).
     mask : bool array, shape S, optional
         Pixels to use (True keeps a pixel).
     chunk_size : int, optional
@@ -425,7 +457,7 @@ def fit_map(
     -------
     MapResult
         ``x`` (MAP), ``mean``, ``sd``, ``sigma``, ``interval(prob)``, ``r2``, ``at_bound``,
-        ``to_dataframe()``, ``to_xarray()``.
+        ``gain``, ``background``, ``to_dataframe()``, ``to_xarray()``.
 
     Notes
     -----
@@ -440,6 +472,17 @@ def fit_map(
 
     Plugging in the learned sigma is exact to relative order :math:`1/\\sqrt{2n}` with ``n`` the
     total number of pixels; use :func:`bayesmix.sample` for the joint posterior.
+
+    A background is integrated out by its Schur complement in each frame's Gram matrix: the
+    likelihood stays a Gaussian factor in x with ``n - P`` degrees of freedom, so the same
+    closed forms apply. With a gain, integrating g over :math:`(0, \\infty)` leaves, with
+    :math:`v(x) = M (x, 1 - x)`, :math:`a = |v|^2`, :math:`b = v \\cdot z`,
+
+    .. math::
+
+        \\log p(x \\mid y_i, \\sigma) = \\log p(x) - \\tfrac12 \\log a
+            + \\frac{b^2}{2 \\sigma^2 a} + \\log \\Phi\\Big(\\frac{b}{\\sigma \\sqrt a}\\Big)
+            + \\mathrm{const}.
 
     Examples
     --------

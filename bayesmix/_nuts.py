@@ -321,6 +321,11 @@ def sample(
         Reference frames; ``x`` is the weight of ``ref_a``.
     prior, sigma_prior
         Priors on each weight and on the noise scale (defaults as in :func:`bayesmix.fit_map`).
+    background, gain, spectral_axis
+        The model, as in :func:`bayesmix.fit_map`. The background is integrated out
+        analytically; the gain is integrated out in the sampled density, and one draw of each
+        frame's gain from its exact conditional (a truncated normal given x and sigma) is
+        stored per draw as ``posterior["gain"]``.
     mask : bool array, shape S, optional
         Pixels to use.
     num_chains, num_warmup, num_samples : int

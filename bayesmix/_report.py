@@ -62,8 +62,14 @@ class _View:
     (:func:`bayesmix._writers.results_table`), so MAP and NUTS reports read the same columns."""
 
     def __init__(self, result: Any, prob: float) -> None:
+        from bayesmix._arviz import is_inference_data
         from bayesmix._writers import results_table
 
+        if not (isinstance(result, MapResult) or is_inference_data(result)):
+            raise ValueError(
+                "report needs a MapResult (bayesmix.fit_map) or the InferenceData of "
+                f"bayesmix.sample, got {type(result).__name__}"
+            )
         tail = 0.5 * (1 - prob)
         df = results_table(result, prob=prob)
         self.table = df

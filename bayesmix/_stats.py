@@ -757,7 +757,10 @@ def frame_stats(
     mask: Any = None,
     chunk_size: int | None = None,
     memory_limit: int | None = None,
-) -> FrameStats:
+    background: Any = None,
+    gain: bool = False,
+    spectral_axis: int | None = None,
+) -> FrameStats | BasisStats:
     """Per-frame sufficient statistics of a frame stack, in one pass over the pixels.
 
     Parameters
@@ -781,11 +784,15 @@ def frame_stats(
         and a converted copy if any); sets the chunk size when ``chunk_size`` is not given.
         A memory-mapped ``.npy`` then keeps a resident set of about ``memory_limit`` plus
         O(N) statistics, however large the file.
+    background, gain, spectral_axis
+        The model (see :func:`bayesmix.fit_map`). With a background or gain the pass projects
+        each frame on the basis [background, A, B] and returns :class:`BasisStats`; pass the
+        same ``background`` and ``gain`` to :func:`bayesmix.fit_map_stats`.
 
     Returns
     -------
-    FrameStats
-        ``xhat``, ``rss``, ``dd``, ``n``, each of shape (N,).
+    FrameStats or BasisStats
+        ``xhat``, ``rss``, ``dd``, ``n``, each of shape (N,), for the two-reference model.
 
     Notes
     -----
@@ -805,9 +812,15 @@ def frame_stats(
     >>> float(st.xhat[0]), float(st.rss[0]), float(st.dd[0]), int(st.n[0])
     (0.25, 0.0, 6.0, 3)
     """
-    return stats_from_stack(
-        prepare(frames, ref_a, ref_b, mask), chunk_size=chunk_size, memory_limit=memory_limit
-    )
+    from bayesmix._io import spectral_frames
+    from bayesmix._model import make_model
+
+    model = make_model(background=background, gain=gain)
+    frames, _ = spectral_frames(frames, spectral_axis, ref_a)
+    stack = prepare(frames, ref_a, ref_b, mask)
+    if model.is_plain:
+        return stats_from_stack(stack, chunk_size=chunk_size, memory_limit=memory_limit)
+    return basis_stats_from_stack(stack, model, chunk_size=chunk_size, memory_limit=memory_limit)
 
 
 def bucket_size(n: int) -> int:

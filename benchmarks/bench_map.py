@@ -119,6 +119,16 @@ def main() -> None:
     t_inf = best(lambda: bayesmix.fit_map_stats(stats))[0]
     t_int = best(lambda: res.interval(0.9))[0]
 
+    # The model's options, each timed against the default path in the same process.
+    models = {"background='linear'": {"background": "linear"}, "gain=True": {"gain": True},
+              "linear + gain": {"background": "linear", "gain": True}}  # fmt: skip
+    t_models = {}
+    for label, kw in models.items():
+        bayesmix.fit_map(frames, a, b, **kw)  # compile
+        t_models[label] = (best(lambda kw=kw: bayesmix.fit_map(frames, a, b, **kw), 3)[0],
+                           best(lambda kw=kw: bayesmix.frame_stats(frames, a, b, **kw), 3)[0])
+    t_default_again = best(lambda: bayesmix.fit_map(frames, a, b), 9)[0]
+
     k = min(n, 1000)
     t0 = time.perf_counter()
     x_ls, r2_ls = lstsq_loop(frames[:k], a, b)
@@ -149,6 +159,12 @@ def main() -> None:
           "the pixels can gain here)")  # fmt: skip
     print(f"  lstsq loop / fit_map per frame: {speedup:.0f}x "
           f"(target >= 300x: {'PASS' if ok_ls else 'MISS'})")  # fmt: skip
+    print("\nmodels (each fit_map / the default fit_map, same run):")
+    print(f"  default, timed again: {1e3 * t_default_again:8.1f} ms "
+          f"({t_default_again / t_fit_alone:.2f}x the first timing: the machine's noise)")
+    for label, (t_fit, t_pass) in t_models.items():
+        print(f"  {label:22s} {1e3 * t_fit:8.1f} ms  {t_fit / t_fit_alone:6.2f}x the default; "
+              f"its pixel pass {1e3 * t_pass:7.1f} ms = {t_pass / t_mv_alone:.2f}x the matvec")
 
 
 if __name__ == "__main__":

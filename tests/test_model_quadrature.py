@@ -10,27 +10,29 @@ the posterior of each x given sigma, with g and c integrated out.
 
 The reference here shares no maths with bayesmix: the unnormalised joint density
 ``prior(x) * exp(-||y - g m(x) - N c||^2 / (2 sigma^2))``, ``m(x) = x A + (1 - x) B``, is summed
-on a rectangular grid over (x, g, c) (every nuisance integral numeric, on its own axis), in log
-space. The only algebra used is the expansion of the squared norm into the pixel sums
-``r.r``, ``F_j.r`` and ``F_j.F_k`` (checked against the plain per-pixel sum below). The grid:
+over a grid in (x, g, c), in log space (``scipy.special.logsumexp``); every nuisance integral is
+numeric. The only algebra used is the expansion of the squared norm into the pixel sums ``r.r``,
+``F_j.r`` and ``F_j.F_k`` (``F_j`` the pixel column of nuisance j); the cubature check below
+evaluates the plain per-pixel sum instead. The grid:
 
-- nuisance axes: a box of half-width ``K_SD`` posterior sd around the unconstrained least-squares
-  fit of the linear model in (u, v, c) = (g x, g (1 - x), c) (the likelihood is negligible
-  outside it whatever the bounded prior of x does), cut at g = 0; spacing a fraction of the
-  smallest conditional sd ``sigma / ||F_j||``. Simpson weights on the g axis (the cut at g = 0
-  is an end point with a non-zero slope), trapezoid on the c axes (a Gaussian on a grid much
-  wider than it: exponentially accurate). The reference checks that the box edges carry no mass
-  (log density below the peak by more than ``EDGE_DROP``) and raises otherwise;
 - x: a coarse pass over the prior's bounds finds where the posterior lives (log density within
-  ``X_DROP`` of its peak), a fine trapezoid grid covers that; quantiles by inverting the
-  cumulative trapezoid sum.
+  ``X_DROP`` of its peak), a fine trapezoid grid of ``N_X`` nodes covers that; quantiles by
+  inverting the cumulative trapezoid sum;
+- at each x, the nuisances (g > 0 and/or c): a tensor Gauss-Legendre grid (``N_NODES`` a side)
+  on a box of ``K_SD`` sd around the least-squares (g, c) at that x, its axes sheared along the
+  Cholesky factor of their covariance (Jacobian 1), the g axis cut at g = 0. The least squares
+  only place the nodes; the value is the weighted sum of the integrand over them. The reference
+  raises if the outermost nodes of any box carry non-negligible density (within ``EDGE_DROP``
+  in log of the joint peak), so a misplaced box cannot pass silently.
 
-How accurate it is: ``test_reference_converged`` (marked slow) doubles the nuisance resolution,
-widens the box by half and doubles the x grid, for every frame of every case: mean, sd and
-quantiles of x move by < 1e-4 posterior sd, the posterior mean of g and c by < 1e-4 of theirs,
-against a test tolerance of ``TOL_SD`` = 0.05 sd. The reference also matches the closed-form
-truncated normal (no gain, no background; no gain, constant background) to < 1e-4 sd, and its
-g-c integral matches adaptive ``scipy.integrate.cubature`` to 1e-4 (relative), cut at g = 0 included.
+How accurate it is: ``test_reference_converged`` (marked slow) reruns every frame of every case
+with twice the nodes per nuisance axis, a box half as wide again and twice the x nodes: the mean
+and sd of x, g and c move by < 3e-6 of their posterior sd, the quantiles by < 1e-4 sd (linear
+interpolation of the cdf), against a test tolerance ``TOL_SD`` = 0.05 sd. The reference also
+matches the closed-form truncated normal (no gain, with and without background) to < 1e-4 sd,
+and its nuisance integral matches adaptive ``scipy.integrate.cubature`` of the per-pixel sum
+(cut at g = 0 included) to 1e-7 relative (measured: 1e-9), which bounds its effect on the mean
+of x by ~2e-7 sd.
 
 Each frame of a case is made with a different character: high signal (iron-rich), low signal
 (gain near 0, x barely seen), x near a bound of the prior, x mid-range; and a frame with no
@@ -49,10 +51,12 @@ from bayesmix import priors as P
 
 #: Agreement required between bayesmix and the quadrature, in posterior sd (of x, g or c).
 TOL_SD = 0.05
-#: Half-width of the nuisance box, in sd of the unconstrained least-squares fit.
-K_SD = 10.0
-#: Grid points per smallest conditional sd on the nuisance axes.
-PER_SD = 4.0
+#: Half-width of the nuisance box at each x, in conditional sd.
+K_SD = 9.0
+#: Gauss-Legendre nodes per nuisance axis.
+N_NODES = 32
+#: Nodes of the fine x grid (over where the posterior lives) and of the coarse one (the bounds).
+N_X, N_COARSE = 1201, 161
 #: The posterior of x is followed down to exp(-X_DROP) of its peak.
 X_DROP = 40.0
 #: The box edges must lie below exp(-EDGE_DROP) of the peak.
@@ -88,30 +92,10 @@ def background_basis(kind, shape):
     return np.stack(out)
 
 
-def _simpson_weights(n, h):
-    """Composite Simpson weights for ``n`` (odd) equally spaced nodes ``h`` apart."""
-    w = np.ones(n)
-    w[1:-1:2] = 4.0
-    w[2:-1:2] = 2.0
-    return w * h / 3.0
-
-
-def _axis(lo, hi, h, simpson):
-    """Nodes and weights of one nuisance axis on [lo, hi] with spacing at most ``h``."""
-    n = max(int(np.ceil((hi - lo) / h)) + 1, 5)
-    n += 1 - n % 2  # odd, for Simpson
-    nodes = np.linspace(lo, hi, n)
-    step = nodes[1] - nodes[0]
-    if simpson:
-        return nodes, _simpson_weights(n, step)
-    w = np.full(n, step)
-    w[[0, -1]] *= 0.5
-    return nodes, w
-
-
 def quadrature_posterior(
-    y, ref_a, ref_b, basis, gain, sigma, prior, *, k_sd=K_SD, per_sd=PER_SD, n_x=1201, n_coarse=161
-):
+    y, ref_a, ref_b, basis, gain, sigma, prior, *, k_sd=K_SD, n_nodes=N_NODES, n_x=N_X,
+    n_coarse=N_COARSE,
+):  # fmt: skip
     """Posterior of x (and of g and c) for one frame by brute-force grid quadrature.
 
     Parameters
@@ -126,127 +110,102 @@ def quadrature_posterior(
         Known noise scale.
     prior : bayesmix prior on x
         Its density is taken from scipy.stats (``conftest.scipy_logpdf``).
-    k_sd, per_sd : float
-        Box half-width (in least-squares sd) and resolution (nodes per conditional sd) of the
-        nuisance axes.
+    k_sd : float
+        Half-width of the nuisance box at each x, in conditional sd.
+    n_nodes : int
+        Gauss-Legendre nodes per nuisance axis.
     n_x, n_coarse : int
         Nodes of the fine and the coarse x grids.
 
     Returns
     -------
     dict
-        ``mean``, ``sd``, ``quantiles`` (at ``QS``) of x; ``g_mean``, ``g_sd`` (gain only);
-        ``c_mean``, ``c_sd`` (shape (P,)); ``edge`` the largest log density on the box edges
-        relative to the peak; ``n_nodes`` the nuisance grid size.
+        ``mean``, ``sd``, ``quantiles`` (at ``QS``) of x; ``g_mean``, ``g_sd``, ``gx_mean``
+        (E[g x]) with gain; ``c_mean``, ``c_sd`` (shape (P,)); ``edge``, the largest joint log
+        density on the outermost nodes of the boxes relative to the peak; ``log_post``, the
+        unnormalised log posterior of x as a function (for checks).
     """
     y = np.asarray(y, np.float64).ravel()
     a = np.asarray(ref_a, np.float64).ravel()
     b = np.asarray(ref_b, np.float64).ravel()
     nb = np.asarray(basis, np.float64).reshape(len(basis), y.size)
     lo, hi = prior.bounds
+    k = len(nb) + int(gain)  # nuisances: (g, c_1..c_P) or (c_1..c_P)
 
-    # The box: unconstrained least squares of the linear model, covariance sigma^2 (M'M)^-1.
-    if gain:
-        design = np.column_stack([a, b, *nb])
-        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-        cov = sigma**2 * np.linalg.inv(design.T @ design)
-        lin = np.zeros((1 + len(nb), 2 + len(nb)))  # (g, c) = lin @ (u, v, c)
-        lin[0, :2] = 1.0
-        lin[1:, 2:] = np.eye(len(nb))
+    # Tensor Gauss-Legendre grid on the unit cube [0, 1]^k, mapped to each x's box below.
+    t, wt = np.polynomial.legendre.leggauss(n_nodes)
+    t, wt = 0.5 * (t + 1.0), 0.5 * wt
+    if k:
+        unit = np.stack(np.meshgrid(*[t] * k, indexing="ij"), axis=-1).reshape(-1, k)
+        log_unit_w = np.sum(np.log(np.meshgrid(*[wt] * k, indexing="ij")), axis=0).ravel()
     else:
-        design = np.column_stack([a - b, *nb])
-        coef, *_ = np.linalg.lstsq(design, y - b, rcond=None)
-        cov = sigma**2 * np.linalg.inv(design.T @ design)
-        lin = np.zeros((len(nb), 1 + len(nb)))  # c = lin @ (x, c)
-        lin[:, 1:] = np.eye(len(nb))
-    centre = lin @ coef
-    if len(centre):
-        # Sheared axes: theta = centre + shear @ phi with shear unit lower triangular (Jacobian 1,
-        # g = centre[0] + phi[0] untouched), from the Cholesky factor of the least-squares
-        # covariance, so the phi are uncorrelated under it and the box hugs the likelihood.
-        chol = np.linalg.cholesky(lin @ cov @ lin.T)
-        scale = np.diag(chol)
-        shear = chol / scale
-    else:
-        scale, shear = np.zeros(0), np.zeros((0, 0))
+        unit, log_unit_w = np.zeros((1, 0)), np.zeros(1)
+    low_face, high_face = unit == t[0], unit == t[-1]  # the outermost nodes, (T, k)
 
     def features(x):
-        """The nuisances' pixel columns at weight x, shape (len(x), k, n), and the offset."""
+        """The nuisances' pixel columns at weights x, shape (len(x), k, n), and the offset."""
         m = x[:, None] * a + (1.0 - x[:, None]) * b
         rest = np.broadcast_to(nb, (len(x), *nb.shape))
         if gain:
             return np.concatenate([m[:, None, :], rest], axis=1), np.zeros_like(m)
         return rest, m
 
-    # Smallest conditional sd along each phi axis: sigma / max over x of ||(F(x) shear)_j||, the
-    # column being affine in x, its norm is largest at a bound.
-    ends = features(np.array([lo, hi]))[0]
-    col_norm = np.linalg.norm(np.einsum("cjn,jk->ckn", ends, shear), axis=2).max(axis=0)
-    axes, cut = [], []
-    for j, (s0, fn) in enumerate(zip(scale, col_norm, strict=True)):
-        left, right = -k_sd * s0, k_sd * s0
-        is_gain = gain and j == 0
-        if is_gain and left < -centre[0]:  # g = centre[0] + phi[0] > 0
-            left = -centre[0]
-            right = max(right, left + k_sd * s0)
-        axes.append(_axis(left, right, sigma / fn / per_sd, simpson=is_gain))
-        cut.append(is_gain and left == -centre[0])
-    if axes:
-        grids = np.meshgrid(*[ax[0] for ax in axes], indexing="ij")
-        phi = np.stack([g.ravel() for g in grids], axis=1)
-        theta = centre + phi @ shear.T
-        wgrid = np.meshgrid(*[ax[1] for ax in axes], indexing="ij")
-        log_w = np.sum([np.log(w.ravel()) for w in wgrid], axis=0)
-        # Box-edge nodes (the g = 0 cut is a true end of the domain, not an edge).
-        edge = np.zeros(len(theta), bool)
-        for j, (g, ax) in enumerate(zip(grids, axes, strict=True)):
-            on_lo = (g.ravel() == ax[0][0]) & (not cut[j])
-            edge |= on_lo | (g.ravel() == ax[0][-1])
-    else:
-        theta, log_w, edge = np.zeros((1, 0)), np.zeros(1), np.zeros(1, bool)
-    k = theta.shape[1]
+    def chunk(x):
+        """Nuisance integral at each x: log of it, conditional moments, peak and edge height."""
+        feats, off = features(x)
+        r = y - off
+        rr = np.einsum("cn,cn->c", r, r)
+        fr = np.einsum("cjn,cn->cj", feats, r)
+        ff = np.einsum("cjn,ckn->cjk", feats, feats)
+        nc = len(x)
+        if k:
+            # The box at this x: around the least-squares (g, c), sheared along the Cholesky
+            # factor of their covariance sigma^2 ff^-1 (theta = centre + shear phi, shear unit
+            # lower triangular: Jacobian 1, g = centre[0] + phi[0]), half-width k_sd sd of each
+            # phi; the g axis is cut at g = 0 and then reaches to where the density has fallen
+            # by exp(-k_sd^2 / 2) from the cut. This only places the nodes: the integral is the
+            # sum of the integrand over them, and the edge check below catches a misplaced box.
+            centre = np.linalg.solve(ff, fr[..., None])[..., 0]
+            chol = np.linalg.cholesky(sigma**2 * np.linalg.inv(ff))
+            sd = np.diagonal(chol, axis1=1, axis2=2)
+            shear = chol / sd[:, None, :]
+            left, right = -k_sd * sd, k_sd * sd
+            cut = np.zeros((nc, k), bool)
+            if gain:
+                cut[:, 0] = -centre[:, 0] > left[:, 0]
+                left[:, 0] = np.maximum(left[:, 0], -centre[:, 0])
+                right[:, 0] = np.hypot(np.maximum(-centre[:, 0], 0.0), k_sd * sd[:, 0])
+            phi = left[:, None, :] + (right - left)[:, None, :] * unit  # (nc, T, k)
+            theta = centre[:, None, :] + np.einsum("ctj,cij->cti", phi, shear)
+            log_w = log_unit_w + np.sum(np.log(right - left), axis=1)[:, None]
+        else:
+            theta, log_w, cut = np.zeros((nc, 1, 0)), np.zeros((nc, 1)), np.zeros((nc, 0), bool)
+        # SSE at every (x, theta) node from the pixel sums (k <= 3 nuisances, elementwise).
+        sse = np.repeat(rr[:, None], theta.shape[1], axis=1)
+        for j in range(k):
+            inner = -2.0 * fr[:, j, None] + ff[:, j, j, None] * theta[:, :, j]
+            for jj in range(j + 1, k):
+                inner += 2.0 * ff[:, j, jj, None] * theta[:, :, jj]
+            sse += inner * theta[:, :, j]
+        raw = -0.5 * sse / sigma**2
+        logl = raw + log_w
+        top = logl.max(axis=1, keepdims=True)
+        e = np.exp(logl - top)
+        s0 = e.sum(axis=1)
+        mom1 = np.einsum("ct,ctj->cj", e, theta) / s0[:, None]
+        mom2 = np.einsum("ct,ctj->cj", e, theta**2) / s0[:, None]
+        # The cut at g = 0 is an end of the domain, not an edge of the box.
+        outer = np.any((low_face & ~cut[:, None, :]) | high_face, axis=2)  # (nc, T)
+        edge = np.where(outer, raw, -np.inf).max(axis=1)
+        return top[:, 0] + np.log(s0), mom1, mom2, raw.max(axis=1), edge
 
     def log_post(xs):
-        """Log posterior of x (unnormalised) at ``xs``, the conditional moments of the nuisances,
-        and the joint log density at the peak and on the box edges."""
-        out_log, out_m1, out_m2, top_raw, edge_raw = [], [], [], [], []
-        for start in range(0, len(xs), 32):
-            feats, off = features(xs[start : start + 32])
-            r = y - off
-            rr = np.einsum("cn,cn->c", r, r)
-            fr = np.einsum("cjn,cn->cj", feats, r)
-            ff = np.einsum("cjn,ckn->cjk", feats, feats)
-            # SSE at every (x, theta) node, (nc, T): elementwise over the k <= 3 nuisances (BLAS
-            # would gain nothing on these thin products, and its threads cost a lot).
-            sse = np.repeat(rr[:, None], len(theta), axis=1)
-            for j in range(k):
-                inner = -2.0 * fr[:, j, None] + ff[:, j, j, None] * theta[:, j]
-                for jj in range(j + 1, k):
-                    inner += 2.0 * ff[:, j, jj, None] * theta[:, jj]
-                sse += inner * theta[:, j]
-            raw = -0.5 * sse / sigma**2
-            logl = raw + log_w
-            top = logl.max(axis=1, keepdims=True)
-            e = np.exp(logl - top)
-            s0 = e.sum(axis=1)
-            out_log.append(top[:, 0] + np.log(s0))
-            mom1, mom2 = np.zeros((len(r), k)), np.zeros((len(r), k))
-            for j in range(k):
-                mom1[:, j] = (e * theta[:, j]).sum(axis=1) / s0
-                mom2[:, j] = (e * theta[:, j] ** 2).sum(axis=1) / s0
-            out_m1.append(mom1)
-            out_m2.append(mom2)
-            top_raw.append(raw.max(axis=1))
-            edge_raw.append(raw[:, edge].max(axis=1) if edge.any() else np.full(len(r), -np.inf))
+        """Unnormalised log posterior of x at ``xs``, conditional moments of the nuisances, and
+        the largest joint log density on the box edges relative to the joint peak."""
+        parts = [chunk(xs[i : i + 64]) for i in range(0, len(xs), 64)]
+        log_m, mom1, mom2, top, edge = (np.concatenate(v) for v in zip(*parts, strict=True))
         lp = scipy_logpdf(prior, xs)
-        peak = np.max(lp + np.concatenate(top_raw))
-        edge_height = np.max(lp + np.concatenate(edge_raw)) - peak
-        return (
-            lp + np.concatenate(out_log),
-            np.concatenate(out_m1),
-            np.concatenate(out_m2),
-            edge_height,
-        )
+        return lp + log_m, mom1, mom2, np.max(lp + edge) - np.max(lp + top)
 
     coarse = np.linspace(lo, hi, n_coarse)
     lp, *_ = log_post(coarse)
@@ -254,31 +213,29 @@ def quadrature_posterior(
     x_lo, x_hi = coarse[max(keep[0] - 1, 0)], coarse[min(keep[-1] + 1, n_coarse - 1)]
     xs = np.linspace(x_lo, x_hi, n_x)
     lp, m1, m2, edge_height = log_post(xs)
+    if edge_height > -EDGE_DROP:
+        raise AssertionError(f"quadrature box too narrow: edge at {edge_height:.1f} of the peak")
     w = np.full(n_x, xs[1] - xs[0])
     w[[0, -1]] *= 0.5
     log_z = special.logsumexp(lp, b=w)
     dens = np.exp(lp - log_z)
-    px = dens * w  # posterior mass at each node
+    px = dens * w  # posterior mass at each node (trapezoid)
     mean = float(px @ xs)
-    sd = float(np.sqrt(px @ (xs - mean) ** 2))
     cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(xs))])
-    quant = np.interp(QS, cdf / cdf[-1], xs)
     th_mean = px @ m1
-    th_sd = np.sqrt(np.maximum(px @ m2 - th_mean**2, 0.0))
-    if edge_height > -EDGE_DROP:
-        raise AssertionError(f"quadrature box too narrow: edge at {edge_height:.1f} of the peak")
     out = {
         "mean": mean,
-        "sd": sd,
-        "quantiles": quant,
-        "n_nodes": len(theta),
+        "sd": float(np.sqrt(px @ (xs - mean) ** 2)),
+        "quantiles": np.interp(QS, cdf / cdf[-1], xs),
+        "c_mean": th_mean[int(gain) :],
+        "c_sd": np.sqrt(np.maximum(px @ m2 - th_mean**2, 0.0))[int(gain) :],
         "edge": edge_height,
-        "log_post": log_post,
+        "log_post": lambda x: log_post(np.asarray(x, np.float64))[0],
     }
     if gain:
-        out["g_mean"], out["g_sd"] = float(th_mean[0]), float(th_sd[0])
-        out["gx_mean"] = float(px @ (xs * m1[:, 0]))  # E[g x]
-    out["c_mean"], out["c_sd"] = th_mean[int(gain) :], th_sd[int(gain) :]
+        out["g_mean"] = float(th_mean[0])
+        out["g_sd"] = float(np.sqrt(px @ m2[:, 0] - th_mean[0] ** 2))
+        out["gx_mean"] = float(px @ (xs * m1[:, 0]))
     return out
 
 
@@ -346,10 +303,14 @@ CASES = {
         ],
     ),
     # B nearly featureless and darker than A: the frame's brightness is shared between the gain,
-    # x and the background, so g and x are strongly correlated (cov(g, x) / (sd_g sd_x) ~ -0.4).
+    # x and the background, so g and x are strongly correlated a posteriori.
     "featureless-b": dict(
-        shape=(4, 5), refs=lambda: _featureless_b((4, 5), 0), background="constant", gain=True,
-        sigma=0.1, prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
+        shape=(4, 5),
+        refs=lambda: _featureless_b((4, 5), 0),
+        background="constant",
+        gain=True,
+        sigma=0.1,
+        prior=P.TruncatedNormal(0.55, 0.15, 0.0, 1.0),
         frames=[
             ("dim", 0.5, 0.3, [1.0]),
             ("dim-iron-poor", 0.2, 0.5, [0.0]),
@@ -529,12 +490,13 @@ def test_reference_matches_closed_form(background, x_true):
     ],
 )
 def test_reference_nuisance_integral_matches_cubature(name, label):
-    """The reference's integral over the nuisances (g > 0 and/or c) at fixed x, against
-    ``scipy.integrate.cubature`` (adaptive) of the plain per-pixel sum of squares (adaptive quadrature; also
-    checks the expanded sum of squares the grid uses), at the 5, 50 and 95% quantiles of x
-    (where the posterior lives; the grid's box is built to cover only that): to 1e-4 relative.
-    A relative error eps(x) of this integral moves the posterior mean of x by at most about
-    2 max|eps| sd, so this bounds the reference's error from the nuisance grid by ~2e-4 sd."""
+    """The reference's integral over the nuisances (g > 0 and/or c) at fixed x, against adaptive
+    ``scipy.integrate.cubature`` of the plain per-pixel sum of squares on a wider, axis-aligned
+    box of 12 sd (this also checks the expanded sum of squares the grid uses), at the 5, 50 and
+    95% quantiles of x
+    (where the posterior lives): to 1e-7 relative (measured: ~1e-9). A relative error eps(x) of
+    this integral moves the posterior mean of x by at most about 2 max|eps| sd, so this bounds
+    the reference's error from the nuisance grid by ~2e-7 sd."""
     case, refs = case_and_reference(name)
     i = case["labels"].index(label)
     y = case["frames"][i].ravel()
@@ -542,7 +504,7 @@ def test_reference_nuisance_integral_matches_cubature(name, label):
     basis = case["basis"].reshape(len(case["basis"]), y.size)
     sigma, gain = case["sigma"], case["gain"]
     xs = refs[i]["quantiles"]
-    grid = refs[i]["log_post"](xs)[0] - scipy_logpdf(case["prior"], xs)
+    grid = refs[i]["log_post"](xs) - scipy_logpdf(case["prior"], xs)
 
     exact = []
     for x in xs:
@@ -561,22 +523,22 @@ def test_reference_nuisance_integral_matches_cubature(name, label):
         lower, upper = coef - 12 * sd, coef + 12 * sd
         if gain:
             lower[0], upper[0] = 0.0, max(upper[0], 12 * sd[0])
-        res = integrate.cubature(integrand, lower, upper, rtol=1e-10, atol=0)
+        res = integrate.cubature(integrand, lower, upper, rtol=1e-8, atol=0)
         assert res.status == "converged"
         val = res.estimate
         exact.append(np.log(val) - shift)
-    np.testing.assert_allclose(grid, exact, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(grid, exact, rtol=0, atol=1e-7)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_reference_converged(name):
     """The reference against itself on a finer, wider grid (nuisance resolution doubled, box
-    half as wide again, x grid doubled): every summary moves by < 1e-3 of its posterior sd (the
-    largest change measured is 3e-4 sd, the gain sd of the no-mixture frame; most are < 1e-4),
-    so the reference's own error is far below ``TOL_SD``."""
+    half as wide again, x grid doubled): every summary moves by < 1e-3 of its posterior sd
+    (measured: means and sds of x, g and c by < 3e-6 sd, quantiles of x by < 1e-4 sd), so the
+    reference's own error is far below ``TOL_SD``."""
     case, coarse = case_and_reference(name)
-    fine = reference(case, k_sd=1.5 * K_SD, per_sd=2 * PER_SD, n_x=2401, n_coarse=321)
+    fine = reference(case, k_sd=1.5 * K_SD, n_nodes=2 * N_NODES, n_x=2 * N_X, n_coarse=2 * N_COARSE)
     for ref, fin in zip(coarse, fine, strict=True):
         s = fin["sd"]
         assert abs(ref["mean"] - fin["mean"]) < 1e-3 * s
@@ -585,7 +547,7 @@ def test_reference_converged(name):
         if case["gain"]:
             assert abs(ref["g_mean"] - fin["g_mean"]) < 1e-3 * fin["g_sd"]
             assert abs(ref["g_sd"] - fin["g_sd"]) < 1e-3 * fin["g_sd"]
-        np.testing.assert_allclose(ref["c_mean"], fin["c_mean"], rtol=0, atol=1e-3 * fin["c_sd"])
+        assert np.all(np.abs(ref["c_mean"] - fin["c_mean"]) < 1e-3 * fin["c_sd"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,26 +563,27 @@ def fit(case):
     )  # fmt: skip
 
 
-def agreement(res, case, refs):
+def agreement(res, case, refs, interval=False):
     """bayesmix's errors against the quadrature, each in units of the reference's posterior sd.
 
     Returns
     -------
     dict
         ``{frame label: {quantity: error / sd}}`` for the mean, sd and quantiles of x, the 90%
-        interval, and (as the model has them) the gain's mean and sd and each background
-        coefficient's mean.
+        interval (if ``interval``: its own compilation, so asked for in one test only), and (as
+        the model has them) the gain's mean and sd and each background coefficient's mean.
     """
     quant = res.quantiles(list(QS))
-    lo, hi = res.interval(0.9)
+    lo, hi = res.interval(0.9) if interval else (None, None)
     out = {}
     for i, (label, ref) in enumerate(zip(case["labels"], refs, strict=True)):
         s = ref["sd"]
         err = {"mean": (res.mean[i] - ref["mean"]) / s, "sd": (res.sd[i] - s) / s}
         for q, got, want in zip(QS, quant[i], ref["quantiles"], strict=True):
             err[f"q{q:g}"] = (got - want) / s
-        err["interval_lo"] = (lo[i] - ref["quantiles"][0]) / s
-        err["interval_hi"] = (hi[i] - ref["quantiles"][-1]) / s
+        if interval:
+            err["interval_lo"] = (lo[i] - ref["quantiles"][0]) / s
+            err["interval_hi"] = (hi[i] - ref["quantiles"][-1]) / s
         if case["gain"]:
             err["gain"] = (res.gain[i] - ref["g_mean"]) / ref["g_sd"]
             err["gain_sd"] = (res.gain_sd[i] - ref["g_sd"]) / ref["g_sd"]
@@ -630,11 +593,11 @@ def agreement(res, case, refs):
     return out
 
 
-def assert_agrees(res, case, refs, tol=TOL_SD):
+def assert_agrees(res, case, refs, tol=TOL_SD, interval=False):
     """Every error of :func:`agreement` below ``tol`` (in sd), with all failures reported."""
     bad = [
         f"{label}: {q} off by {e:+.3f} sd"
-        for label, errs in agreement(res, case, refs).items()
+        for label, errs in agreement(res, case, refs, interval).items()
         for q, e in errs.items()
         if not abs(e) < tol
     ]
@@ -645,15 +608,20 @@ def assert_agrees(res, case, refs, tol=TOL_SD):
 def test_background_and_gain(name):
     """background='constant' (and a user basis image) with gain=True, sigma known: the posterior
     mean, sd and 5/50/95% quantiles of x (and the 90% interval) within 0.05 posterior sd of the
-    3-D grid quadrature over (x, g, c); the posterior mean and sd of the gain within 0.05 sd of
-    g, the posterior mean of the background coefficient within 0.05 sd of c, all from the same
-    quadrature."""
+    quadrature over (x, g, c); the posterior mean and sd of the gain within 0.05 sd of g, and
+    the posterior mean of the background coefficient within 0.05 sd of c, all from the same
+    quadrature.
+
+    'featureless-b' has a nearly flat B, darker than A by 1.5 on average: g and x are strongly
+    correlated (posterior correlation about -0.8) and c moves with g x (A and B differ in their
+    projections on the background). E[c | y] is linear in E[(g x, g (1 - x)) | y], which differs
+    from (E[g] E[x], E[g] (1 - E[x])) by cov(g, x): it needs E[g x]."""
     case, refs = case_and_reference(name)
     res = fit(case)
     n = len(case["frames"])
     assert res.mean.shape == res.sd.shape == res.gain.shape == res.gain_sd.shape == (n,)
     assert res.background.shape == (n, 1)
-    assert_agrees(res, case, refs)
+    assert_agrees(res, case, refs, interval=True)
 
 
 def test_linear_background_spectra():
@@ -675,6 +643,7 @@ def test_gain_without_background(name):
     assert_agrees(fit(case), case, refs)
 
 
+@pytest.mark.filterwarnings("ignore:the frames say little about x:RuntimeWarning")
 @pytest.mark.parametrize("name", ["no-mixture-constant", "no-mixture-none"])
 def test_no_mixture_leaves_the_prior(name):
     """Frames with no trace of the references (y = background + noise, true gain 0): the data
