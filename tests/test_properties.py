@@ -447,7 +447,7 @@ def test_one_pixel_frames_with_jeffreys_refuse_to_learn_sigma():
     # would collapse to the rounding floor and claim a certainty the data cannot give).
     frames, a, b = _one_pixel_stack()
     with pytest.raises(
-        ValueError, match=r"noise scale cannot be learned: every frame has a single"
+        ValueError, match=r"noise scale cannot be learned: no frame has more valid pixels than the model"
     ):
         fit_map(frames, a, b)
 
