@@ -143,8 +143,8 @@ def test_no_mixture_returns_the_prior():
     to the prior's 0.14 and the mean near the prior's, never a confident number."""
     rng = np.random.default_rng(2)
     a, b = bayesmix.sample_references((12, 12))
-    empty = 0.4 + rng.normal(0, 0.05, (200, 12, 12))
-    frames, *_ = _sim_gain_offsets(200, seed=4, shape=(12, 12), noise=0.05)
+    empty = 0.4 + rng.normal(0, 0.02, (200, 12, 12))
+    frames, *_ = _sim_gain_offsets(200, seed=4, shape=(12, 12), noise=0.02)
     res = bayesmix.fit_map(np.concatenate([frames, empty]), a, b, background="constant",
                            gain=True)  # fmt: skip
     prior_sd = 0.1405  # TruncatedNormal(0.55, 0.15) on [0, 1]: scipy.stats.truncnorm.std
