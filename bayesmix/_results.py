@@ -67,6 +67,15 @@ class MapResult:
         Frame labels (default ``0..N-1``).
     device : str
         Platform and number of devices the inference ran on, e.g. ``'cpu:1'``.
+    model : MixingModel
+        The model fitted (background, gain, noise, priors).
+    gain, gain_sd : ndarray, shape (N,), or None
+        With ``gain=True``: posterior mean and sd of each frame's gain (amount, exposure).
+    background : ndarray, shape (N, P), or None
+        With a background: posterior mean of each frame's background coefficients.
+    map_shape : tuple of int, or None
+        For a spectrum image (``spectral_axis=``): the map's shape; frames are its pixels in
+        row-major order.
     """
 
     x: np.ndarray

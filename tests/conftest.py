@@ -55,3 +55,17 @@ def scipy_logpdf(prior, x):
     if type(prior).__name__ == "Uniform":
         return stats.uniform.logpdf(x, prior.low, prior.high - prior.low)
     return stats.beta.logpdf(x, prior.a, prior.b)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_compiled_programs():
+    """Drop JAX's compiled programs after each test module. Every NumPyro run compiles a new
+    program that JAX keeps (several hundred memory maps each): one process running the whole
+    suite would otherwise reach the kernel's map limit (vm.max_map_count) and crash."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
