@@ -57,15 +57,26 @@ def scipy_logpdf(prior, x):
     return stats.beta.logpdf(x, prior.a, prior.b)
 
 
+# Drop compiled programs once the process holds this many memory maps (the kernel's limit,
+# vm.max_map_count, is 65530 by default).
+_MAPS_BEFORE_CLEARING = 30_000
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _drop_compiled_programs():
-    """Drop JAX's compiled programs after each test module. Every NumPyro run compiles a new
-    program that JAX keeps (several hundred memory maps each): one process running the whole
-    suite would otherwise reach the kernel's map limit (vm.max_map_count) and crash."""
+    """Drop JAX's compiled programs after a test module once they hold many memory maps. Every
+    NumPyro run compiles a new program that JAX keeps (several hundred maps each): one process
+    running the whole suite would otherwise reach the kernel's map limit and crash."""
     yield
-    import gc
+    try:
+        with open("/proc/self/maps") as fh:
+            n_maps = sum(1 for _ in fh)
+    except OSError:  # not Linux: no such limit to watch
+        return
+    if n_maps > _MAPS_BEFORE_CLEARING:
+        import gc
 
-    import jax
+        import jax
 
-    jax.clear_caches()
-    gc.collect()
+        jax.clear_caches()
+        gc.collect()

@@ -41,6 +41,7 @@ def test_demo_writes_results_that_recover_the_truth(tmp_path, capsys):
     assert np.all((df["x_map"] >= 0) & (df["x_map"] <= 1))
 
 
+@pytest.mark.slow  # two demo runs; test_demo_writes_results_that_recover_the_truth stays
 def test_demo_refuses_to_overwrite_and_errors_are_one_line(tmp_path):
     first = _run("demo", "--out", "d", "--frames", "50", "--size", "8", cwd=tmp_path)
     assert first.returncode == 0, first.stderr

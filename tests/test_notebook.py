@@ -131,6 +131,7 @@ def test_notebook_is_stored_without_outputs(path):
         assert "execution" not in cell.get("metadata", {}), f"cell {i} has execution timings"
 
 
+@pytest.mark.slow  # NUTS inside; the real-data notebook runs by default
 def test_notebook_runs(stored, tmp_path):
     nb, text, seconds = _execute(stored, tmp_path, cwd=tmp_path)
 

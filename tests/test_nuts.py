@@ -129,6 +129,7 @@ def test_diagnose_passes_a_healthy_run_and_explains_a_poor_one(nuts_run):
     assert any("ESS" in r for r in poor.reasons)
 
 
+@pytest.mark.slow  # bit-identical seeds: tests/test_reproducible.py in the default run
 def test_same_seed_same_draws():
     sim = bayesmix.simulate(40, shape=(8, 8), noise=0.3, seed=2)
     kw = {"num_chains": 2, "seed": 11, **FAST}
@@ -139,6 +140,7 @@ def test_same_seed_same_draws():
     assert not np.array_equal(first.posterior["x"].values, other.posterior["x"].values)
 
 
+@pytest.mark.slow  # two full NUTS runs; float32 safety of the likelihood is tested directly
 def test_float32_and_float64_samplers_agree():
     sim = bayesmix.simulate(100, shape=(16, 16), noise=0.3, seed=4)
     out = {
@@ -151,6 +153,7 @@ def test_float32_and_float64_samplers_agree():
     assert np.max(np.abs(m32 - m64) / sd) < 5 * np.sqrt(2 / 600)
 
 
+@pytest.mark.slow  # 100 NUTS runs, ~3 min; make slow, make calibrate
 def test_simulation_based_calibration():
     # Talts et al. (2018): draw (sigma, x) from the prior, simulate, sample, rank the truth among
     # the draws; ranks of a correct sampler are uniform. Proper priors needed: InverseGamma.
