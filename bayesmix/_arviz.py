@@ -105,12 +105,6 @@ def to_inference_data(
     )
 
 
-def idata_model(idata: az.InferenceData) -> dict[str, Any]:
-    """The model description recorded in a NUTS run's attributes (older files: the plain
-    model)."""
-    return model_attrs(idata.attrs)
-
-
 @dataclass(frozen=True)
 class Diagnostics:
     """Convergence diagnostics of a NUTS run, with a verdict.
@@ -266,7 +260,7 @@ def nuts_table(idata: az.InferenceData, prob: float = 0.9) -> pd.DataFrame:
 
     if not is_inference_data(idata):
         raise ValueError("expected the InferenceData of bayesmix.sample (posterior 'x', 'sigma')")
-    info = idata_model(idata)
+    info = model_attrs(idata.attrs)
     post = idata.posterior
     n = post["x"].sizes["frame"]
     draws = post["x"].values.reshape(-1, n)

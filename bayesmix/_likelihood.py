@@ -32,6 +32,7 @@ __all__ = [
     "energy",
     "frame_loglik",
     "gain_centred_loglik",
+    "gain_profile",
     "loglik",
     "misfit_pvalue",
     "sse",
@@ -74,18 +75,26 @@ def gain_terms(x: jnp.ndarray, stats: GainStats) -> tuple[jnp.ndarray, ...]:
     return a, b, jnp.sum(e * e, axis=-1)
 
 
+def gain_profile(x: jnp.ndarray, stats: GainStats, sigma2: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
+    """The gain model at weights ``x`` given sigma^2: ``(ll, ghat, s, t, e2)``.
+
+    ``ll`` is the x-dependent part of the log-likelihood with g integrated out,
+    ``-log(a)/2 - e2 / (2 sigma^2) + log Phi(t)``; g given x is Normal(ghat, s^2) truncated to
+    g > 0, with ``ghat = b / a``, ``s = sigma / sqrt(a)`` and ``t = ghat / s``.
+    """
+    a, b, e2 = gain_terms(x, stats)
+    ghat = b / a
+    s = jnp.sqrt(sigma2 / a)
+    t = ghat / s
+    return -0.5 * jnp.log(a) - 0.5 * e2 / sigma2 + log_ndtr(t), ghat, s, t, e2
+
+
 @loglik.register
 def _(stats: GainStats, x: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
     # Integrating g over (0, inf) with a flat prior gives sigma sqrt(2 pi / a) Phi(b / sigma sqrt a)
     # times the likelihood at g = b / a: one power of sigma fewer.
-    a, b, e2 = gain_terms(x, stats)
-    dof = stats.n - 1.0
-    return (
-        -dof * (jnp.log(sigma) + 0.5 * _LOG_2PI)
-        - 0.5 * jnp.log(a)
-        - 0.5 * (stats.rss + e2) / sigma**2
-        + log_ndtr(b / (sigma * jnp.sqrt(a)))
-    )
+    ll = gain_profile(x, stats, sigma**2)[0]
+    return -(stats.n - 1.0) * (jnp.log(sigma) + 0.5 * _LOG_2PI) - 0.5 * stats.rss / sigma**2 + ll
 
 
 @singledispatch

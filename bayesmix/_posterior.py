@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import xlog1py, xlogy
 
-from bayesmix._likelihood import gain_terms, x_precision
+from bayesmix._likelihood import gain_profile, x_precision
 from bayesmix._precision import x64
 from bayesmix._stats import FrameStats, GainStats, bucket_size, pad_stats
 from bayesmix._truncnorm import log_ndtr, tn_moments, tn_quantile
@@ -306,18 +306,6 @@ def _grid_mode(grid, lp):
     return jnp.where((k == 0) | (k == grid.shape[0] - 1), grid[k], refined)
 
 
-def _gain_terms(x, st1: GainStats, sigma2):
-    """For one frame on a grid of x: the log-likelihood (g integrated out, x-dependent part), the
-    conditional posterior of g (mean ghat, sd s, t = ghat / s before truncation at 0) and the
-    squared misfit e2 of the direction."""
-    a, b, e2 = gain_terms(x, st1)
-    ghat = b / a
-    s = jnp.sqrt(sigma2 / a)
-    t = ghat / s
-    ll = -0.5 * jnp.log(a) - 0.5 * e2 / sigma2 + log_ndtr(t)
-    return ll, ghat, s, t, e2
-
-
 def _mills(t):
     """phi(t) / Phi(t), stable for every t."""
     return jnp.exp(-0.5 * t * t - 0.5 * np.log(2.0 * np.pi) - log_ndtr(t))
@@ -329,7 +317,7 @@ def _gain_frame(st1: GainStats, sigma2, prior):
     hi = jnp.asarray(hi, st1.rss.dtype)
 
     def logf(x):
-        return prior.log_prob(x) + _gain_terms(x, st1, sigma2)[0]
+        return prior.log_prob(x) + gain_profile(x, st1, sigma2)[0]
 
     grid, w, cdf, lp = _fitted_grid(logf, lo, hi)
     return grid, w, cdf, lp
@@ -337,7 +325,7 @@ def _gain_frame(st1: GainStats, sigma2, prior):
 
 def _gain_summary1(st1: GainStats, sigma2, prior):
     grid, w, _, lp = _gain_frame(st1, sigma2, prior)
-    _, ghat, s, t, e2 = _gain_terms(grid, st1, sigma2)
+    _, ghat, s, t, e2 = gain_profile(grid, st1, sigma2)
     mean = jnp.sum(w * grid)
     sd = jnp.sqrt(jnp.sum(w * (grid - mean) ** 2))
     lam = _mills(t)

@@ -79,10 +79,9 @@ class _View:
             self.bounds = result.prior.bounds
             self.prior = repr(result.prior)
             self.idata = None
-            self.model_name = result.model.name
-            self.model = result.model.describe()
             self.map_shape = result.map_shape
-            self.basis = result.model
+            self.model: Any = result.model
+            self.model_name = result.model.name
         else:
             self.kind = "NUTS (full posterior)"
             self.sigma = float(df.attrs["sigma"])
@@ -94,12 +93,13 @@ class _View:
             )
             self.idata = result
             info = model_attrs(result.attrs)
-            self.model = {k: info[k] for k in ("background", "gain")}
             self.map_shape = info["map_shape"]
-            bg = info["background"]
-            self.basis = None if bg == "custom" else make_model(background=bg, gain=info["gain"])
-            self.model_name = (self.basis.name if self.basis is not None else "custom background"
-                               + (" + gain" if info["gain"] else ""))  # fmt: skip
+            # A user's own basis images are not stored with the run: no model to redraw from.
+            custom = info["background"] == "custom"
+            self.model = None if custom else make_model(background=info["background"],
+                                                        gain=info["gain"])  # fmt: skip
+            self.model_name = ("custom background" + (" + gain" if info["gain"] else "")
+                               if custom else self.model.name)  # fmt: skip
         self.frame = df.index.to_numpy()
         self.center = df["mean"].to_numpy()
         self.lo = df[label(tail)].to_numpy()
@@ -268,9 +268,9 @@ def _residual_html(v: _View, frames: Any, ref_a: Any, ref_b: Any, mask: Any) -> 
     g = np.ones_like(v.center) if v.gain is None else v.gain
     fitted = float(np.mean(g * v.center)) * a + float(np.mean(g * (1.0 - v.center))) * b
     if v.background is not None:
-        if v.basis is None:
+        if v.model is None:
             return "<p>Not drawn: the fit used background images that the report was not given."
-        basis = v.basis.basis(shape).reshape(v.background.shape[1], -1)
+        basis = v.model.basis(shape).reshape(v.background.shape[1], -1)
         fitted = fitted + v.background.mean(axis=0) @ basis
     with np.errstate(invalid="ignore", divide="ignore"):
         resid = total / count - fitted

@@ -218,24 +218,28 @@ def _masked_row(y, c, d):
     return n, dd, delta, rss, ninf
 
 
+@nb.njit(cache=True, inline="always")
+def _row(y2d, i, pixels, buf):
+    """Row ``i`` of the stack: a view, or its masked pixels gathered into ``buf``."""
+    if pixels.shape[0] == 0:
+        return y2d[i]
+    for j in range(buf.shape[0]):
+        buf[j] = y2d[i, pixels[j]]
+    return buf
+
+
 # fastmath here too: inlined helpers are compiled with their caller's flags.
 @nb.njit(parallel=True, fastmath=_FASTMATH, cache=True, nogil=True)
 def _stats_kernel(y2d, pixels, c, d, dd, xhat, rss, ddo, n, ninf):
     """Fill the per-frame outputs for the rows of ``y2d`` (shape (m, P_all))."""
     m = y2d.shape[0]
     p = c.shape[0]
-    gather = pixels.shape[0] > 0
     ntasks = (m + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
     for t in nb.prange(ntasks):
         buf = np.empty(p, dtype=y2d.dtype)
         delta_w = np.empty(1, dtype=c.dtype)  # delta rounded to the row's dtype
         for i in range(t * _ROWS_PER_TASK, min((t + 1) * _ROWS_PER_TASK, m)):
-            if gather:
-                for j in range(p):
-                    buf[j] = y2d[i, pixels[j]]
-                row = buf
-            else:
-                row = y2d[i]
+            row = _row(y2d, i, pixels, buf)
             s, q = _sweep(row, c, d)
             if np.isfinite(s) and np.isfinite(q):
                 delta = s / dd
@@ -301,7 +305,6 @@ def _basis_kernel(y2d, pixels, c, q, proj, rss, n, ninf):
     m = y2d.shape[0]
     p = c.shape[0]
     nb_ = q.shape[0]
-    gather = pixels.shape[0] > 0
     ntasks = (m + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
     for t in nb.prange(ntasks):
         buf = np.empty(p, dtype=y2d.dtype)
@@ -309,12 +312,7 @@ def _basis_kernel(y2d, pixels, c, q, proj, rss, n, ninf):
         coef = np.empty(nb_, dtype=q.dtype)
         acc = np.empty(nb_)
         for i in range(t * _ROWS_PER_TASK, min((t + 1) * _ROWS_PER_TASK, m)):
-            if gather:
-                for j in range(p):
-                    buf[j] = y2d[i, pixels[j]]
-                row = buf
-            else:
-                row = y2d[i]
+            row = _row(y2d, i, pixels, buf)
             finite = True
             for j in range(p):
                 if not np.isfinite(row[j]):
