@@ -68,6 +68,18 @@ class Stack(NamedTuple):
     pixels: np.ndarray | None  #: flat indices of the pixels kept by the mask, or None for all
     frame_shape: tuple[int, ...]  #: S
     dtype: np.dtype  #: float dtype the pass computes in (float32 or float64)
+    more_refs: np.ndarray | None = None  #: float64, shape (K - 2, P): references beyond A, B
+
+    @property
+    def refs(self) -> np.ndarray:
+        """All K references on the selected pixels, float64 of shape (K, P)."""
+        more = () if self.more_refs is None else tuple(self.more_refs)
+        return np.stack([self.ref_a, self.ref_b, *more])
+
+    @property
+    def n_refs(self) -> int:
+        """K, the number of references."""
+        return 2 if self.more_refs is None else 2 + int(self.more_refs.shape[0])
 
 
 def work_dtype(dtype: np.dtype) -> np.dtype:
@@ -111,15 +123,25 @@ def _reference(name: str, value: Any) -> np.ndarray:
     return ref
 
 
-def prepare(frames: Any, ref_a: Any, ref_b: Any, mask: Any = None) -> Stack:
+def prepare(
+    frames: Any, ref_a: Any, ref_b: Any, mask: Any = None, more_refs: tuple[Any, ...] = ()
+) -> Stack:
     """Validate the inputs of a fit and return a :class:`Stack`.
 
+    ``more_refs`` are the references beyond ``ref_a`` and ``ref_b`` (K >= 3).
     Raises ``ValueError`` with what was expected, what was received and how to fix it.
     """
     a = _reference("ref_a", ref_a)
     b = _reference("ref_b", ref_b)
     if a.shape != b.shape:
         raise ValueError(f"ref_a and ref_b must have the same shape, got {a.shape} and {b.shape}")
+    more = [_reference(f"reference {k + 3}", r) for k, r in enumerate(more_refs)]
+    for k, r in enumerate(more):
+        if r.shape != a.shape:
+            raise ValueError(
+                f"all references must have the same shape: ref_a has {a.shape}, reference "
+                f"{k + 3} has {r.shape}"
+            )
     if isinstance(frames, Iterator):
         frames = ChunkStream(frames)
     elif not isinstance(frames, ChunkStream):
@@ -150,14 +172,16 @@ def prepare(frames: Any, ref_a: Any, ref_b: Any, mask: Any = None) -> Stack:
             pixels = np.flatnonzero(m)
     a = a.reshape(-1)
     b = b.reshape(-1)
+    rest = np.stack([r.reshape(-1) for r in more]) if more else None
     if pixels is not None:
         a, b = a[pixels], b[pixels]
+        rest = None if rest is None else rest[:, pixels]
     if not np.any(a != b):
         raise ValueError(
             "ref_a and ref_b are identical on the selected pixels, so the mixing weight is not "
             "identifiable; check that two different references were passed"
         )
-    return Stack(frames, a, b, pixels, shape[1:], work_dtype(frames.dtype))
+    return Stack(frames, a, b, pixels, shape[1:], work_dtype(frames.dtype), rest)
 
 
 def spectral_frames(

@@ -37,9 +37,11 @@ from bayesmix._model import MixingModel, make_model
 from bayesmix._posterior import posterior_method
 from bayesmix._precision import x64
 from bayesmix._results import MapResult
+from bayesmix._simplex import fit_simplex, simplex_mode
 from bayesmix._stats import (
     BasisStats,
     FrameStats,
+    SimplexStats,
     basis_stats_from_stack,
     bucket_size,
     pad_stats,
@@ -191,6 +193,9 @@ def fit_map_stats(
     device: str | None = None,
     model: MixingModel | None = None,
     map_shape: tuple[int, ...] | None = None,
+    ref_names: Any = None,
+    draws: int = 400,
+    seed: int = 0,
 ) -> MapResult:
     """:func:`fit_map` on precomputed per-frame statistics.
 
@@ -209,8 +214,9 @@ def fit_map_stats(
     True
     """
     if model is None:
+        k = int(np.shape(stats.w)[1]) if isinstance(stats, (BasisStats, SimplexStats)) else 2
         model = make_model(prior=prior, sigma_prior=sigma_prior, background=background,
-                           gain=gain)  # fmt: skip
+                           gain=gain, n_refs=k, ref_names=ref_names)  # fmt: skip
     _check_options(model, sigma, sigma_method, max_iter, tol)
     if isinstance(stats, BasisStats):
         kind = model.describe()["background"]
@@ -224,12 +230,13 @@ def fit_map_stats(
                 f"background is {kind!r}; pass the background= the statistics were made with"
             )
     return _fit(stats, model=model, sigma=sigma, sigma_method=sigma_method, max_iter=max_iter,
-                tol=tol, frame=frame, device=device, map_shape=map_shape)  # fmt: skip
+                tol=tol, frame=frame, device=device, map_shape=map_shape, draws=draws,
+                seed=seed)  # fmt: skip
 
 
 def _check_stats(stats: Any) -> None:
     """The statistics a user passes to ``fit_map_stats``: finite, and in their ranges."""
-    if not isinstance(stats, (FrameStats, BasisStats)):
+    if not isinstance(stats, (FrameStats, BasisStats, SimplexStats)):
         raise ValueError(
             "stats must be the FrameStats of bayesmix.frame_stats (or BasisStats of a model "
             f"pass), got {type(stats).__name__}"
@@ -255,18 +262,96 @@ def _check_stats(stats: Any) -> None:
         raise ValueError("stats.dd must be > 0 (||A - B||^2 over each frame's pixels)")
 
 
-def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map_shape=None):
+def _simplex_sigma2(stats: SimplexStats, model: MixingModel, sigma, sigma_method, max_iter,
+                    tol) -> tuple[float, int, bool]:  # fmt: skip
+    """sigma^2 for K >= 3: given, REML ('marginal'), or the joint mode with the MAP weights."""
+    if sigma is not None:
+        return float(sigma) ** 2, 0, True
+    ig_a, ig_b = model.sigma_prior.ig_params
+    rss = float(np.sum(stats.rss))
+    if sigma_method == "marginal":
+        dof = float(np.sum(stats.dof_residual))
+        return (rss + 2.0 * ig_b) / (dof + 2.0 * ig_a + 1.0), 1, True
+    alpha = model.prior.concentrations
+    n_tot = float(np.sum(stats.n))
+    s2 = rss / max(float(np.sum(stats.dof_residual)), 1.0)
+    for it in range(1, int(max_iter) + 1):
+        x, _ = simplex_mode(jnp.asarray(stats.w), jnp.asarray(stats.chol), jnp.asarray(alpha),
+                            jnp.float64(s2), newton=bool(np.any(alpha > 1)))  # fmt: skip
+        d = np.asarray(x) - stats.w
+        q = np.einsum("nij,nj->ni", stats.chol, d)
+        new = (rss + float(np.sum(q * q)) + 2.0 * ig_b) / (n_tot + 2.0 * ig_a + 1.0)
+        done = abs(new - s2) <= tol * new
+        s2 = new
+        if done:
+            return s2, it, True
+    return s2, int(max_iter), False
+
+
+def _fit_simplex(stats: SimplexStats, *, model, sigma, sigma_method, max_iter, tol, frame,
+                 device, map_shape, draws, seed, basis) -> MapResult:  # fmt: skip
+    """K >= 3 references: sigma, then the exact MAP and the sampled summaries given it."""
+    if sigma is None and isinstance(model.sigma_prior, Jeffreys) and np.sum(stats.dof_residual) < 1:
+        raise ValueError(
+            f"the noise scale cannot be learned: no frame has more valid pixels than the model's "
+            f"{model.n_refs} references and background terms; pass sigma= or "
+            "sigma_prior=InverseGamma(...)"
+        )
+    with on_device(device) as devices, x64():
+        s2, it, converged = _simplex_sigma2(stats, model, sigma, sigma_method, max_iter, tol)
+        fit = fit_simplex(np.asarray(stats.w, np.float64), np.asarray(stats.chol, np.float64),
+                          model.prior.concentrations, s2, draws=draws, seed=seed)  # fmt: skip
+    background = None
+    if basis is not None and basis.n_background:
+        background = basis.bg + np.einsum("kpi,ki->kp", basis.bg_sens, fit.mean - basis.w)
+    return MapResult(
+        x=fit.x, mean=fit.mean, sd=fit.sd, sigma=float(np.sqrt(s2)), r2=stats.r2,
+        at_bound=fit.at_bound, stats=stats, prior=model.prior, sigma_prior=model.sigma_prior,
+        sigma_fixed=sigma is not None, n_iter=it, converged=converged,
+        frame=None if frame is None else np.asarray(frame),
+        device=f"{devices[0].platform}:{len(devices)}", model=model, background=background,
+        map_shape=None if map_shape is None else tuple(int(v) for v in map_shape),
+        simplex=fit, seed=int(seed), n_draws=int(draws),
+    )  # fmt: skip
+
+
+def _check_sampler(draws: Any, seed: Any) -> None:
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 100:
+        raise ValueError(
+            f"draws must be an integer >= 100 (Gibbs draws per frame for K >= 3 references), "
+            f"got {draws!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map_shape=None,
+         draws=400, seed=0):  # fmt: skip
     """The fast path on the statistics; its warnings point at the caller of a public function."""
     _check_stats(stats)
+    _check_sampler(draws, seed)
     prior, sigma_prior = model.prior, model.sigma_prior
     basis = stats if isinstance(stats, BasisStats) else None
     if basis is not None:
+        if basis.n_refs != model.n_refs:
+            raise ValueError(
+                f"stats hold {basis.n_refs} references but the model has {model.n_refs}; pass "
+                "the same references the statistics were made with"
+            )
         stats = reduce_stats(basis, gain=model.gain)
     elif model.gain:
         raise ValueError(
             "gain=True needs the statistics of the model's basis (BasisStats), not FrameStats; "
             "call fit_map(frames, ref_a, ref_b, gain=True)"
         )
+    if isinstance(stats, SimplexStats):
+        if frame is not None and len(frame) != stats.n_frames:
+            raise ValueError(f"frame labels must have length {stats.n_frames}, got {len(frame)}")
+        if map_shape is not None and int(np.prod(map_shape)) != stats.n_frames:
+            raise ValueError(f"map_shape {map_shape} does not hold {stats.n_frames} frames")
+        return _fit_simplex(stats, model=model, sigma=sigma, sigma_method=sigma_method,
+                            max_iter=max_iter, tol=tol, frame=frame, device=device,
+                            map_shape=map_shape, draws=draws, seed=seed, basis=basis)  # fmt: skip
     n_frames = stats.n_frames
     if frame is not None and len(frame) != n_frames:
         raise ValueError(f"frame labels must have length {n_frames}, got {len(frame)}")
@@ -380,7 +465,7 @@ def fit_map(
     frames: Any,
     ref_a: Any,
     ref_b: Any,
-    *,
+    *more_refs: Any,
     prior: XPrior | None = None,
     sigma_prior: SigmaPrior | None = None,
     sigma: float | None = None,
@@ -394,6 +479,9 @@ def fit_map(
     max_iter: int = 1000,
     tol: float = 1e-8,
     device: str | None = None,
+    ref_names: Any = None,
+    draws: int = 400,
+    seed: int = 0,
 ) -> MapResult:
     """Estimate every frame's mixing weight: MAP with exact per-frame posterior given sigma.
 
@@ -409,8 +497,12 @@ def fit_map(
         converted; NaN pixels are left out of their frame.
     ref_a, ref_b : array, shape S
         Reference frames; ``x`` is the weight of ``ref_a``.
-    prior : TruncatedNormal, Uniform or Beta, optional
-        Prior on each weight. Default ``TruncatedNormal(0.55, 0.15, 0.0, 1.0)``.
+    *more_refs : array, shape S
+        More references: with K >= 3 references the weights of all K are a point of the simplex
+        (see Notes) and ``res.x``, ``res.mean``, ``res.sd`` have shape (N, K).
+    prior : TruncatedNormal, Uniform, Beta or Dirichlet, optional
+        Prior on each weight. Default ``TruncatedNormal(0.55, 0.15, 0.0, 1.0)`` for two
+        references, ``Dirichlet(1)`` (flat on the simplex) for K >= 3.
     sigma_prior : Jeffreys or InverseGamma, optional
         Prior on the noise scale. Default ``Jeffreys()`` (:math:`p(\\sigma) \\propto 1/\\sigma`).
     sigma : float, optional
@@ -452,6 +544,12 @@ def fit_map(
     device : {'cpu', 'gpu'}, optional
         Where the inference runs; default JAX's default device. A GPU that JAX cannot see is an
         error. With several devices of the platform, the frames are sharded across them.
+    ref_names : sequence of str, optional
+        K >= 3: a name per reference for the results' columns (default A, B, C, ...).
+    draws, seed : int
+        K >= 3: Gibbs draws per frame for the posterior mean, sd and quantiles, and the seed of
+        the sampler (the same seed gives the same numbers). Frames whose posterior is a Gaussian
+        well inside the simplex (flat prior) are summarised in closed form instead.
 
     Returns
     -------
@@ -484,6 +582,13 @@ def fit_map(
             + \\frac{b^2}{2 \\sigma^2 a} + \\log \\Phi\\Big(\\frac{b}{\\sigma \\sqrt a}\\Big)
             + \\mathrm{const}.
 
+    With K >= 3 references and no gain, x's posterior given sigma is a Gaussian of precision
+    :math:`M^T M / \\sigma^2` restricted to the simplex, times the Dirichlet prior: the MAP is an
+    exact quadratic programme per frame (faces of the simplex enumerated), the mean, sd and
+    quantiles come from an exact Gibbs sampler run for all frames at once (its Monte Carlo error
+    in ``res.mc_se``), and sigma is the restricted (REML) estimate from the residuals (see
+    :mod:`bayesmix._simplex`).
+
     Examples
     --------
     >>> import bayesmix
@@ -495,11 +600,14 @@ def fit_map(
     >>> bool(0.85 < ((lo <= sim.x) & (sim.x <= hi)).mean() < 0.95)
     True
     """
-    model = make_model(prior=prior, sigma_prior=sigma_prior, background=background, gain=gain)
+    model = make_model(prior=prior, sigma_prior=sigma_prior, background=background, gain=gain,
+                       n_refs=2 + len(more_refs), ref_names=ref_names)  # fmt: skip
     _check_options(model, sigma, sigma_method, max_iter, tol)
+    _check_sampler(draws, seed)
     frames, map_shape = spectral_frames(frames, spectral_axis, ref_a)
-    stack = prepare(frames, ref_a, ref_b, mask)
+    stack = prepare(frames, ref_a, ref_b, mask, more_refs)
     stats = _stats_for(stack, model, chunk_size=chunk_size, memory_limit=memory_limit,
                        stacklevel=2)  # fmt: skip
     return _fit(stats, model=model, sigma=sigma, sigma_method=sigma_method, max_iter=max_iter,
-                tol=tol, frame=None, device=device, map_shape=map_shape)  # fmt: skip
+                tol=tol, frame=None, device=device, map_shape=map_shape, draws=draws,
+                seed=seed)  # fmt: skip

@@ -65,6 +65,10 @@ class MixingModel:
     gain : bool
         A per-frame positive amount or exposure ``g_i`` multiplying the mixture, integrated out
         exactly (flat prior on ``g > 0``).
+    n_refs : int
+        K, the number of references (2: the weight ``x`` of A; K >= 3: weights on the simplex).
+    ref_names : tuple of str
+        A name per reference, for the results' columns and the ``reference`` dimension.
     noise : {'gaussian'}
         The pixel noise model: i.i.d. Gaussian with one scale sigma.
     prior, sigma_prior
@@ -85,11 +89,21 @@ class MixingModel:
     noise: str = "gaussian"
     prior: XPrior = field(default=None)  # type: ignore[assignment]
     sigma_prior: SigmaPrior = field(default=None)  # type: ignore[assignment]
+    n_refs: int = 2
+    ref_names: tuple[str, ...] = ("A", "B")
 
     @property
     def is_plain(self) -> bool:
         """The two-reference model of the first release: no background, no gain."""
-        return isinstance(self.background, str) and self.background == "none" and not self.gain
+        return (
+            isinstance(self.background, str) and self.background == "none" and not self.gain
+            and self.n_refs == 2
+        )  # fmt: skip
+
+    @property
+    def is_simplex(self) -> bool:
+        """K >= 3 references: the weights are a point of the simplex, one per reference."""
+        return self.n_refs > 2
 
     def basis_size(self, frame_shape: tuple[int, ...]) -> int:
         """P, the number of background basis images for frames of ``frame_shape``."""
@@ -124,6 +138,9 @@ class MixingModel:
         out: dict[str, Any] = {"background": bg, "gain": bool(self.gain), "noise": self.noise}
         if not isinstance(self.background, str):
             out["background_terms"] = int(self.background.shape[0])
+        if self.is_simplex:
+            out["n_refs"] = self.n_refs
+            out["references"] = list(self.ref_names)
         return out
 
     @property
@@ -135,6 +152,8 @@ class MixingModel:
             parts.append(f"{bg} background")
         if self.gain:
             parts.append("gain")
+        if self.is_simplex:
+            parts.insert(0, f"{self.n_refs} references")
         return " + ".join(parts) if parts else "two references"
 
 
@@ -173,39 +192,82 @@ def make_model(
     noise: str = "gaussian",
     prior: XPrior | None = None,
     sigma_prior: SigmaPrior | None = None,
+    n_refs: int = 2,
+    ref_names: tuple[str, ...] | None = None,
 ) -> MixingModel:
     """A validated :class:`MixingModel` (every option checked before any work)."""
     if not isinstance(gain, (bool, np.bool_)):
         raise ValueError(f"gain must be True or False, got {gain!r}")
     if noise not in NOISES:
         raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+    n_refs = int(n_refs)
+    if n_refs > 2 and gain:
+        raise ValueError(
+            f"gain=True with {n_refs} references is not supported yet: the gain model is exact "
+            "for two references; fit K >= 3 references without gain (a background is fine)"
+        )
+    names = ref_names_for(n_refs, ref_names)
     return MixingModel(
         background=_check_background(background),
         gain=bool(gain),
         noise=noise,
-        prior=check_prior(prior),
+        prior=check_prior(prior, n_refs),
         sigma_prior=check_sigma_prior(sigma_prior),
+        n_refs=n_refs,
+        ref_names=names,
     )
 
 
+def ref_names_for(n_refs: int, names: Any = None) -> tuple[str, ...]:
+    """Names of K references: the ones given (unique, non-empty), or A, B, C, ..."""
+    if names is None:
+        return tuple(chr(ord("A") + k) if k < 26 else f"R{k}" for k in range(n_refs))
+    names = tuple(str(v) for v in names)
+    if len(names) != n_refs or len(set(names)) != n_refs or not all(names):
+        raise ValueError(
+            f"reference names must be {n_refs} distinct non-empty strings, got {names!r}"
+        )
+    return names
+
+
 def check_design(
-    model: MixingModel, ref_a: np.ndarray, ref_b: np.ndarray, frame_shape: tuple[int, ...],
+    model: MixingModel, refs: np.ndarray, frame_shape: tuple[int, ...],
     pixels: np.ndarray | None,
 ) -> np.ndarray:  # fmt: skip
-    """The model's design matrix on the selected pixels, float64 of shape (P + 2, n), background
-    first, then A and B; raises when the model cannot be identified from these pixels."""
+    """The model's design matrix on the selected pixels, float64 of shape (P + K, n), background
+    first, then the K references; raises when the model cannot be identified from these
+    pixels."""
     n_px = int(np.prod(frame_shape))
     basis = model.basis(frame_shape).reshape(model.basis_size(frame_shape), n_px)
     if pixels is not None:
         basis = basis[:, pixels]
-    design = np.vstack([basis, ref_a[None], ref_b[None]])
+    refs = np.asarray(refs, np.float64)
+    k = refs.shape[0]
+    if k != model.n_refs:
+        raise ValueError(f"the model has {model.n_refs} references, got {k} reference frames")
+    design = np.vstack([basis, refs])
     n_par, n = design.shape
     if n_par >= n:
         raise ValueError(
-            f"the model has {n_par} linear terms ({n_par - 2} background + 2 references) but a "
-            f"frame has only {n} pixels: nothing would be left to measure the noise; use a "
-            "simpler background or more pixels per frame"
+            f"the model has {n_par} linear terms ({n_par - k} background + {k} references) but "
+            f"a frame has only {n} pixels: nothing would be left to measure the noise; use "
+            "fewer references, a simpler background or more pixels per frame"
         )
+    if k > 2:
+        if np.linalg.matrix_rank(refs) < k:
+            raise ValueError(
+                f"the {k} references are linearly dependent on the selected pixels (one is a "
+                "combination of the others), so their weights are not identifiable; drop the "
+                "redundant reference"
+            )
+        if np.linalg.matrix_rank(design) < n_par:
+            raise ValueError(
+                "the background basis explains a combination of the references (the design "
+                "[background, references] is linearly dependent): the weights are not "
+                "identifiable; use a background basis that does not contain the references"
+            )
+        return design
+    ref_a, ref_b = refs
     if n_par > 2:
         bg = design[:-2]
         if np.linalg.matrix_rank(bg) < bg.shape[0]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from bayesmix._model import MixingModel, make_model
 from bayesmix._posterior import posterior_quantiles
-from bayesmix._schema import MAP_DIMS, frame_table
+from bayesmix._schema import MAP_DIMS, REF_VARS, frame_table, simplex_table
 from bayesmix._stats import FrameStats
 from bayesmix.priors import SigmaPrior, XPrior, prior_spec
 
@@ -76,6 +76,10 @@ class MapResult:
     map_shape : tuple of int, or None
         For a spectrum image (``spectral_axis=``): the map's shape; frames are its pixels in
         row-major order.
+    simplex : SimplexFit or None
+        K >= 3 references: the sampler's output behind ``mean``, ``sd`` and the quantiles;
+        ``x``, ``mean`` and ``sd`` then have shape (N, K), one column per reference, and
+        ``mc_se`` (N, K) is the Monte Carlo error of ``mean``.
     """
 
     x: np.ndarray
@@ -97,6 +101,9 @@ class MapResult:
     gain_sd: np.ndarray | None = field(default=None, repr=False)
     background: np.ndarray | None = field(default=None, repr=False)
     map_shape: tuple[int, ...] | None = None
+    simplex: Any = field(default=None, repr=False)
+    seed: int = 0
+    n_draws: int = 0
 
     def __post_init__(self) -> None:
         if self.frame is None:
@@ -110,6 +117,28 @@ class MapResult:
     def n_frames(self) -> int:
         """Number of frames N."""
         return int(self.x.shape[0])
+
+    @property
+    def n_refs(self) -> int:
+        """K, the number of references."""
+        return 2 if self.simplex is None else int(self.x.shape[1])
+
+    @property
+    def ref_names(self) -> tuple[str, ...]:
+        """A name per reference (the columns of ``weights``)."""
+        return tuple(self.model.ref_names)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """MAP weights of every reference, shape (N, K), on the simplex (K = 2: ``(x, 1 - x)``)."""
+        if self.simplex is not None:
+            return self.x
+        return np.stack([self.x, 1.0 - self.x], axis=1)
+
+    @property
+    def mc_se(self) -> np.ndarray | None:
+        """K >= 3: Monte Carlo standard error of ``mean``, shape (N, K) (0 where closed form)."""
+        return None if self.simplex is None else self.simplex.mc_se
 
     @property
     def sigma_sd(self) -> float:
@@ -128,12 +157,29 @@ class MapResult:
 
         Returns
         -------
-        ndarray, shape (N, K)
+        ndarray, shape (N, Q); with K >= 3 references (N, K, Q)
         """
         qs = np.atleast_1d(np.asarray(q, np.float64))
         if qs.ndim != 1 or not np.all((qs > 0) & (qs < 1)):
             raise ValueError(f"quantile probabilities must lie in (0, 1), got {q!r}")
+        if self.simplex is not None:
+            return self._simplex_quantiles(qs)
         return posterior_quantiles(self.prior, self.stats, self.sigma, qs)
+
+    def _simplex_quantiles(self, qs: np.ndarray) -> np.ndarray:
+        """Quantiles of the K weights: kept from the fit, or the same chains (same seed) rerun."""
+        fit = self.simplex
+        have = {q: i for i, q in enumerate(fit.qs)}
+        if all(float(q) in have for q in qs):
+            return fit.quantiles[..., [have[float(q)] for q in qs]]
+        from bayesmix._precision import x64
+        from bayesmix._simplex import fit_simplex
+
+        with x64():
+            again = fit_simplex(np.asarray(self.stats.w), np.asarray(self.stats.chol),
+                                self.prior.concentrations, fit.sigma2, draws=self.n_draws,
+                                seed=self.seed, qs=tuple(float(q) for q in qs))  # fmt: skip
+        return again.quantiles
 
     def interval(self, prob: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
         """Equal-tailed posterior interval of each weight given sigma.
@@ -147,14 +193,22 @@ class MapResult:
 
         Returns
         -------
-        lo, hi : ndarray, shape (N,)
+        lo, hi : ndarray, shape (N,); (N, K) with K >= 3 references
         """
         prob = _check_prob(prob)
         tail = 0.5 * (1.0 - prob)
         qs = self.quantiles([tail, 1.0 - tail])
-        return qs[:, 0], qs[:, 1]
+        return qs[..., 0], qs[..., 1]
 
     def _table(self, prob: float) -> pd.DataFrame:
+        if self.simplex is not None:
+            lo, hi = self.interval(prob)
+            return simplex_table(
+                frame=self.frame, names=self.ref_names, x_map=self.x, mean=self.mean,
+                sd=self.sd, lo=lo, hi=hi, prob=prob, mc_se=self.mc_se, at_bound=self.at_bound,
+                stats=self.stats, sigma=self.sigma, n_background=self.n_background,
+                background=self.background, map_shape=self.map_shape,
+            )  # fmt: skip
         lo, hi = self.interval(prob)
         return frame_table(
             frame=self.frame, x_map=self.x, mean=self.mean, sd=self.sd, lo=lo, hi=hi, prob=prob,
@@ -200,6 +254,8 @@ class MapResult:
         import xarray as xr
 
         df = self._table(_check_prob(prob))
+        if self.simplex is not None:
+            return self._simplex_xarray(df)
         if self.map_shape is None:
             ds = xr.Dataset({k: ("frame", df[k].to_numpy()) for k in df.columns},
                             coords={"frame": self.frame})  # fmt: skip
@@ -211,6 +267,39 @@ class MapResult:
             ds = xr.Dataset(
                 {k: (dims, df[k].to_numpy().reshape(shape)) for k in keep}, coords=coords
             )
+            ds["frame"] = (dims, np.asarray(self.frame).reshape(shape))
+        ds.attrs.update(clean_attrs(self._attrs()))
+        return ds
+
+    def _simplex_xarray(self, df: pd.DataFrame) -> xr.Dataset:
+        """K >= 3: per-reference variables with dims (frame, reference) (or (y, x, reference))."""
+        import xarray as xr
+
+        names = list(self.ref_names)
+        if self.map_shape is None:
+            dims: tuple[str, ...] = ("frame",)
+            shape: tuple[int, ...] = (self.n_frames,)
+            coords: dict[str, Any] = {"frame": self.frame}
+        else:
+            shape = self.map_shape
+            dims = MAP_DIMS if len(shape) == 2 else tuple(f"map_{k}" for k in range(len(shape)))
+            coords = {d: np.arange(n) for d, n in zip(dims, shape, strict=True)}
+        per_ref = {}
+        taken = set()
+        quantile_vars = tuple(c.rsplit("_", 1)[0] for c in df.columns
+                              if c.startswith("q") and c.endswith("_" + names[0]))  # fmt: skip
+        for var in REF_VARS + quantile_vars:
+            cols = [f"{var}_{r}" for r in names]
+            if var in taken or not all(c in df.columns for c in cols):
+                continue
+            taken.add(var)
+            taken.update(cols)
+            per_ref[var] = ((*dims, "reference"),
+                            np.stack([df[c].to_numpy() for c in cols], -1).reshape(*shape, -1))
+        rest = {c: (dims, df[c].to_numpy().reshape(shape)) for c in df.columns
+                if c not in taken and not c.endswith("_index")}  # fmt: skip
+        ds = xr.Dataset({**per_ref, **rest}, coords={**coords, "reference": names})
+        if self.map_shape is not None:
             ds["frame"] = (dims, np.asarray(self.frame).reshape(shape))
         ds.attrs.update(clean_attrs(self._attrs()))
         return ds
@@ -230,11 +319,30 @@ class MapResult:
             **self.model.describe(),
             "n_background": self.n_background,
             **({} if self.map_shape is None else {"map_shape": list(self.map_shape)}),
+            **({} if self.simplex is None else {"draws": self.n_draws, "seed": self.seed}),
             "bayesmix_version": __version__,
         }
 
     def summary(self) -> str:
         """A few lines for a terminal: sigma, the range of x, the flags."""
+        if self.simplex is not None:
+            med = np.median(self.mean, axis=0)
+            sds = np.median(self.sd, axis=0)
+            return "\n".join([
+                f"MapResult: {self.n_frames} frames, {self.n_refs} references, "
+                f"sigma = {self.sigma:.6g}" + ("" if self.sigma_fixed else
+                                              f" +/- {self.sigma_sd:.2g}"),
+                *(f"  {r}: mean weight median {m:.4f}, posterior sd median {v:.4g}"
+                  for r, m, v in zip(self.ref_names, med, sds, strict=True)),
+                f"  frames with a weight at 0 (MAP on a face): {int(self.at_bound.sum())}; "
+                f"R^2 median {np.median(self.r2):.4f}",
+                "  Monte Carlo error / sd: max "
+                f"{np.max(self.mc_se / np.maximum(self.sd, 1e-300)):.3f}"
+                f" ({self.n_draws} Gibbs draws on {int(self.simplex.sampled.sum())} frames)",
+                f"  prior: {self.prior!r}",
+                f"  model: {self.model.name}"
+                + ("" if self.map_shape is None else f"; map {self.map_shape}"),
+            ])  # fmt: skip
         lines = [
             f"MapResult: {self.n_frames} frames, sigma = {self.sigma:.6g}"
             + ("" if self.sigma_fixed else f" +/- {self.sigma_sd:.2g}"),

@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bayesmix._likelihood import misfit_pvalue
-from bayesmix._stats import FrameStats, GainStats
+from bayesmix._stats import FrameStats, GainStats, SimplexStats
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
     "MAP_DIMS",
+    "REF_VARS",
+    "simplex_table",
     "frame_table",
     "label",
     "map_coords",
@@ -69,6 +71,82 @@ def _(stats: GainStats, n_background: int = 0) -> dict[str, np.ndarray]:
     out["rss"] = np.asarray(stats.rss, np.float64)
     out["n_pixels"] = np.asarray(stats.n, np.int64) + int(n_background)
     return out
+
+
+@stats_columns.register
+def _(stats: SimplexStats, n_background: int = 0) -> dict[str, np.ndarray]:
+    k = stats.n_refs
+    w, chol = np.asarray(stats.w, np.float64), np.asarray(stats.chol, np.float64)
+    out = {f"w_{i}": w[:, i] for i in range(k)}
+    out.update({f"m_{i}_{j}": chol[:, i, j] for i in range(k) for j in range(i, k)})
+    out["rss"] = np.asarray(stats.rss, np.float64)
+    out["n_pixels"] = np.asarray(stats.n, np.int64) + int(n_background)
+    return out
+
+
+def simplex_stats_from_columns(cols: Mapping[str, Any], *, n_refs: int,
+                               n_background: int) -> SimplexStats:  # fmt: skip
+    """The inverse of :func:`stats_columns` for K >= 3 references."""
+    k = n_refs
+    need = [f"w_{i}" for i in range(k)] + [f"m_{i}_{j}" for i in range(k) for j in range(i, k)]
+    missing = [c for c in [*need, "rss", "n_pixels"] if c not in cols]
+    if missing:
+        raise ValueError(f"the statistics columns {missing} are missing")
+    w = np.stack([np.asarray(cols[f"w_{i}"], np.float64) for i in range(k)], axis=1)
+    chol = np.zeros((len(w), k, k))
+    for i in range(k):
+        for j in range(i, k):
+            chol[:, i, j] = np.asarray(cols[f"m_{i}_{j}"], np.float64)
+    n = np.asarray(cols["n_pixels"]).astype(np.int64) - int(n_background)
+    return SimplexStats(w=w, chol=chol, rss=np.asarray(cols["rss"], np.float64), n=n)
+
+
+#: Per-reference variables of a K >= 3 table (columns ``{var}_{reference}``).
+REF_VARS = ("x_map", "mean", "sd", "mc_se")
+
+
+def simplex_table(
+    *,
+    frame: np.ndarray,
+    names: tuple[str, ...],
+    x_map: np.ndarray,
+    mean: np.ndarray,
+    sd: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    prob: float,
+    mc_se: np.ndarray | None,
+    at_bound: np.ndarray,
+    stats: SimplexStats,
+    sigma: float,
+    n_background: int = 0,
+    background: np.ndarray | None = None,
+    map_shape: tuple[int, ...] | None = None,
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """One row per frame for K >= 3 references: per reference ``r`` the columns ``x_map_r``,
+    ``mean_r``, ``sd_r``, the interval (``q05_r``, ``q95_r`` for 0.9) and ``mc_se_r``; then the
+    background, ``r2``, ``at_bound`` (the MAP has a weight at 0), ``misfit_p``, the statistics,
+    then ``extra`` (e.g. NUTS' ``rhat_r``)."""
+    import pandas as pd
+
+    tail = 0.5 * (1.0 - prob)
+    cols: dict[str, np.ndarray] = dict(map_coords(map_shape, len(x_map)))
+    per = {"x_map": x_map, "mean": mean, "sd": sd, label(tail): lo, label(1.0 - tail): hi}
+    if mc_se is not None:
+        per["mc_se"] = mc_se
+    for var, values in per.items():
+        for i, r in enumerate(names):
+            cols[f"{var}_{r}"] = np.asarray(values)[:, i]
+    if background is not None:
+        for k in range(np.shape(background)[1]):
+            cols[f"background_{k}"] = np.asarray(background)[:, k]
+    cols["r2"] = np.asarray(stats.r2)
+    cols["at_bound"] = np.asarray(at_bound, bool)
+    cols["misfit_p"] = misfit_pvalue(stats, sigma)
+    cols.update(stats_columns(stats, n_background))
+    cols.update(extra or {})
+    return pd.DataFrame(cols, index=pd.Index(np.asarray(frame), name="frame"))
 
 
 def stats_from_columns(

@@ -35,6 +35,7 @@ __all__ = [
     "BasisStats",
     "FrameStats",
     "GainStats",
+    "SimplexStats",
     "basis_stats_from_stack",
     "bucket_size",
     "frame_stats",
@@ -126,6 +127,51 @@ class GainStats(NamedTuple):
         return np.asarray(self.n, np.float64) - 2.0
 
 
+class SimplexStats(NamedTuple):
+    """Per-frame statistics of K >= 3 references (any background integrated out), shape (N, ...).
+
+    The all-pixel likelihood of the weights ``x`` (a point of the simplex) is
+
+    .. math::
+
+        \\log p(y_i \\mid x, \\sigma) = -n_i \\log\\sigma
+            - \\frac{\\mathrm{rss}_i + (x - w_i)^T M_i^T M_i (x - w_i)}{2\\sigma^2} + c,
+
+    with ``w_i`` the unconstrained least-squares weights and :math:`M_i^T M_i` the Schur
+    complement of the background in the frame's Gram matrix (shared by all frames without
+    masked pixels).
+    """
+
+    w: np.ndarray  #: (N, K) least-squares weights of the references (unconstrained)
+    chol: np.ndarray  #: (N, K, K) upper-triangular M
+    rss: np.ndarray  #: (N,) residual sum of squares of the full least-squares fit
+    n: np.ndarray  #: (N,) degrees of freedom: valid pixels minus background terms
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames N."""
+        return int(np.shape(self.rss)[0])
+
+    @property
+    def n_refs(self) -> int:
+        """K, the number of references."""
+        return int(np.shape(self.w)[1])
+
+    @property
+    def r2(self) -> np.ndarray:
+        """R^2 of the least-squares fit (weights free) relative to the background alone."""
+        z = np.einsum("kij,kj->ki", np.asarray(self.chol), np.asarray(self.w))
+        zz = np.sum(z**2, axis=-1)
+        total = np.asarray(self.rss) + zz
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, zz / total, 0.0)
+
+    @property
+    def dof_residual(self) -> np.ndarray:
+        """Degrees of freedom of ``rss``: n minus the K reference coefficients."""
+        return np.asarray(self.n, np.float64) - self.n_refs
+
+
 class BasisStats(NamedTuple):
     """The statistics pass on a basis [background, A, B]: per frame, shape (N, ...).
 
@@ -136,11 +182,11 @@ class BasisStats(NamedTuple):
     conditional mean: :math:`E[c \\mid w] = bg + bg_{sens} (w - w_{ls})`.
     """
 
-    w: np.ndarray  #: (N, 2)
-    z: np.ndarray  #: (N, 2)
-    chol: np.ndarray  #: (N, 2, 2)
+    w: np.ndarray  #: (N, K)
+    z: np.ndarray  #: (N, K)
+    chol: np.ndarray  #: (N, K, K)
     bg: np.ndarray  #: (N, P)
-    bg_sens: np.ndarray  #: (N, P, 2)
+    bg_sens: np.ndarray  #: (N, P, K)
     rss: np.ndarray  #: (N,)
     n: np.ndarray  #: (N,) valid pixels
 
@@ -153,6 +199,11 @@ class BasisStats(NamedTuple):
     def n_background(self) -> int:
         """P, the number of background terms."""
         return int(np.shape(self.bg)[1])
+
+    @property
+    def n_refs(self) -> int:
+        """K, the number of references."""
+        return int(np.shape(self.w)[1])
 
 
 @nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
@@ -607,22 +658,29 @@ class _Basis(NamedTuple):
     design: np.ndarray  #: (B, p) float64, background first, then A, B
     c64: np.ndarray  #: (p,) float64 centre
     n_bg: int
-    centre: float  #: the centre's weight on each reference: 0.5, or 0 with gain
+    centre: float  #: the centre's weight on each reference: 1 / K, or 0 with gain
+
+    @property
+    def n_refs(self) -> int:
+        """K, the number of references."""
+        return int(self.design.shape[0]) - self.n_bg
 
 
 def _make_basis(stack: Stack, model: Any) -> _Basis:
     from bayesmix._model import check_design
 
-    design = check_design(model, stack.ref_a, stack.ref_b, stack.frame_shape, stack.pixels)
+    refs = stack.refs
+    k = refs.shape[0]
+    design = check_design(model, refs, stack.frame_shape, stack.pixels)
     q, r = np.linalg.qr(design.T)
-    # Centring on (A + B) / 2 removes the frame's common level when the references are in the
-    # data's units (g = 1). With a gain the references may be in any units: centring on them
-    # could cost the data its precision, so the frames are projected as they are.
-    centre = 0.0 if model.gain else 0.5
-    c64 = centre * (stack.ref_a + stack.ref_b)
+    # Centring on the references' mean removes the frame's common level when the references
+    # are in the data's units (g = 1). With a gain the references may be in any units: centring
+    # on them could cost the data its precision, so the frames are projected as they are.
+    centre = 0.0 if model.gain else 1.0 / k
+    c64 = centre * refs.sum(axis=0)
     dt = stack.dtype
     return _Basis(np.ascontiguousarray(q.T, dt), c64.astype(dt), r, design, c64,
-                  design.shape[0] - 2, centre)  # fmt: skip
+                  design.shape[0] - k, centre)  # fmt: skip
 
 
 def _reduce_rows(theta: np.ndarray, gram: np.ndarray, n_bg: int) -> tuple[np.ndarray, ...]:
@@ -631,10 +689,10 @@ def _reduce_rows(theta: np.ndarray, gram: np.ndarray, n_bg: int) -> tuple[np.nda
     w, bg = theta[:, p:], theta[:, :p]
     gww, gcc, gcw = gram[:, p:, p:], gram[:, :p, :p], gram[:, :p, p:]
     if p:
-        sens = -np.linalg.solve(gcc, gcw)  # (k, P, 2)
+        sens = -np.linalg.solve(gcc, gcw)  # (k, P, K)
         schur = gww + np.einsum("kpi,kpj->kij", gcw, sens)
     else:
-        sens = np.zeros((len(theta), 0, 2))
+        sens = np.zeros((len(theta), 0, w.shape[1]))
         schur = gww
     chol = np.swapaxes(np.linalg.cholesky(schur), -1, -2)  # upper: chol^T chol = schur
     z = np.einsum("kij,kj->ki", chol, w)
@@ -653,11 +711,12 @@ def _basis_chunk(chunk: np.ndarray, pixels: np.ndarray, basis: _Basis) -> tuple[
     theta_c = np.zeros(nb_)
     theta_c[p:] = basis.centre
     r = basis.r
-    w = np.empty((m, 2))
-    z = np.empty((m, 2))
-    chol = np.empty((m, 2, 2))
+    kr = basis.n_refs
+    w = np.empty((m, kr))
+    z = np.empty((m, kr))
+    chol = np.empty((m, kr, kr))
     bg = np.empty((m, p))
-    sens = np.empty((m, p, 2))
+    sens = np.empty((m, p, kr))
     ok = n >= 0
     if ok.any():
         # Projections on an orthonormal basis: the Gram matrix is R^T R and the Schur complement
@@ -668,7 +727,7 @@ def _basis_chunk(chunk: np.ndarray, pixels: np.ndarray, basis: _Basis) -> tuple[
         z[ok] = proj[ok, p:] + r22 @ theta_c[p:]
         chol[ok] = r22
         bg[ok] = theta[:, :p]
-        sens[ok] = -np.linalg.solve(r[:p, :p], r[:p, p:]) if p else np.zeros((p, 2))
+        sens[ok] = -np.linalg.solve(r[:p, :p], r[:p, p:]) if p else np.zeros((p, kr))
     for i in np.flatnonzero(~ok):
         row = rows[i] if pixels.size == 0 else rows[i, pixels]
         coef, gram, rss_i, k, k_inf = _masked_basis_row(row, basis.c64, basis.design)
@@ -676,7 +735,7 @@ def _basis_chunk(chunk: np.ndarray, pixels: np.ndarray, basis: _Basis) -> tuple[
         if coef is None:
             n[i] = -k - 1 if k else 0  # too few finite pixels for the model: reported below
             w[i] = z[i] = np.nan
-            chol[i] = np.eye(2)
+            chol[i] = np.eye(kr)
             bg[i] = np.nan
             sens[i] = 0.0
             continue
@@ -720,8 +779,10 @@ def basis_stats_from_stack(
     return BasisStats(w=w, z=z, chol=chol, bg=bg, bg_sens=sens, rss=rss, n=n)
 
 
-def reduce_stats(basis: BasisStats, *, gain: bool) -> FrameStats | GainStats:
+def reduce_stats(basis: BasisStats, *, gain: bool) -> FrameStats | GainStats | SimplexStats:
     """The per-frame statistics the inference reads, from the basis statistics.
+
+    K >= 3 references: :class:`SimplexStats` (the weights stay K-vectors).
 
     Without gain, ``w = (x, 1 - x)``: the likelihood is a Gaussian factor in x, i.e. the
     :class:`FrameStats` of the plain model with ``n`` reduced by the background terms:
@@ -735,9 +796,13 @@ def reduce_stats(basis: BasisStats, *, gain: bool) -> FrameStats | GainStats:
     with ``u = (1, -1)`` and ``t = z - M (0, 1)``. With gain, :class:`GainStats`.
     """
     chol = np.asarray(basis.chol)
+    dof = np.asarray(basis.n, np.int64) - basis.n_background
+    if basis.n_refs > 2:
+        if gain:
+            raise ValueError("gain=True is not supported with K >= 3 references")
+        return SimplexStats(w=np.asarray(basis.w), chol=chol, rss=np.asarray(basis.rss), n=dof)
     m1 = np.einsum("kij,j->ki", chol, np.array([1.0, -1.0]))
     m0 = chol[:, :, 1]
-    dof = np.asarray(basis.n, np.int64) - basis.n_background
     if gain:
         return GainStats(z=np.asarray(basis.z), m0=m0, m1=m1, rss=np.asarray(basis.rss), n=dof)
     t = np.asarray(basis.z) - m0
@@ -751,7 +816,7 @@ def frame_stats(
     frames: Any,
     ref_a: Any,
     ref_b: Any,
-    *,
+    *more_refs: Any,
     mask: Any = None,
     chunk_size: int | None = None,
     memory_limit: int | None = None,
@@ -772,6 +837,9 @@ def frame_stats(
         NaN pixels are left out of their frame (so are +/-Inf, with a warning).
     ref_a, ref_b : array, shape S
         The two reference frames; ``x`` is the weight of ``ref_a``.
+    *more_refs : array, shape S
+        More references (K >= 3): the pass then projects on the basis of all K and returns
+        :class:`BasisStats`.
     mask : bool array, shape S, optional
         Pixels to use (True keeps a pixel). Default: all.
     chunk_size : int, optional
@@ -813,9 +881,9 @@ def frame_stats(
     from bayesmix._io import spectral_frames
     from bayesmix._model import make_model
 
-    model = make_model(background=background, gain=gain)
+    model = make_model(background=background, gain=gain, n_refs=2 + len(more_refs))
     frames, _ = spectral_frames(frames, spectral_axis, ref_a)
-    stack = prepare(frames, ref_a, ref_b, mask)
+    stack = prepare(frames, ref_a, ref_b, mask, more_refs)
     if model.is_plain:
         return stats_from_stack(stack, chunk_size=chunk_size, memory_limit=memory_limit)
     return basis_stats_from_stack(stack, model, chunk_size=chunk_size, memory_limit=memory_limit)
@@ -836,6 +904,12 @@ _INERT = {
     # that keep every per-frame formula finite.
     "FrameStats": {"xhat": 0.5, "rss": 0.0, "dd": 1.0, "n": 0.0},
     "GainStats": {"z": 0.0, "m0": (1.0, 0.0), "m1": (0.0, 1.0), "rss": 0.0, "n": 0.0},
+    "SimplexStats": {
+        "w": lambda shape: np.full(shape, 1.0 / shape[-1]),
+        "chol": lambda shape: np.broadcast_to(np.eye(shape[-1]), shape),
+        "rss": 0.0,
+        "n": 0.0,
+    },
 }
 
 
@@ -849,7 +923,9 @@ def pad_stats(stats: Any, size: int) -> tuple[Any, np.ndarray]:
 
     def pad(name):
         a = np.asarray(getattr(stats, name), np.float64)
-        tail = np.broadcast_to(np.asarray(fill[name], np.float64), (extra, *a.shape[1:]))
+        shape = (extra, *a.shape[1:])
+        value = fill[name](shape) if callable(fill[name]) else fill[name]
+        tail = np.broadcast_to(np.asarray(value, np.float64), shape)
         return np.concatenate([a, tail])
 
     return type(stats)(*(pad(f) for f in stats._fields)), valid

@@ -287,7 +287,7 @@ def _fit(args: argparse.Namespace) -> int:
         ref_b = read_reference(args.ref_b)
         mask = None if args.mask is None else _mask(read_reference(args.mask), args.mask)
         stack = prepare(frames.data, ref_a, ref_b, mask)
-        check_design(model, stack.ref_a, stack.ref_b, stack.frame_shape, stack.pixels)
+        check_design(model, stack.refs, stack.frame_shape, stack.pixels)
         work = parts_dir(args.out)
         if args.overwrite and not args.resume:
             finish(work)

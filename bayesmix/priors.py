@@ -6,6 +6,10 @@ Priors on ``x`` (the weight of reference A):
 - :class:`Uniform`,
 - :class:`Beta` (on [0, 1]).
 
+With K >= 3 references the weights live on the simplex and their prior is :class:`Dirichlet`
+(default ``Dirichlet(1)``, flat on the simplex); for two references ``Dirichlet([a, b])`` is
+``Beta(a, b)``.
+
 Priors on ``sigma`` (the pixel noise scale, shared by all frames):
 
 - :class:`Jeffreys` (the default): :math:`p(\\sigma) \\propto 1/\\sigma`, scale-invariant and
@@ -32,10 +36,11 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import betaln, log_ndtr, xlog1py, xlogy
+from jax.scipy.special import betaln, gammaln, log_ndtr, xlog1py, xlogy
 
 __all__ = [
     "Beta",
+    "Dirichlet",
     "InverseGamma",
     "Jeffreys",
     "SigmaPrior",
@@ -239,6 +244,104 @@ class Beta:
 
 
 @dataclass(frozen=True)
+class Dirichlet:
+    """Dirichlet(alpha) prior on the K weights of K references (a point of the simplex).
+
+    Parameters
+    ----------
+    alpha : float or sequence of K floats
+        Concentrations, each > 0. A scalar is symmetric and takes its length from the number of
+        references of the fit; ``Dirichlet(1.0)`` (the default for K >= 3) is flat on the
+        simplex.
+
+    Notes
+    -----
+    .. math::
+
+        \\log p(x) = \\sum_k (\\alpha_k - 1) \\log x_k - \\log B(\\alpha), \\qquad
+        x_k \\ge 0, \\ \\sum_k x_k = 1 .
+
+    A component with :math:`\\alpha_k < 1` makes the density infinite on the face
+    :math:`x_k = 0`: the posterior then has no finite mode. The posterior mean, sd and intervals
+    are unaffected (they use the density as it is); the reported MAP is the mode with such
+    :math:`\\alpha_k` raised to 1, i.e. the best fit on the simplex under the prior's bounded part,
+    and it lies on that face whenever the data put the weight near 0. For two references
+    ``Dirichlet([a, b])`` is ``Beta(a, b)`` (the fast path converts it).
+
+    Examples
+    --------
+    >>> from bayesmix.priors import Dirichlet
+    >>> Dirichlet(2.0).expand(3)
+    Dirichlet(alpha=(2.0, 2.0, 2.0))
+    >>> float(Dirichlet([1.0, 1.0, 1.0]).log_prob([0.2, 0.3, 0.5]))  # log Gamma(3) = log 2
+    0.6931471805599453
+    """
+
+    alpha: float | tuple[float, ...] = 1.0
+
+    def __post_init__(self) -> None:
+        raw = self.alpha
+        arr = np.asarray(raw, dtype=object if isinstance(raw, str) else None)
+        if arr.dtype.kind not in "fiu" or arr.ndim > 1 or arr.size == 0:
+            raise ValueError(
+                f"Dirichlet alpha must be a positive number or a sequence of K positive numbers, "
+                f"got {raw!r}"
+            )
+        vals = [float(v) for v in np.ravel(arr)]
+        for v in vals:
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(
+                    f"Dirichlet concentrations must be finite and > 0, got alpha={raw!r}; "
+                    "alpha = 1 is flat on the simplex"
+                )
+        if arr.ndim == 1 and len(vals) < 2:
+            raise ValueError(f"a Dirichlet needs K >= 2 concentrations, got {len(vals)}")
+        object.__setattr__(self, "alpha", tuple(vals) if arr.ndim == 1 else vals[0])
+
+    @property
+    def n_refs(self) -> int | None:
+        """K, or None for a symmetric Dirichlet whose length comes from the fit."""
+        return len(self.alpha) if isinstance(self.alpha, tuple) else None
+
+    def expand(self, k: int) -> Dirichlet:
+        """This prior for ``k`` references (a symmetric one repeated; else its length checked)."""
+        if isinstance(self.alpha, tuple):
+            if len(self.alpha) != k:
+                raise ValueError(
+                    f"Dirichlet alpha has {len(self.alpha)} concentrations but the fit has {k} "
+                    f"references; pass one alpha per reference (or a scalar for a symmetric prior)"
+                )
+            return self
+        return Dirichlet((float(self.alpha),) * k)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The range of each weight, ``(0, 1)``."""
+        return (0.0, 1.0)
+
+    @property
+    def concentrations(self) -> np.ndarray:
+        """alpha as an array of shape (K,) (a symmetric prior must be expanded first)."""
+        return np.asarray(self.alpha, np.float64)
+
+    def log_prob(self, x: jnp.ndarray) -> jnp.ndarray:
+        """Normalised log density of points ``x`` of shape (..., K); ``-inf`` off the simplex."""
+        x = jnp.asarray(x)
+        alpha = jnp.broadcast_to(jnp.asarray(self.alpha, x.dtype), x.shape[-1:])
+        norm = jnp.sum(gammaln(alpha)) - gammaln(jnp.sum(alpha))
+        lp = jnp.sum(xlogy(alpha - 1.0, x), axis=-1) - norm
+        tol = 64 * jnp.finfo(x.dtype).eps
+        inside = jnp.all(x >= 0.0, axis=-1) & (jnp.abs(jnp.sum(x, axis=-1) - 1.0) <= tol)
+        return jnp.where(inside, lp, -jnp.inf)
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """``size`` independent draws (numpy), shape (size, K), for simulations."""
+        if not isinstance(self.alpha, tuple):
+            raise ValueError("expand a symmetric Dirichlet to K references first: .expand(K)")
+        return rng.dirichlet(self.concentrations, size)
+
+
+@dataclass(frozen=True)
 class Jeffreys:
     """Jeffreys prior on the noise scale, :math:`p(\\sigma) \\propto 1/\\sigma` (the default).
 
@@ -303,22 +406,45 @@ def _register_pytree(cls: type, fields: tuple[str, ...]) -> None:
 _register_pytree(TruncatedNormal, ("loc", "scale", "low", "high"))
 _register_pytree(Uniform, ("low", "high"))
 _register_pytree(Beta, ("a", "b"))
+_register_pytree(Dirichlet, ("alpha",))
 
-XPrior = TruncatedNormal | Uniform | Beta
+XPrior = TruncatedNormal | Uniform | Beta | Dirichlet
 SigmaPrior = Jeffreys | InverseGamma
 
 DEFAULT_PRIOR = TruncatedNormal()
 DEFAULT_SIGMA_PRIOR = Jeffreys()
 
 
-def check_prior(prior: object | None) -> XPrior:
-    """Return ``prior`` or the default, raising a clear error for anything else."""
+def check_prior(prior: object | None, n_refs: int = 2) -> XPrior:
+    """Return ``prior`` (or the default) for a fit with ``n_refs`` references, raising a clear
+    error for anything else.
+
+    Two references: TruncatedNormal (default), Uniform, Beta, or Dirichlet([a, b]) (returned as
+    Beta(a, b)). K >= 3: Dirichlet (default Dirichlet(1)), expanded to length K.
+    """
     if prior is None:
-        return DEFAULT_PRIOR
-    if not isinstance(prior, (TruncatedNormal, Uniform, Beta)):
+        return DEFAULT_PRIOR if n_refs == 2 else Dirichlet(1.0).expand(n_refs)
+    if not isinstance(prior, (TruncatedNormal, Uniform, Beta, Dirichlet)):
         raise ValueError(
-            f"prior must be one of TruncatedNormal, Uniform, Beta (from bayesmix.priors), "
-            f"got {type(prior).__name__}"
+            f"prior must be one of TruncatedNormal, Uniform, Beta, Dirichlet (from "
+            f"bayesmix.priors), got {type(prior).__name__}"
+        )
+    if isinstance(prior, Dirichlet):
+        prior = prior.expand(n_refs)
+        if n_refs == 2:
+            a, b = prior.alpha  # type: ignore[misc]
+            if a < 1 or b < 1:
+                raise ValueError(
+                    f"with two references Dirichlet([a, b]) is Beta(a, b), which needs a, b >= 1 "
+                    f"(got {prior.alpha}); use Uniform() for a flat prior"
+                )
+            return Beta(a, b)
+        return prior
+    if n_refs != 2:
+        raise ValueError(
+            f"with {n_refs} references the weights lie on the simplex: the prior must be "
+            f"Dirichlet(alpha) (bayesmix.priors), got {type(prior).__name__}; "
+            f"{type(prior).__name__} is a prior on the one weight of two references"
         )
     return prior
 
@@ -340,13 +466,15 @@ _X_SPECS: dict[str, tuple[type, tuple[str, ...]]] = {
     "truncnormal": (TruncatedNormal, ("loc", "scale", "low", "high")),
     "uniform": (Uniform, ("low", "high")),
     "beta": (Beta, ("a", "b")),
+    "dirichlet": (Dirichlet, ("alpha",)),
 }
 _SIGMA_SPECS: dict[str, tuple[type, tuple[str, ...]]] = {
     "jeffreys": (Jeffreys, ()),
     "invgamma": (InverseGamma, ("concentration", "scale")),
 }
 # Fewest parameters each form accepts (the rest take the class defaults).
-_MIN_ARGS = {"truncnormal": 2, "uniform": 0, "beta": 2, "jeffreys": 0, "invgamma": 2}
+_MIN_ARGS = {"truncnormal": 2, "uniform": 0, "beta": 2, "dirichlet": 1, "jeffreys": 0,
+             "invgamma": 2}  # fmt: skip
 
 
 def _parse(spec: str, table: dict[str, tuple[type, tuple[str, ...]]], what: str) -> object:
@@ -362,6 +490,8 @@ def _parse(spec: str, table: dict[str, tuple[type, tuple[str, ...]]], what: str)
         values = [float(v) for v in args.split(",")] if args.strip() else []
     except ValueError:
         raise ValueError(f"{what} {spec!r}: parameters must be numbers, as in {forms}") from None
+    if cls is Dirichlet and values:
+        return Dirichlet(values[0] if len(values) == 1 else tuple(values))
     if not _MIN_ARGS[name] <= len(values) <= len(params):
         raise ValueError(
             f"{what} {spec!r} takes {_MIN_ARGS[name]} to {len(params)} parameters "
@@ -373,7 +503,8 @@ def _parse(spec: str, table: dict[str, tuple[type, tuple[str, ...]]], what: str)
 def parse_prior(spec: str) -> XPrior:
     """Build a prior on x from its short text form (the CLI's ``--prior``).
 
-    Forms: ``truncnormal:LOC,SCALE[,LOW,HIGH]``, ``uniform[:LOW,HIGH]``, ``beta:A,B``.
+    Forms: ``truncnormal:LOC,SCALE[,LOW,HIGH]``, ``uniform[:LOW,HIGH]``, ``beta:A,B``,
+    ``dirichlet:ALPHA`` (symmetric) or ``dirichlet:A1,A2,...`` (one per reference).
 
     Examples
     --------
@@ -405,6 +536,10 @@ def prior_spec(prior: XPrior | SigmaPrior) -> str:
     >>> parse_prior(prior_spec(Beta(2.0, 3.0))) == Beta(2.0, 3.0)
     True
     """
+    if isinstance(prior, Dirichlet):
+        return "dirichlet:" + ",".join(
+            f"{v!r}".removesuffix(".0") for v in np.atleast_1d(prior.alpha).tolist()
+        )
     for name, (cls, params) in {**_X_SPECS, **_SIGMA_SPECS}.items():
         if type(prior) is cls:
             values = ",".join(f"{float(getattr(prior, p))!r}".removesuffix(".0") for p in params)
