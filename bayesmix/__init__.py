@@ -15,10 +15,10 @@ from bayesmix._readers import Frames, read_frames, read_reference
 from bayesmix._report import report
 from bayesmix._results import MapResult
 from bayesmix._simulate import Simulation, sample_references, simulate
-from bayesmix._stats import BasisStats, FrameStats, GainStats, frame_stats
+from bayesmix._stats import BasisStats, FrameStats, GainStats, SimplexStats, frame_stats
 from bayesmix._version import __version__
 from bayesmix._writers import read_results, write_idata, write_results
-from bayesmix.priors import Beta, InverseGamma, Jeffreys, TruncatedNormal, Uniform
+from bayesmix.priors import Beta, Dirichlet, InverseGamma, Jeffreys, TruncatedNormal, Uniform
 
 __all__ = [
     "BasisStats",
@@ -27,12 +27,14 @@ __all__ = [
     "make_model",
     "Beta",
     "Diagnostics",
+    "Dirichlet",
     "FrameStats",
     "Frames",
     "InverseGamma",
     "Jeffreys",
     "MapResult",
     "Simulation",
+    "SimplexStats",
     "TruncatedNormal",
     "Uniform",
     "__version__",

@@ -229,33 +229,23 @@ def _sample_block(key, w, chol, alpha, s2, x0, *, n_warmup, n_draws, qs, mh):
     return SimplexSummary(mean.T, sd.T, jnp.transpose(quant, (2, 1, 0)), mc_se.T, accept)
 
 
-@partial(jax.jit, static_argnames=("n_warmup", "n_draws", "qs", "mh", "block"))
-def simplex_summary(key, w, chol, alpha, s2, x0, *, n_warmup: int, n_draws: int,
-                    qs: tuple[float, ...], mh: bool, block: int) -> SimplexSummary:  # fmt: skip
-    """Posterior mean, sd, quantiles ``qs`` and Monte Carlo error of every frame's weights.
+#: Frames per call of the sampler: one compiled program serves every stack size.
+BLOCK = 512
 
-    Frames are processed ``block`` at a time (``lax.map``), so the draws held at once are
-    ``block x n_draws x K``; ``N`` must be a multiple of ``block``. ``mh`` (static): some
-    alpha differs from 1. Each block's chain gets its own key (``fold_in``), so the draws do
-    not depend on how many frames are fitted together beyond their block.
+
+@partial(jax.jit, static_argnames=("n_warmup", "n_draws", "qs", "mh"))
+def simplex_summary(key, w, chol, alpha, s2, x0, *, n_warmup: int, n_draws: int,
+                    qs: tuple[float, ...], mh: bool) -> SimplexSummary:  # fmt: skip
+    """Posterior mean, sd, quantiles ``qs`` and Monte Carlo error of a block of frames' weights.
+
+    ``w`` (B, K), ``chol`` (B, K, K), ``x0`` (B, K) the chains' start (the MAP). ``mh`` (static):
+    some alpha differs from 1 (Metropolis correction). Called on blocks of :data:`BLOCK` frames,
+    each with its own key, so that the draws held at once stay ``BLOCK x n_draws x K`` and one
+    compilation serves every stack.
     """
     TRACES["summary"] += 1
-    n, k = w.shape
-    nb = n // block
-    blocks = (
-        jnp.arange(nb),
-        w.reshape(nb, block, k),
-        chol.reshape(nb, block, k, k),
-        x0.reshape(nb, block, k),
-    )
-
-    def run(args):
-        i, wb, cb, xb = args
-        return _sample_block(jax.random.fold_in(key, i), wb, cb, alpha, s2, xb,
-                             n_warmup=n_warmup, n_draws=n_draws, qs=qs, mh=mh)  # fmt: skip
-
-    out = jax.lax.map(run, blocks)
-    return jax.tree.map(lambda a: a.reshape(n, *a.shape[2:]), out)
+    return _sample_block(key, w, chol, alpha, s2, x0, n_warmup=n_warmup, n_draws=n_draws,
+                         qs=qs, mh=mh)  # fmt: skip
 
 
 class SimplexFit(NamedTuple):
@@ -322,20 +312,20 @@ def fit_simplex(
     quant = xhat[..., None] + gsd[..., None] * np_ndtri(np.asarray(qs))
     mc_se = np.zeros((n, k))
     todo = np.flatnonzero(~inside)
-    if todo.size:
-        block = min(1024, _bucket(todo.size))
-        m = -(-_bucket(todo.size) // block) * block
-        idx = np.concatenate([todo, np.full(m - todo.size, todo[0])])
-        key = jax.random.key(int(seed), impl="unsafe_rbg")
+    key = jax.random.key(int(seed), impl="unsafe_rbg")
+    for i, start in enumerate(range(0, todo.size, BLOCK)):
+        part = todo[start : start + BLOCK]
+        idx = np.concatenate([part, np.full(BLOCK - part.size, part[0])])
         out = simplex_summary(
-            key, jnp.asarray(w[idx]), jnp.asarray(chol[idx]), jnp.asarray(alpha),
-            jnp.float64(s2), jnp.asarray(x[idx]), n_warmup=max(50, draws // 10),
-            n_draws=int(draws), qs=tuple(float(q) for q in qs), mh=not flat, block=block,
+            jax.random.fold_in(key, i), jnp.asarray(w[idx]), jnp.asarray(chol[idx]),
+            jnp.asarray(alpha), jnp.float64(s2), jnp.asarray(x[idx]),
+            n_warmup=max(50, draws // 10), n_draws=int(draws),
+            qs=tuple(float(q) for q in qs), mh=not flat,
         )  # fmt: skip
         out = jax.device_get(out)
-        t = todo.size
-        mean[todo], sd[todo] = out.mean[:t], out.sd[:t]
-        quant[todo], mc_se[todo] = out.quantiles[:t], out.mc_se[:t]
+        t = part.size
+        mean[part], sd[part] = out.mean[:t], out.sd[:t]
+        quant[part], mc_se[part] = out.quantiles[:t], out.mc_se[:t]
     return SimplexFit(x=x, at_bound=on_face, mean=mean, sd=sd, quantiles=quant,
                       qs=tuple(float(q) for q in qs), mc_se=mc_se, sampled=~inside,
                       sigma2=float(s2))  # fmt: skip
