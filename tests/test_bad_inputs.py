@@ -15,7 +15,7 @@ import tifffile
 
 import bayesmix
 from bayesmix.cli import main
-from bayesmix.priors import Beta, InverseGamma, TruncatedNormal, Uniform
+from bayesmix.priors import Beta, Dirichlet, InverseGamma, TruncatedNormal, Uniform
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
 
@@ -25,14 +25,19 @@ def _sim():
     return bayesmix.simulate(20, shape=(6, 6), noise=0.1, seed=0)
 
 
-def _fit(frames=None, a=None, b=None, **kw):
+def _fit(frames=None, a=None, b=None, *more, **kw):
     sim = _sim()
     return bayesmix.fit_map(
         sim.frames if frames is None else frames,
         sim.ref_a if a is None else a,
         sim.ref_b if b is None else b,
+        *more,
         **kw,
     )
+
+
+def _third():
+    return np.random.default_rng(3).uniform(0, 1, (6, 6))
 
 
 def _nan_frame():
@@ -332,6 +337,22 @@ CATALOGUE = [
     ("spectral-axis-length", lambda t: bayesmix.fit_map(np.zeros((4, 3, 3)), np.ones(5),
                                                         np.arange(5.0), spectral_axis=0),
      ("raises", ValueError, r"the references have 5 spectral points but axis 0")),
+    ("refs-dependent", lambda t: _fit(None, None, None, 0.5 * (_sim().ref_a + _sim().ref_b)),
+     ("raises", ValueError, r"the 3 references are linearly dependent")),
+    ("refs-more-than-pixels", lambda t: bayesmix.fit_map(np.ones((3, 3)), *np.eye(3)),
+     ("raises", ValueError, r"the model has 3 linear terms .* but a frame has only 3 pixels")),
+    ("refs-shapes-differ", lambda t: _fit(None, None, None, np.ones((5, 5))),
+     ("raises", ValueError, r"all references must have the same shape")),
+    ("dirichlet-length", lambda t: _fit(None, None, None, _third(), prior=Dirichlet([1.0, 2.0])),
+     ("raises", ValueError, r"Dirichlet alpha has 2 concentrations but the fit has 3")),
+    ("dirichlet-nonpositive", lambda t: Dirichlet([1.0, 0.0, 2.0]),
+     ("raises", ValueError, r"Dirichlet concentrations must be finite and > 0")),
+    ("refs-scalar-prior", lambda t: _fit(None, None, None, _third(), prior=Beta(2, 2)),
+     ("raises", ValueError, r"with 3 references the weights lie on the simplex")),
+    ("refs-gain", lambda t: _fit(None, None, None, _third(), gain=True),
+     ("raises", ValueError, r"gain=True with 3 references is not supported yet")),
+    ("refs-draws", lambda t: _fit(None, None, None, _third(), draws=5),
+     ("raises", ValueError, r"draws must be an integer >= 100")),
     ("one-pixel-frames", lambda t: bayesmix.fit_map(np.array([[0.4], [0.5]]), [1.0], [0.0]),
      ("raises", ValueError, r"noise scale cannot be learned: no frame has more valid pixels than the model has terms")),
     ("noise-free-frames-equal-to-b", lambda t: _fit(np.stack([_sim().ref_b] * 3)),
