@@ -299,8 +299,11 @@ def _fit_simplex(stats: SimplexStats, *, model, sigma, sigma_method, max_iter, t
         )
     with on_device(device) as devices, x64():
         s2, it, converged = _simplex_sigma2(stats, model, sigma, sigma_method, max_iter, tol)
+        # The sampler where the data are: numba on the CPU, the vectorised JAX chain on a GPU.
+        sampler = "jax" if devices[0].platform == "gpu" else "numba"
         fit = fit_simplex(np.asarray(stats.w, np.float64), np.asarray(stats.chol, np.float64),
-                          model.prior.concentrations, s2, draws=draws, seed=seed)  # fmt: skip
+                          model.prior.concentrations, s2, draws=draws, seed=seed,
+                          sampler=sampler)  # fmt: skip
     background = None
     if basis is not None and basis.n_background:
         background = basis.bg + np.einsum("kpi,ki->kp", basis.bg_sens, fit.mean - basis.w)

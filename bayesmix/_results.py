@@ -178,7 +178,8 @@ class MapResult:
         with x64():
             again = fit_simplex(np.asarray(self.stats.w), np.asarray(self.stats.chol),
                                 self.prior.concentrations, fit.sigma2, draws=self.n_draws,
-                                seed=self.seed, qs=tuple(float(q) for q in qs))  # fmt: skip
+                                seed=self.seed, qs=tuple(float(q) for q in qs),
+                                sampler=fit.sampler)  # fmt: skip
         return again.quantiles
 
     def interval(self, prob: float = 0.9) -> tuple[np.ndarray, np.ndarray]:

@@ -260,6 +260,7 @@ class SimplexFit(NamedTuple):
     mc_se: np.ndarray  #: (N, K): 0 where the posterior is Gaussian in closed form
     sampled: np.ndarray  #: (N,) frames whose summaries come from the sampler
     sigma2: float
+    sampler: str = "numba"
 
 
 def _bucket(n: int) -> int:
@@ -284,16 +285,23 @@ def gaussian_marginals(w: np.ndarray, chol: np.ndarray, s2: float) -> tuple[np.n
     return xhat, sd
 
 
+SAMPLERS = ("numba", "jax")
+
+
 def fit_simplex(
     w: np.ndarray, chol: np.ndarray, alpha: np.ndarray, s2: float, *, draws: int, seed: int,
-    qs: tuple[float, ...] = QUANTILES, z_inside: float = 7.0,
+    qs: tuple[float, ...] = QUANTILES, z_inside: float = 7.0, sampler: str = "numba",
 ) -> SimplexFit:  # fmt: skip
     """MAP, mean, sd, quantiles and Monte Carlo error of every frame's weights given sigma^2.
 
     With a flat prior (all alpha = 1), a frame whose Gaussian lies ``z_inside`` of its sds inside
     every face (mass outside the simplex < 1e-11) has that Gaussian as its posterior: its
-    summaries are closed form. The sampler runs on the other frames only.
+    summaries are closed form. The sampler runs on the other frames only: ``'numba'`` (the CPU
+    kernel of :mod:`bayesmix._gibbs`) or ``'jax'`` (:func:`simplex_summary`, for a GPU); the
+    same chain, with different random streams.
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     from scipy.special import ndtri as np_ndtri
 
     n, k = w.shape
@@ -312,6 +320,15 @@ def fit_simplex(
     quant = xhat[..., None] + gsd[..., None] * np_ndtri(np.asarray(qs))
     mc_se = np.zeros((n, k))
     todo = np.flatnonzero(~inside)
+    n_warmup = max(50, draws // 10)
+    if sampler == "numba" and todo.size:
+        from bayesmix._gibbs import gibbs_summary
+
+        out_np = gibbs_summary(w[todo], chol[todo], alpha, s2, x[todo], todo, seed=int(seed),
+                               n_warmup=n_warmup, n_draws=int(draws),
+                               qs=tuple(float(q) for q in qs))  # fmt: skip
+        mean[todo], sd[todo], quant[todo], mc_se[todo] = out_np[:4]
+        todo = todo[:0]
     key = jax.random.key(int(seed), impl="unsafe_rbg")
     for i, start in enumerate(range(0, todo.size, BLOCK)):
         part = todo[start : start + BLOCK]
@@ -319,7 +336,7 @@ def fit_simplex(
         out = simplex_summary(
             jax.random.fold_in(key, i), jnp.asarray(w[idx]), jnp.asarray(chol[idx]),
             jnp.asarray(alpha), jnp.float64(s2), jnp.asarray(x[idx]),
-            n_warmup=max(50, draws // 10), n_draws=int(draws),
+            n_warmup=n_warmup, n_draws=int(draws),
             qs=tuple(float(q) for q in qs), mh=not flat,
         )  # fmt: skip
         out = jax.device_get(out)
@@ -328,4 +345,4 @@ def fit_simplex(
         quant[part], mc_se[part] = out.quantiles[:t], out.mc_se[:t]
     return SimplexFit(x=x, at_bound=on_face, mean=mean, sd=sd, quantiles=quant,
                       qs=tuple(float(q) for q in qs), mc_se=mc_se, sampled=~inside,
-                      sigma2=float(s2))  # fmt: skip
+                      sigma2=float(s2), sampler=sampler)  # fmt: skip

@@ -216,6 +216,27 @@ def test_simplex_stats_from_the_pass_match_a_least_squares_fit():
     assert fit.mean.shape == (20, 3)
 
 
+@pytest.mark.slow
+def test_the_cpu_and_jax_samplers_agree_within_monte_carlo_error():
+    """The numba kernel and the vectorised JAX chain (the GPU path) run the same chain with
+    different random streams: their means differ by their Monte Carlo errors only."""
+    rng = np.random.default_rng(8)
+    k, n = 3, 200
+    m = np.triu(rng.normal(size=(k, k))) + 2.0 * np.eye(k)
+    w = rng.dirichlet(np.ones(k), n) + rng.normal(0, 0.15, (n, k))
+    chol = np.broadcast_to(m, (n, k, k)).copy()
+    for alpha in (np.ones(k), np.array([0.6, 1.0, 2.0])):
+        with x64():
+            a = fit_simplex(w, chol, alpha, 0.04, draws=600, seed=1, sampler="numba")
+            b = fit_simplex(w, chol, alpha, 0.04, draws=600, seed=1, sampler="jax")
+        z = (a.mean - b.mean) / np.sqrt(a.mc_se**2 + b.mc_se**2 + 1e-30)
+        # |z| is about |N(0, 1)|: its rms is 1 (batch-means errors are themselves noisy).
+        assert np.sqrt(np.mean(z[a.sampled] ** 2)) < 1.3, alpha
+        rel = np.abs(a.sd / b.sd - 1)[a.sampled]
+        # sd's relative Monte Carlo error is about 1/sqrt(2 ESS) ~ 4% for 600 draws.
+        assert np.median(rel) < 0.05 and np.max(rel) < 0.5, (np.median(rel), np.max(rel))
+
+
 # --- bad inputs -------------------------------------------------------------------------------
 
 
