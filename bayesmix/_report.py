@@ -70,9 +70,13 @@ class _View:
                 "report needs a MapResult (bayesmix.fit_map) or the InferenceData of "
                 f"bayesmix.sample, got {type(result).__name__}"
             )
+        from bayesmix._writers import table_ref_names
+
         tail = 0.5 * (1 - prob)
         df = results_table(result, prob=prob)
         self.table = df
+        #: K >= 3 references: their names (the per-reference columns), else None.
+        self.names = table_ref_names(df)
         if isinstance(result, MapResult):
             self.kind = "MAP (fast path)"
             self.sigma = result.sigma
@@ -100,7 +104,14 @@ class _View:
                                                         gain=info["gain"])  # fmt: skip
             self.model_name = ("custom background" + (" + gain" if info["gain"] else "")
                                if custom else self.model.name)  # fmt: skip
+            if self.names is not None:
+                self.model_name = f"{len(self.names)} references" + (
+                    "" if self.model_name == "two references" else f" + {self.model_name}"
+                )
         self.frame = df.index.to_numpy()
+        if self.names is not None:
+            self._simplex_columns(df, tail)
+            return
         self.center = df["mean"].to_numpy()
         self.lo = df[label(tail)].to_numpy()
         self.hi = df[label(1 - tail)].to_numpy()
@@ -109,6 +120,25 @@ class _View:
         self.r2 = df["r2"].to_numpy()
         self.misfit_p = df["misfit_p"].to_numpy()
         self.gain = df["gain"].to_numpy() if "gain" in df else None
+        bg_cols = [c for c in df.columns if c.startswith("background_")]
+        self.background = df[bg_cols].to_numpy() if bg_cols else None
+
+    def _simplex_columns(self, df: Any, tail: float) -> None:
+        """K >= 3: the per-reference columns as (N, K) arrays."""
+
+        def per_ref(var: str) -> np.ndarray:
+            return np.stack([df[f"{var}_{r}"].to_numpy(np.float64) for r in self.names], 1)
+
+        self.center = per_ref("mean")
+        self.sd = per_ref("sd")
+        self.lo = per_ref(label(tail))
+        self.hi = per_ref(label(1 - tail))
+        self.x_map = per_ref("x_map")
+        self.mc_se = per_ref("mc_se") if all(f"mc_se_{r}" in df for r in self.names) else None
+        self.at_bound = df["at_bound"].to_numpy(bool)
+        self.r2 = df["r2"].to_numpy()
+        self.misfit_p = df["misfit_p"].to_numpy()
+        self.gain = None
         bg_cols = [c for c in df.columns if c.startswith("background_")]
         self.background = df[bg_cols].to_numpy() if bg_cols else None
 
@@ -329,6 +359,235 @@ def _flagged_html(v: _View) -> str:
     return text + df.to_html(border=0, float_format=lambda f: f"{f:.4g}") + more
 
 
+def _simplex_weights_html(v: _View, prob: float) -> str:
+    """K >= 3: the weights of every reference stacked (frames sorted by their dominant
+    reference), each reference's weight with its interval band, and for K = 3 a ternary plot."""
+    names, mean = v.names, v.center
+    n, k = mean.shape
+    colors = [f"C{i % 10}" for i in range(k)]
+    dominant = np.argmax(mean, axis=1)
+    order = np.lexsort((-mean[np.arange(n), dominant], dominant))
+    fig = _figure(10, 3.6)
+    ax = fig.add_subplot()
+    ax.stackplot(np.arange(n), np.clip(mean[order], 0.0, None).T, labels=names, colors=colors,
+                 lw=0)  # fmt: skip
+    ax.set_xlim(0, max(n - 1, 1))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("frame (sorted by dominant reference, then its weight)")
+    ax.set_ylabel("posterior mean weight")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(f"Weights of the {k} references per frame, {v.kind}")
+    out = _png(fig)
+
+    fig = _figure(10, 1.6 * k + 0.6)
+    axes = fig.subplots(k, 1, sharex=True, squeeze=False)[:, 0]
+    idx = np.arange(n)
+    for i, (ax, name) in enumerate(zip(axes, names, strict=True)):
+        ax.fill_between(idx, v.lo[:, i], v.hi[:, i], color=colors[i], alpha=0.3, lw=0)
+        ax.plot(idx, mean[:, i], color=colors[i], lw=0.8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel(name)
+    axes[-1].set_xlabel("frame (input order)")
+    axes[0].set_title(f"Weight of each reference: posterior mean and {prob:.0%} interval")
+    fig.tight_layout()
+    out += _png(fig)
+
+    if k == 3:
+        h = np.sqrt(3.0) / 2.0
+        px, py = mean[:, 1] + 0.5 * mean[:, 2], h * mean[:, 2]
+        fig = _figure(5.5, 5.0)
+        ax = fig.add_subplot()
+        ax.plot([0, 1, 0.5, 0], [0, 0, h, 0], color="k", lw=0.8)
+        sc = ax.scatter(px, py, c=np.arange(n), s=8, cmap="viridis")
+        fig.colorbar(sc, ax=ax, label="frame (input order)", fraction=0.046, pad=0.04)
+        for (x0, y0), name, va in zip([(0, 0), (1, 0), (0.5, h)], names,
+                                      ["top", "top", "bottom"], strict=True):  # fmt: skip
+            ax.annotate(name, (x0, y0), ha="center", va=va, fontsize=11,
+                        xytext=(0, -6 if va == "top" else 6),
+                        textcoords="offset points")  # fmt: skip
+        ax.set_xlim(-0.08, 1.08)
+        ax.set_ylim(-0.1, h + 0.1)
+        ax.set_aspect("equal")
+        ax.axis("off")
+        ax.set_title("Posterior mean weights on the simplex (ternary)")
+        out += _png(fig) + (
+            "<p>Ternary plot: each frame's posterior mean weights as a point of the triangle "
+            f"whose corners are the pure references {', '.join(map(html.escape, names))}.</p>"
+        )
+    return out
+
+
+def _simplex_maps_html(v: _View) -> str:
+    """K >= 3, a spectrum image: each reference's weight map and its sd map, and R^2."""
+    shape = v.map_shape
+    if shape is None or len(shape) != 2:
+        return ""
+    k = len(v.names)
+    fig = _figure(4.2 * k, 8.0)
+    axes = fig.subplots(2, k, squeeze=False)
+    for i, name in enumerate(v.names):
+        for ax, values, what, cmap, (lo, hi) in (
+            (axes[0, i], v.center[:, i], "posterior mean", "viridis", (0.0, 1.0)),
+            (axes[1, i], v.sd[:, i], "posterior sd", "magma", (0.0, None)),
+        ):
+            im = ax.imshow(values.reshape(shape), cmap=cmap, vmin=lo, vmax=hi)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+            ax.set_title(f"{name}: {what}")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    out = _png(fig)
+    fig = _figure(4.6, 4.0)
+    ax = fig.add_subplot()
+    im = ax.imshow(v.r2.reshape(shape), cmap="gray", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title("R^2 of the full model")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return out + _png(fig)
+
+
+def _simplex_summary_html(v: _View) -> str:
+    import pandas as pd
+
+    rows = {
+        "frames": v.center.shape[0],
+        "method": v.kind,
+        "model": v.model_name,
+        "references": ", ".join(v.names),
+        "prior": v.prior,
+        "sigma (noise sd)": f"{v.sigma:.6g}",
+        "R^2: median": f"{np.median(v.r2):.4f}",
+        "frames with a weight at 0 (MAP on a face)": int(v.at_bound.sum()),
+    }
+    table = pd.DataFrame({"value": rows}).to_html(border=0)
+    per = {
+        "mean weight (over frames)": v.center.mean(axis=0),
+        "weight: median": np.median(v.center, axis=0),
+        "weight: min": v.center.min(axis=0),
+        "weight: max": v.center.max(axis=0),
+        "posterior sd: median": np.median(v.sd, axis=0),
+        "interval width: median": np.median(v.hi - v.lo, axis=0),
+        "frames with MAP weight 0": (v.x_map <= 0.0).sum(axis=0),
+    }
+    if v.mc_se is not None:
+        per["Monte Carlo error: max"] = v.mc_se.max(axis=0)
+    ref_table = pd.DataFrame(per, index=pd.Index(list(v.names), name="reference"))
+    return (
+        table
+        + "<p>Per reference:</p>"
+        + ref_table.to_html(border=0, float_format=lambda f: f"{f:.4g}")
+    )
+
+
+def _simplex_diagnostics_html(v: _View, result: Any) -> str:
+    if v.idata is not None:
+        body, _ = _diagnostics_html(v, result)
+        return body
+    ok = bool(result.converged)
+    verdict = "pass" if ok else "warn"
+    text = (
+        f"Noise scale {'converged' if ok else 'did not converge'} in {result.n_iter} "
+        "iteration(s). The MAP of each frame is exact (a quadratic programme on the simplex); "
+        "the means, sds and intervals are exact given sigma where the posterior lies well inside "
+        f"the simplex, else from {result.n_draws} Gibbs draws (seed {result.seed})."
+    )
+    if v.mc_se is not None:
+        ratio = float(np.max(v.mc_se / np.maximum(v.sd, 1e-300)))
+        text += f" Largest Monte Carlo error of a mean, relative to its sd: {ratio:.3f}."
+    return f'<p class="{verdict}">{verdict.upper()}</p><p>{html.escape(text)}</p>'
+
+
+def _simplex_residual_html(v: _View, frames: Any, refs: list[Any], mask: Any) -> str:
+    """K >= 3: the mean residual image, the model at the mean weights of every reference."""
+    k = len(v.names)
+    if frames is None or len(refs) != k:
+        return (f"<p>Pass <code>frames=, ref_a=, ref_b=, more_refs=</code> (all {k} "
+                "references) to report() to see it.</p>")  # fmt: skip
+    stack = prepare(frames, refs[0], refs[1], mask, tuple(refs[2:]))
+    shape = stack.frame_shape
+    n = stack.frames.shape[0]
+    if n != v.center.shape[0]:
+        raise ValueError(f"frames has {n} frames but the result has {v.center.shape[0]}")
+    total = np.zeros(int(np.prod(shape)))
+    count = np.zeros_like(total)
+    for i in range(0, n, 1024):
+        chunk = np.asarray(stack.frames[i : i + 1024], np.float64).reshape(-1, total.size)
+        ok = np.isfinite(chunk)
+        total += np.where(ok, chunk, 0.0).sum(0)
+        count += ok.sum(0)
+    full = np.stack([np.asarray(r, np.float64).reshape(-1) for r in refs])
+    fitted = v.center.mean(axis=0) @ full
+    if v.background is not None:
+        if v.model is None:
+            return "<p>Not drawn: the fit used background images that the report was not given."
+        basis = v.model.basis(shape).reshape(v.background.shape[1], -1)
+        fitted = fitted + v.background.mean(axis=0) @ basis
+    with np.errstate(invalid="ignore", divide="ignore"):
+        resid = total / count - fitted
+    if stack.pixels is not None:
+        keep = np.zeros(total.size, bool)
+        keep[stack.pixels] = True
+        resid[~keep] = np.nan
+    fig = _figure(6.5, 4.5)
+    ax = fig.add_subplot()
+    if len(shape) == 1:
+        ax.plot(resid)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xlabel("channel")
+        ax.set_ylabel("mean residual")
+    else:
+        img = resid.reshape(shape)
+        img = img if img.ndim == 2 else np.nanmean(img.reshape(shape[0], shape[1], -1), axis=2)
+        lim = float(np.nanmax(np.abs(img))) or 1.0
+        im = ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        fig.colorbar(im, ax=ax, label="mean residual (data - model)")
+        ax.set_xlabel("pixel column")
+        ax.set_ylabel("pixel row")
+    ax.set_title(f"Mean residual per pixel: where the model ({v.model_name}) fails")
+    noise = v.sigma / np.sqrt(n)
+    return _png(fig) + (
+        f"<p>Pure noise would leave residuals of about sigma/sqrt(N) = {noise:.3g}; "
+        f"the largest here is {np.nanmax(np.abs(resid)):.3g}.</p>"
+    )
+
+
+def _simplex_flagged_html(v: _View) -> str:
+    import pandas as pd
+
+    bad = v.misfit_p < 1e-3
+    flagged = np.flatnonzero(bad)
+    text = (
+        f"<p>{int(v.at_bound.sum())} frame(s) with a reference's MAP weight at 0 (expected when "
+        f"a reference is absent; see the summary); {int(bad.sum())} frame(s) badly fit "
+        "(residual larger than the noise explains: chi-square p &lt; 0.001).</p>"
+    )
+    if flagged.size == 0:
+        return text
+    show = flagged[:50]
+    cols = {f"mean {r}": v.center[show, i] for i, r in enumerate(v.names)}
+    cols.update({"R^2": v.r2[show], "misfit p": v.misfit_p[show]})
+    df = pd.DataFrame(cols, index=pd.Index(v.frame[show], name="frame"))
+    more = f"<p>... and {flagged.size - 50} more.</p>" if flagged.size > 50 else ""
+    return text + df.to_html(border=0, float_format=lambda f: f"{f:.4g}") + more
+
+
+def _simplex_body(v: _View, result: Any, prob: float, frames: Any, refs: list[Any],
+                  mask: Any) -> dict[str, str]:  # fmt: skip
+    """The sections of a K >= 3 report; those that do not apply are left out."""
+    body = {
+        "Maps": _simplex_maps_html(v),
+        "Weights per frame": _simplex_weights_html(v, prob),
+        "Summary": _simplex_summary_html(v),
+        "Diagnostics": _simplex_diagnostics_html(v, result),
+    }
+    if v.idata is not None:
+        body["Energy"] = _energy_html(v)
+    body["Residual image"] = _simplex_residual_html(v, frames, refs, mask)
+    body["Flagged frames"] = _simplex_flagged_html(v)
+    return {name: text for name, text in body.items() if text}
+
+
 def report(
     result: Any,
     path: str | Path,
@@ -340,6 +599,7 @@ def report(
     prob: float = 0.9,
     overwrite: bool = False,
     title: str = "bayesmix report",
+    more_refs: Any = (),
 ) -> Path:
     """Write a self-contained HTML report of a fit.
 
@@ -351,6 +611,9 @@ def report(
         Where to write the HTML (atomically; an existing file is kept unless ``overwrite``).
     frames, ref_a, ref_b, mask : optional
         The data of the fit, for the residual image (one pass for the mean frame).
+    more_refs : sequence of arrays, optional
+        With K >= 3 references: the references after ``ref_a`` and ``ref_b``, for the residual
+        image.
     prob : float
         Probability of the intervals shown.
     overwrite : bool
@@ -362,11 +625,22 @@ def report(
     -------
     Path
         The file written. Sections: weights per frame with bands, summary, diagnostics verdict,
-        trace/rank plots, energy plot, residual image, flagged frames.
+        trace/rank plots, energy plot, residual image, flagged frames. With K >= 3 references:
+        the weights of every reference (stacked, per reference, and a ternary plot for K = 3),
+        a per-reference summary and, for a spectrum image, a map per reference.
     """
     if not 0 < prob < 1:
         raise ValueError(f"prob must be in (0, 1), got {prob}")
     v = _View(result, prob)
+    more_refs = list(more_refs or ())
+    if v.names is None and more_refs:
+        raise ValueError(
+            f"more_refs holds {len(more_refs)} reference(s) but the result has two references"
+        )
+    if v.names is not None:
+        refs = [] if ref_a is None or ref_b is None else [ref_a, ref_b, *more_refs]
+        body = _simplex_body(v, result, prob, frames, refs, mask)
+        return _write_page(body, list(body), v, title, path, overwrite)
     diag_html, diag = _diagnostics_html(v, result)
     body = {
         "Maps": _maps_html(v),
@@ -378,15 +652,20 @@ def report(
         "Residual image": _residual_html(v, frames, ref_a, ref_b, mask),
         "Flagged frames": _flagged_html(v),
     }
+    names = (("Maps",) if body["Maps"] else ()) + SECTIONS
+    return _write_page(body, names, v, title, path, overwrite)
+
+
+def _write_page(body: dict[str, str], names: Any, v: _View, title: str, path: str | Path,
+                overwrite: bool) -> Path:  # fmt: skip
     from bayesmix._version import __version__
 
+    n_frames = v.center.shape[0]
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-        f"<p>bayesmix {__version__} &middot; {html.escape(v.kind)} &middot; "
-        f"{v.center.size} frames</p>",
+        f"<p>bayesmix {__version__} &middot; {html.escape(v.kind)} &middot; {n_frames} frames</p>",
     ]
-    names = (("Maps",) if body["Maps"] else ()) + SECTIONS
     for name in names:
         anchor = name.lower().replace(" ", "-")
         parts.append(f"<section id='{anchor}'><h2>{name}</h2>{body[name]}</section>")

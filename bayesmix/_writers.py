@@ -121,7 +121,9 @@ def write_results(
             f" use one of {', '.join(RESULT_FORMATS)}"
         )
     df = results_table(result, prob=prob, source=source, columns=columns)
-    attrs = clean_attrs({**df.attrs, **(meta or {})})
+    # Lists (the reference names, a map's shape) as JSON text, which every format reads back.
+    attrs = clean_attrs({k: json.dumps(v) if isinstance(v, (list, tuple)) else v
+                         for k, v in {**df.attrs, **(meta or {})}.items()})  # fmt: skip
 
     if suffix == ".csv":
 
@@ -206,10 +208,97 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
+def _attr_list(value: Any) -> list[Any] | None:
+    """A list attribute as any format stored it: a list, JSON text, or Python's repr."""
+    import ast
+
+    if value is None or isinstance(value, (list, tuple, np.ndarray)):
+        return None if value is None else list(np.ravel(value))
+    text = str(value)
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            out = parse(text)
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(out, (list, tuple)):
+            return list(out)
+    return None
+
+
+def table_ref_names(df: pd.DataFrame) -> tuple[str, ...] | None:
+    """The reference names of a K >= 3 results table (None for two references): from its
+    ``references`` attribute, else from its ``mean_<reference>`` columns."""
+    names = _attr_list(df.attrs.get("references"))
+    if names is None:
+        if "mean" in df.columns:
+            return None
+        names = [c[len("mean_") :] for c in df.columns if c.startswith("mean_")]
+    names = [str(n) for n in names]
+    return tuple(names) if len(names) > 2 else None
+
+
+def _simplex_result_from_table(df: pd.DataFrame, names: tuple[str, ...]) -> Any:
+    """K >= 3: the per-reference columns, the statistics and the recorded sigma, prior, draws
+    and seed; the sampler's summaries (quantiles, Monte Carlo error) are rerun from those."""
+    from bayesmix._model import make_model
+    from bayesmix._precision import x64
+    from bayesmix._results import MapResult
+    from bayesmix._schema import model_attrs, simplex_stats_from_columns
+    from bayesmix._simplex import fit_simplex
+    from bayesmix.priors import parse_prior, parse_sigma_prior
+
+    attrs = df.attrs
+    k = len(names)
+    need = [f"{v}_{r}" for v in ("x_map", "mean", "sd") for r in names] + ["r2", "at_bound"]
+    missing = [c for c in need if c not in df.columns]
+    if missing or "sigma" not in attrs or "prior" not in attrs:
+        raise ValueError(
+            f"results table lacks {missing or 'its sigma/prior metadata'}; write it with "
+            "bayesmix.write_results (or bayesmix fit --out)"
+        )
+    info = model_attrs(attrs)
+    try:
+        stats = simplex_stats_from_columns({c: df[c].to_numpy() for c in df.columns}, n_refs=k,
+                                           n_background=info["n_background"])  # fmt: skip
+    except ValueError as exc:
+        raise ValueError(
+            f"results table: {exc}; write it with bayesmix.write_results (or bayesmix fit --out)"
+        ) from None
+
+    def per_ref(var: str) -> np.ndarray:
+        return np.stack([df[f"{var}_{r}"].to_numpy(np.float64) for r in names], axis=1)
+
+    prior = parse_prior(str(attrs["prior"]))
+    sigma_prior = parse_sigma_prior(str(attrs.get("sigma_prior", "jeffreys")))
+    bg_cols = [c for c in df.columns if c.startswith("background_")]
+    background = info["background"]
+    model = make_model(
+        prior=prior, sigma_prior=sigma_prior, gain=info["gain"], n_refs=k, ref_names=names,
+        background=np.zeros((len(bg_cols), 1)) if background == "custom" else background,
+    )  # fmt: skip
+    sigma = float(attrs["sigma"])
+    draws, seed = int(attrs.get("draws", 400)), int(attrs.get("seed", 0))
+    with x64():
+        fit = fit_simplex(np.asarray(stats.w), np.asarray(stats.chol),
+                          model.prior.concentrations, sigma**2, draws=draws,
+                          seed=seed)  # fmt: skip
+    return MapResult(
+        x=per_ref("x_map"), mean=per_ref("mean"), sd=per_ref("sd"), sigma=sigma,
+        r2=df["r2"].to_numpy(np.float64), at_bound=df["at_bound"].to_numpy(bool), stats=stats,
+        prior=model.prior, sigma_prior=sigma_prior,
+        sigma_fixed=bool(attrs.get("sigma_fixed", False)), n_iter=int(attrs.get("n_iter", 0)),
+        converged=bool(attrs.get("converged", True)), frame=df.index.to_numpy(), model=model,
+        background=df[bg_cols].to_numpy(np.float64) if bg_cols else None,
+        map_shape=info["map_shape"], simplex=fit, seed=seed, n_draws=draws,
+    )  # fmt: skip
+
+
 def map_result_from_table(df: pd.DataFrame) -> Any:
     """Rebuild the :class:`MapResult` of a results table written from :func:`fit_map`.
 
     The statistics columns and the recorded sigma and priors determine every other number.
+    With K >= 3 references (columns ``mean_<reference>``, ...) the sampler's summaries are
+    rerun with the recorded ``draws`` and ``seed``: the same numbers as the fit's.
     """
     from bayesmix._model import make_model
     from bayesmix._results import MapResult
@@ -222,6 +311,9 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
             f"this results table comes from method {attrs.get('method')!r}, not the fast MAP "
             "path; for a NUTS run, pass its InferenceData (.nc written with --idata) instead"
         )
+    names = table_ref_names(df)
+    if names is not None:
+        return _simplex_result_from_table(df, names)
     need = ["x_map", "mean", "sd", "r2", "at_bound"]
     missing = [c for c in need if c not in df.columns]
     if missing or "sigma" not in attrs or "prior" not in attrs:

@@ -22,6 +22,8 @@ from typing import Any
 
 EXIT_USAGE = 2
 METHODS = ("map", "nuts")
+DEFAULT_PRIOR = "truncnormal:0.55,0.15,0,1"
+DEFAULT_SIMPLEX_PRIOR = "dirichlet:1"
 
 FIT_EPILOG = """examples:
   bayesmix fit stack.tif --ref-a fe3.tif --ref-b fe2.tif --out results.csv
@@ -29,9 +31,16 @@ FIT_EPILOG = """examples:
   bayesmix fit data.h5:/entry/frames --ref-a data.h5:/entry/ref_a --ref-b data.h5:/entry/ref_b
   bayesmix fit frames.npy --ref-a a.npy --ref-b b.npy --method nuts --chains 4 \\
       --idata posterior.nc --report report.html --prior beta:5.5,4.5
+  bayesmix fit stack.npy --ref fe.npy --ref fe2o3.npy --ref fe3o4.npy --prior dirichlet:1
+
+references: --ref-a A --ref-b B (two references, x is the weight of A), or --ref FILE once per
+        reference in order (K >= 2; weights on the simplex, one column per reference named after
+        its file); --ref after --ref-a/--ref-b adds references after A and B
 
 priors: truncnormal:LOC,SCALE[,LOW,HIGH] (default truncnormal:0.55,0.15,0,1), uniform[:LOW,HIGH],
-        beta:A,B; noise: jeffreys (default) or invgamma:ALPHA,BETA (on sigma^2)
+        beta:A,B; K >= 3 references: dirichlet:ALPHA or dirichlet:A1,...,AK (default
+        dirichlet:1, flat on the simplex); noise: jeffreys (default) or invgamma:ALPHA,BETA
+        (on sigma^2)
 formats: .tif/.tiff (one frame per page), a folder or glob of PNG/TIFF, .npy, .npz[:NAME],
          .h5/.hdf5[:/DATASET], .zarr[:ARRAY]; outputs .csv, .parquet or .nc
 """
@@ -114,8 +123,12 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=raw,
     )
     fit.add_argument("frames", metavar="FRAMES", help="stack file, folder or glob of images")
-    fit.add_argument("--ref-a", required=True, metavar="A", help="reference A (x is its weight)")
-    fit.add_argument("--ref-b", required=True, metavar="B", help="reference B")
+    fit.add_argument("--ref-a", metavar="A", help="reference A (x is its weight)")
+    fit.add_argument("--ref-b", metavar="B", help="reference B")
+    fit.add_argument("--ref", action="append", dest="refs", default=[], metavar="FILE",
+                     help="a reference, repeated once per reference in order (K >= 2; after "
+                     "--ref-a/--ref-b when those are given); results are named after the "
+                     "files")  # fmt: skip
     fit.add_argument("--mask", metavar="M", help="boolean mask of the pixels to use (True keeps)")
     fit.add_argument("--background", default="none", metavar="KIND",
                      help="background integrated out: none, constant, linear (a constant plus a "
@@ -128,14 +141,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="the stack is a spectrum image: each pixel's spectrum along AXIS "
                      "(0 for (E, H, W), -1 for (H, W, E)) is a frame")  # fmt: skip
     fit.add_argument("--method", choices=METHODS, default="map", help="default: %(default)s")
-    fit.add_argument("--prior", default="truncnormal:0.55,0.15,0,1", metavar="SPEC",
-                     help="prior on x (default: %(default)s)")  # fmt: skip
+    fit.add_argument("--prior", default=None, metavar="SPEC",
+                     help=f"prior on x (default: {DEFAULT_PRIOR}); with K >= 3 references "
+                     f"on the weights (default: {DEFAULT_SIMPLEX_PRIOR})")  # fmt: skip
     fit.add_argument("--sigma-prior", default="jeffreys", metavar="SPEC",
                      help="prior on the noise (default: %(default)s)")  # fmt: skip
     fit.add_argument("--chains", type=_positive_int, default=4, help="NUTS chains (default 4)")
     fit.add_argument("--warmup", type=_positive_int, default=500, help="NUTS warm-up draws")
     fit.add_argument("--samples", type=_positive_int, default=500, help="NUTS draws per chain")
     fit.add_argument("--seed", type=int, default=0, help="random seed (same seed, same numbers)")
+    fit.add_argument("--draws", type=_positive_int, default=400, metavar="N",
+                     help="K >= 3 references, --method map: Gibbs draws per frame for the "
+                     "posterior summaries, at least 100 (default: %(default)s)")  # fmt: skip
     fit.add_argument("--prob", type=_probability, default=0.9, help="interval mass (default 0.9)")
     fit.add_argument(
         "--out",
@@ -235,10 +252,57 @@ def _bar(quiet: bool, total: int | None, desc: str) -> Iterator[Any]:
         yield b
 
 
+def _reference_files(args: argparse.Namespace) -> list[str]:
+    """The references in order: --ref-a, --ref-b (both or neither), then every --ref."""
+    if (args.ref_a is None) != (args.ref_b is None):
+        given, other = ("--ref-a", "--ref-b") if args.ref_b is None else ("--ref-b", "--ref-a")
+        raise UserError(
+            f"{given} needs {other} too (or give every reference with --ref FILE, in order)"
+        )
+    files = ([] if args.ref_a is None else [args.ref_a, args.ref_b]) + list(args.refs)
+    if not files:
+        raise UserError(
+            "the following arguments are required: --ref-a, --ref-b (or --ref FILE once per "
+            "reference, in order)"
+        )
+    if len(files) < 2:
+        raise UserError(
+            f"a fit needs at least two references, got {len(files)}: give --ref FILE once per "
+            "reference (or --ref-a A --ref-b B)"
+        )
+    return files
+
+
+def reference_names(files: Sequence[str]) -> tuple[str, ...]:
+    """A column name per reference file: its stem (or its dataset's last part, for
+    'file.h5:/entry/ref'), letters, digits and '_' only, made unique with _2, _3, ..."""
+    import re
+
+    from bayesmix._readers import _split_key
+
+    names: list[str] = []
+    for source in files:
+        path, key = _split_key(source, None)
+        base = key.rstrip("/").rsplit("/", 1)[-1] if key else path.name.split(".")[0]
+        name = re.sub(r"[^A-Za-z0-9_]", "_", base).strip("_") or "ref"
+        unique, k = name, 2
+        while unique in names:
+            unique, k = f"{name}_{k}", k + 1
+        names.append(unique)
+    return tuple(names)
+
+
 def _fit(args: argparse.Namespace) -> int:
     outputs = [args.out, args.idata, args.report]
     if args.idata is not None and args.method != "nuts":
         raise UserError("--idata needs --method nuts (the MAP path has no posterior draws)")
+    ref_files = _reference_files(args)
+    n_refs = len(ref_files)
+    if n_refs > 2 and args.method == "map":
+        if args.draws < 100:
+            raise UserError(f"--draws must be at least 100, got {args.draws}")
+        if args.seed < 0:
+            raise UserError(f"--seed must be >= 0 with {n_refs} references, got {args.seed}")
     _free(outputs, args.overwrite)
     from bayesmix._runs import parts_dir
 
@@ -266,7 +330,8 @@ def _fit(args: argparse.Namespace) -> int:
     from bayesmix._writers import write_idata, write_results
     from bayesmix.priors import parse_prior, parse_sigma_prior
 
-    prior = parse_prior(args.prior)
+    spec = args.prior or (DEFAULT_PRIOR if n_refs == 2 else DEFAULT_SIMPLEX_PRIOR)
+    prior = parse_prior(spec)
     sigma_prior = parse_sigma_prior(args.sigma_prior)
     background: Any = args.background
     if background not in BACKGROUNDS:
@@ -276,23 +341,38 @@ def _fit(args: argparse.Namespace) -> int:
                 f"images, got {background!r} (no such file)"
             )
         background = read_frames(background).data
+    # Two references keep the names A, B of the x columns; K >= 3 name theirs after the files.
+    names = reference_names(ref_files) if n_refs > 2 else None
     model = make_model(prior=prior, sigma_prior=sigma_prior, background=background,
-                       gain=args.gain)  # fmt: skip
+                       gain=args.gain, n_refs=n_refs, ref_names=names)  # fmt: skip
     with on_device(args.device):  # checked before any work
         t0 = time.perf_counter()
         with _bar(args.quiet, None, "reading") as bar:
             frames = read_frames(args.frames, progress=bar.update,
                                  spectral_axis=args.spectral_axis)  # fmt: skip
-        ref_a = read_reference(args.ref_a)
-        ref_b = read_reference(args.ref_b)
+        refs = [read_reference(f) for f in ref_files]
+        if args.ref_a is not None and refs[1].shape != refs[0].shape:
+            raise UserError(f"ref_a and ref_b must have the same shape, got {refs[0].shape} and "
+                            f"{refs[1].shape}")  # fmt: skip
+        for f, r in zip(ref_files[1:], refs[1:], strict=True):
+            if r.shape != refs[0].shape:
+                raise UserError(
+                    f"all references must have the same shape: {ref_files[0]} has "
+                    f"{refs[0].shape}, {f} has {r.shape}"
+                )
+        ref_a, ref_b, more_refs = refs[0], refs[1], tuple(refs[2:])
         mask = None if args.mask is None else _mask(read_reference(args.mask), args.mask)
-        stack = prepare(frames.data, ref_a, ref_b, mask)
+        stack = prepare(frames.data, ref_a, ref_b, mask, more_refs)
         check_design(model, stack.refs, stack.frame_shape, stack.pixels)
         work = parts_dir(args.out)
         if args.overwrite and not args.resume:
             finish(work)
         options = {"frames": _describe(args.frames), "mask": args.mask,
                    "spectral_axis": args.spectral_axis}  # fmt: skip
+        if more_refs:  # the fingerprint holds A and B; the other references' values go here
+            import hashlib
+
+            options["more_refs"] = hashlib.sha256(stack.more_refs.tobytes()).hexdigest()
         key = fingerprint(stack, options, model)
         with _bar(args.quiet, stack.frames.shape[0], "statistics") as bar:
             stats = checkpointed_stats(stack, work, chunk=args.checkpoint, key=key,
@@ -302,23 +382,26 @@ def _fit(args: argparse.Namespace) -> int:
         labels = frames.source
         common = {"model": model, "map_shape": frames.map_shape, "device": args.device}
         if args.method == "map":
-            result = fit_map_stats(stats, **common)
+            sampler = {"draws": args.draws, "seed": args.seed} if more_refs else {}
+            result = fit_map_stats(stats, **common, **sampler)
         else:
             result = sample_stats(
                 stats, **common, num_chains=args.chains, num_warmup=args.warmup,
                 num_samples=args.samples, seed=args.seed, progress=_show(args.quiet),
             )  # fmt: skip
-        meta = {"frames": str(args.frames), "ref_a": str(args.ref_a), "ref_b": str(args.ref_b),
-                "mask": str(args.mask), "seed": args.seed,
+        meta = {"frames": str(args.frames), "ref_a": str(ref_files[0]),
+                "ref_b": str(ref_files[1]), "mask": str(args.mask), "seed": args.seed,
                 "background_source": str(args.background)}  # fmt: skip
+        if more_refs:
+            meta["ref_files"] = [str(f) for f in ref_files]
         written = [write_results(result, args.out, prob=args.prob, source=labels,
                                  overwrite=args.overwrite, meta=meta)]  # fmt: skip
         if args.idata is not None:
             written.append(write_idata(result, args.idata, overwrite=args.overwrite))
         if args.report is not None:
             written.append(
-                report(result, args.report, frames=stack.frames, ref_a=ref_a,
-                                ref_b=ref_b, mask=mask, prob=args.prob, overwrite=args.overwrite)
+                report(result, args.report, frames=stack.frames, ref_a=ref_a, ref_b=ref_b,
+                       more_refs=more_refs, mask=mask, prob=args.prob, overwrite=args.overwrite)
             )  # fmt: skip
         finish(work)
         seconds = time.perf_counter() - t0
