@@ -131,7 +131,7 @@ def _kernel(w, chol, alpha, s2, x0, index, seed, n_warmup, n_draws, qs, mh,
             e[a] /= sigma
         key = _mix(np.uint64(seed) * np.uint64(0x100000001B3) + np.uint64(index[i]))
         counter = np.uint64(0)
-        draws = np.empty((n_draws, k))
+        draws = np.empty((k, n_draws))  # each weight's draws contiguous, for the sort
         xn = np.empty(k)
         acc = 0
         for it in range(n_warmup + n_draws):
@@ -170,10 +170,10 @@ def _kernel(w, chol, alpha, s2, x0, index, seed, n_warmup, n_draws, qs, mh,
                     acc += 1
             if it >= n_warmup:
                 for c in range(k):
-                    draws[it - n_warmup, c] = x[c]
+                    draws[c, it - n_warmup] = x[c]
         accept[i] = acc / ((n_warmup + n_draws) * m)
         for c in range(k):
-            col = np.sort(draws[:, c])
+            col = draws[c]
             s = 0.0
             for d in range(n_draws):
                 s += col[d]
@@ -183,23 +183,21 @@ def _kernel(w, chol, alpha, s2, x0, index, seed, n_warmup, n_draws, qs, mh,
                 v += (col[d] - mu) ** 2
             mean[i, c] = mu
             sd[i, c] = math.sqrt(v / (n_draws - 1))
+            # Batch means (in draw order) before the sort.
+            bv = 0.0
+            for bi in range(_BATCHES):
+                t = 0.0
+                for d in range(bi * per, (bi + 1) * per):
+                    t += col[d]
+                bv += (t / per - mu) ** 2
+            mc_se[i, c] = math.sqrt(bv / (_BATCHES - 1) / _BATCHES)
+            col.sort()
             for qi in range(nq):
                 pos = qs[qi] * (n_draws - 1)
                 lo_i = int(pos)  # pos >= 0: truncation is the floor
                 hi_i = min(lo_i + 1, n_draws - 1)
                 frac = pos - lo_i
                 quant[i, c, qi] = col[lo_i] + frac * (col[hi_i] - col[lo_i])
-            bm = np.empty(_BATCHES)
-            for bi in range(_BATCHES):
-                t = 0.0
-                for d in range(bi * per, (bi + 1) * per):
-                    t += draws[d, c]
-                bm[bi] = t / per
-            bmu = bm.mean()
-            bv = 0.0
-            for bi in range(_BATCHES):
-                bv += (bm[bi] - bmu) ** 2
-            mc_se[i, c] = math.sqrt(bv / (_BATCHES - 1) / _BATCHES)
 
 
 def gibbs_summary(
