@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bayesmix._results import clean_attrs
-from bayesmix._schema import frame_table, model_attrs, stats_columns, stats_from_columns
+from bayesmix._schema import (
+    frame_table,
+    model_attrs,
+    simplex_stats_from_columns,
+    simplex_table,
+    stats_columns,
+    stats_from_columns,
+)
 from bayesmix._version import __version__
 from bayesmix.priors import prior_spec
 
@@ -77,6 +84,12 @@ def to_inference_data(
         posterior["gain"] = gain
         dims["gain"] = ["frame"]
     constant: dict[str, Any] = {"x_map": fit.x, "sigma_map": np.asarray(fit.sigma)}
+    if fit.simplex is not None:
+        # K >= 3: one weight per reference; the MAP's face flag as the fast path has it.
+        coords["reference"] = list(fit.model.ref_names)
+        dims["x"] = dims["x_map"] = ["frame", "reference"]
+        constant["at_bound"] = np.asarray(fit.at_bound, bool)
+        dims["at_bound"] = ["frame"]
     if background is not None:
         constant["background_mean"] = background
         dims["background_mean"] = ["frame", "background_term"]
@@ -122,7 +135,8 @@ class Diagnostics:
     bfmi : ndarray, shape (chain,)
         Bayesian fraction of missing information per chain.
     table : pandas.DataFrame
-        Per-variable R-hat and ESS (``x[frame]`` rows and ``sigma``).
+        Per-variable R-hat and ESS (``x[frame]`` rows, ``x[frame, reference]`` for K >= 3
+        references, and ``sigma``).
     """
 
     verdict: str
@@ -174,13 +188,22 @@ def diagnose(idata: az.InferenceData) -> Diagnostics:
     ess_bulk = az.ess(post, method="bulk")
     ess_tail = az.ess(post, method="tail")
     frame = post["x"].coords["frame"].values
+    if "reference" in post["x"].dims:
+        # K >= 3: one row per frame and reference, in the (frame, reference) order of the values.
+        rhat, ess_bulk, ess_tail = (
+            d.transpose("frame", "reference") for d in (rhat, ess_bulk, ess_tail)
+        )
+        refs = post["x"].coords["reference"].values
+        labels = [f"x[{f}, {r}]" for f in frame for r in refs]
+    else:
+        labels = [f"x[{f}]" for f in frame]
     table = pd.DataFrame(
         {
-            "rhat": np.append(rhat["x"].values, float(rhat["sigma"])),
-            "ess_bulk": np.append(ess_bulk["x"].values, float(ess_bulk["sigma"])),
-            "ess_tail": np.append(ess_tail["x"].values, float(ess_tail["sigma"])),
+            "rhat": np.append(rhat["x"].values.ravel(), float(rhat["sigma"])),
+            "ess_bulk": np.append(ess_bulk["x"].values.ravel(), float(ess_bulk["sigma"])),
+            "ess_tail": np.append(ess_tail["x"].values.ravel(), float(ess_tail["sigma"])),
         },
-        index=[f"x[{f}]" for f in frame] + ["sigma"],
+        index=[*labels, "sigma"],
     ).sort_values("rhat", ascending=False)
     divergences = int(idata.sample_stats["diverging"].values.sum())
     bfmi = np.asarray(az.bfmi(idata))
@@ -262,6 +285,8 @@ def nuts_table(idata: az.InferenceData, prob: float = 0.9) -> pd.DataFrame:
         raise ValueError("expected the InferenceData of bayesmix.sample (posterior 'x', 'sigma')")
     info = model_attrs(idata.attrs)
     post = idata.posterior
+    if "reference" in post["x"].dims:
+        return _simplex_nuts_table(idata, prob, info)
     n = post["x"].sizes["frame"]
     draws = post["x"].values.reshape(-1, n)
     tail = 0.5 * (1.0 - prob)
@@ -299,6 +324,58 @@ def nuts_table(idata: az.InferenceData, prob: float = 0.9) -> pd.DataFrame:
             "ess_bulk": az.ess(post[["x"]], method="bulk")["x"].values,
         },
     )
+    df.attrs.update(
+        {k: v for k, v in idata.attrs.items() if isinstance(v, (str, int, float, bool))}
+    )
+    df.attrs.update(
+        {"method": "nuts", "sigma": float(sigma.mean()), "sigma_sd": float(sigma.std(ddof=1))}
+    )
+    return df
+
+
+def _simplex_nuts_table(idata: az.InferenceData, prob: float, info: dict[str, Any]
+                        ) -> pd.DataFrame:  # fmt: skip
+    """:func:`nuts_table` for K >= 3 references: the fast path's per-reference columns
+    (:func:`bayesmix._schema.simplex_table`; ``mc_se_r`` is NUTS' Monte Carlo error of the mean),
+    plus ``rhat_r``, ``ess_bulk_r`` and ``ess_tail_r`` per reference."""
+    import arviz as az
+
+    post = idata.posterior
+    x = post["x"].transpose("chain", "draw", "frame", "reference")
+    names = tuple(str(r) for r in x.coords["reference"].values)
+    n, k = x.sizes["frame"], x.sizes["reference"]
+    draws = x.values.reshape(-1, n, k)
+    tail = 0.5 * (1.0 - prob)
+    lo, hi = np.quantile(draws, [tail, 1.0 - tail], axis=0)
+    obs = idata.observed_data
+    stats = simplex_stats_from_columns(
+        {c: obs[c].values for c in obs.data_vars}, n_refs=k, n_background=info["n_background"]
+    )
+    const = idata.constant_data
+    x_map = const["x_map"].transpose("frame", "reference").values
+    at_bound = (
+        const["at_bound"].values.astype(bool) if "at_bound" in const else np.any(x_map <= 0, 1)
+    )
+    background = const["background_mean"].values if "background_mean" in const else None
+    sigma = post["sigma"].values
+    xs = post[["x"]]
+    diag = {
+        "rhat": az.rhat(xs)["x"],
+        "ess_bulk": az.ess(xs, method="bulk")["x"],
+        "ess_tail": az.ess(xs, method="tail")["x"],
+    }
+    extra = {
+        f"{name}_{r}": v.transpose("frame", "reference").values[:, i]
+        for name, v in diag.items()
+        for i, r in enumerate(names)
+    }
+    df = simplex_table(
+        frame=x.coords["frame"].values, names=names, x_map=x_map, mean=draws.mean(axis=0),
+        sd=draws.std(axis=0, ddof=1), lo=lo, hi=hi, prob=prob,
+        mc_se=az.mcse(xs)["x"].transpose("frame", "reference").values, at_bound=at_bound,
+        stats=stats, sigma=float(np.median(sigma)), n_background=info["n_background"],
+        background=background, map_shape=info["map_shape"], extra=extra,
+    )  # fmt: skip
     df.attrs.update(
         {k: v for k, v in idata.attrs.items() if isinstance(v, (str, int, float, bool))}
     )
