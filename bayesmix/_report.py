@@ -572,6 +572,30 @@ def _simplex_flagged_html(v: _View) -> str:
     return text + df.to_html(border=0, float_format=lambda f: f"{f:.4g}") + more
 
 
+def _simplex_trace_html(v: _View) -> str:
+    """NUTS, K >= 3: chains of sigma and of every reference's weight in the worst-mixing frame."""
+    from bayesmix._arviz import plot_trace
+
+    cols = [f"rhat_{r}" for r in v.names if f"rhat_{r}" in v.table.columns]
+    if not cols:
+        return ""
+    worst = v.table[cols].max(axis=1).to_numpy()
+    frame = v.table.index[int(np.nanargmax(worst))] if np.isfinite(worst).any() else v.frame[0]
+    k = len(v.names)
+    fig = _figure(10, 2.4 * (1 + k))
+    axes = fig.subplots(1 + k, 2, squeeze=False)
+    plot_trace(v.idata, axes[:1], ["sigma"], None)
+    plot_trace(v.idata, axes[1:], ["x"], [frame])
+    for row, name in zip(axes, ["sigma"] + [f"x_{r}[frame {frame}]" for r in v.names],
+                         strict=True):  # fmt: skip
+        row[0].set_title(f"{name}: density per chain")
+        row[1].set_title(f"{name}: rank plot")
+    fig.suptitle("Chains of sigma and of every weight of the worst-mixing frame "
+                 "(uniform ranks = good mixing)")  # fmt: skip
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _simplex_body(v: _View, result: Any, prob: float, frames: Any, refs: list[Any],
                   mask: Any) -> dict[str, str]:  # fmt: skip
     """The sections of a K >= 3 report; those that do not apply are left out."""
@@ -582,6 +606,7 @@ def _simplex_body(v: _View, result: Any, prob: float, frames: Any, refs: list[An
         "Diagnostics": _simplex_diagnostics_html(v, result),
     }
     if v.idata is not None:
+        body["Trace and rank plots"] = _simplex_trace_html(v)
         body["Energy"] = _energy_html(v)
     body["Residual image"] = _simplex_residual_html(v, frames, refs, mask)
     body["Flagged frames"] = _simplex_flagged_html(v)

@@ -98,3 +98,13 @@ def test_dirichlet_of_wrong_length_is_refused():
     frames = np.broadcast_to(refs.mean(axis=0), (5, 4, 4))
     with pytest.raises(ValueError, match="2 concentrations but the fit has 3 references"):
         bayesmix.sample(frames, *refs, prior=Dirichlet([1.0, 2.0]), progress=False)
+
+
+def test_report_shows_every_reference_and_its_chains(problem, tmp_path):
+    frames, refs, _, idata = problem
+    out = tmp_path / "report.html"
+    bayesmix.report(idata, out, frames=frames, ref_a=refs[0], ref_b=refs[1], more_refs=refs[2:])
+    text = out.read_text()
+    assert "Trace and rank plots" in text and "Energy" in text
+    for name in NAMES:
+        assert name in text
