@@ -657,7 +657,7 @@ def report(
     if not 0 < prob < 1:
         raise ValueError(f"prob must be in (0, 1), got {prob}")
     v = _View(result, prob)
-    more_refs = list(more_refs or ())
+    more_refs = [] if more_refs is None else list(more_refs)
     if v.names is None and more_refs:
         raise ValueError(
             f"more_refs holds {len(more_refs)} reference(s) but the result has two references"
