@@ -169,9 +169,11 @@ class MapResult:
     def _simplex_quantiles(self, qs: np.ndarray) -> np.ndarray:
         """Quantiles of the K weights: kept from the fit, or the same chains (same seed) rerun."""
         fit = self.simplex
-        have = {q: i for i, q in enumerate(fit.qs)}
-        if all(float(q) in have for q in qs):
-            return fit.quantiles[..., [have[float(q)] for q in qs]]
+        # Levels kept by the fit, matched to rounding (0.5 * (1 - 0.9) is not 0.05 exactly).
+        kept = np.asarray(fit.qs)
+        hit = np.abs(qs[:, None] - kept[None, :]) <= 1e-12
+        if hit.any(axis=1).all():
+            return fit.quantiles[..., hit.argmax(axis=1)]
         from bayesmix._precision import x64
         from bayesmix._simplex import fit_simplex
 

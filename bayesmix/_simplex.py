@@ -269,8 +269,46 @@ def _bucket(n: int) -> int:
     return bucket_size(n)
 
 
+def _shared(chol: np.ndarray) -> bool:
+    """Every frame has the same Gram matrix (no masked pixels): one factorisation serves all."""
+    return bool(len(chol) > 0 and np.all(chol == chol[:1]))
+
+
+def mode_shared_flat(w: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`simplex_mode` for a flat prior and one Gram matrix ``h`` (K, K) shared by all
+    frames: each face's KKT matrix is inverted once and applied to every frame (a matrix
+    product per face), the same face enumeration and choice."""
+    n, k = w.shape
+    hw = w @ h
+    best_x = np.zeros((n, k))
+    best_f = np.full(n, np.inf)
+    best_face = np.zeros(n, bool)
+    for m in face_masks(k):
+        idx = np.flatnonzero(m)
+        r = idx.size
+        kkt = np.zeros((r + 1, r + 1))
+        kkt[:r, :r] = h[np.ix_(idx, idx)]
+        kkt[:r, r] = kkt[r, :r] = 1.0
+        rhs = np.concatenate([hw[:, idx], np.ones((n, 1))], axis=1)
+        sol = rhs @ np.linalg.inv(kkt).T
+        x = np.zeros((n, k))
+        x[:, idx] = sol[:, :r]
+        feasible = np.all(x[:, idx] >= -1e-9, axis=1)
+        x = np.clip(x, 0.0, None)
+        x /= x.sum(axis=1, keepdims=True)
+        d = x - w
+        f = 0.5 * np.einsum("ni,ij,nj->n", d, h, d)
+        better = feasible & (f < best_f)
+        best_x[better], best_f[better], best_face[better] = x[better], f[better], r < k
+    return best_x, best_face
+
+
 def gaussian_marginals(w: np.ndarray, chol: np.ndarray, s2: float) -> tuple[np.ndarray, ...]:
     """The unconstrained posterior on the plane sum x = 1 (flat prior): mean (N, K), sd (N, K)."""
+    if _shared(chol) and len(chol) > 1:
+        xhat, sd = gaussian_marginals(w, chol[:1], s2)
+        # Linear in w: the mean moves with w, the sd is shared.
+        return _plane_mean(w, chol[0]), np.broadcast_to(sd, w.shape).copy()
     k = w.shape[1]
     u = np.vstack([np.eye(k - 1), -np.ones((1, k - 1))])
     ek = np.zeros(k)
@@ -285,18 +323,32 @@ def gaussian_marginals(w: np.ndarray, chol: np.ndarray, s2: float) -> tuple[np.n
     return xhat, sd
 
 
+def _plane_mean(w: np.ndarray, chol: np.ndarray) -> np.ndarray:
+    """The unconstrained least-squares weights on the plane sum x = 1, one shared (K, K) M."""
+    k = w.shape[1]
+    u = np.vstack([np.eye(k - 1), -np.ones((1, k - 1))])
+    ek = np.zeros(k)
+    ek[-1] = 1.0
+    h = chol.T @ chol
+    ht = u.T @ h @ u
+    that = np.linalg.solve(ht, (u.T @ h @ (w - ek).T)).T
+    return ek + that @ u.T
+
+
 SAMPLERS = ("numba", "jax")
 
 
 def fit_simplex(
     w: np.ndarray, chol: np.ndarray, alpha: np.ndarray, s2: float, *, draws: int, seed: int,
-    qs: tuple[float, ...] = QUANTILES, z_inside: float = 7.0, sampler: str = "numba",
+    qs: tuple[float, ...] = QUANTILES, z_inside: float = 5.0, sampler: str = "numba",
 ) -> SimplexFit:  # fmt: skip
     """MAP, mean, sd, quantiles and Monte Carlo error of every frame's weights given sigma^2.
 
     With a flat prior (all alpha = 1), a frame whose Gaussian lies ``z_inside`` of its sds inside
-    every face (mass outside the simplex < 1e-11) has that Gaussian as its posterior: its
-    summaries are closed form. The sampler runs on the other frames only: ``'numba'`` (the CPU
+    every face has that Gaussian, restricted to the simplex, as its posterior; the mass outside
+    is below :math:`K \\Phi(-5) = K \\cdot 2.9 \\times 10^{-7}`, which moves the mean by less
+    than :math:`10^{-5}` sd, far below the sampler's own error: its summaries are taken in closed
+    form. The sampler runs on the other frames only: ``'numba'`` (the CPU
     kernel of :mod:`bayesmix._gibbs`) or ``'jax'`` (:func:`simplex_summary`, for a GPU); the
     same chain, with different random streams.
     """
@@ -306,13 +358,17 @@ def fit_simplex(
 
     n, k = w.shape
     alpha = np.asarray(alpha, np.float64)
-    size = _bucket(n)
-    pad = size - n
-    wp = np.concatenate([w, np.full((pad, k), 1.0 / k)])
-    cp = np.concatenate([chol, np.broadcast_to(np.eye(k), (pad, k, k))])
-    x, on_face = simplex_mode(jnp.asarray(wp), jnp.asarray(cp), jnp.asarray(alpha),
-                              jnp.float64(s2), newton=bool(np.any(alpha > 1)))  # fmt: skip
-    x, on_face = np.asarray(x)[:n], np.asarray(on_face)[:n]
+    newton = bool(np.any(alpha > 1))
+    if not newton and _shared(chol):
+        x, on_face = mode_shared_flat(w, chol[0].T @ chol[0])
+    else:
+        size = _bucket(n)
+        pad = size - n
+        wp = np.concatenate([w, np.full((pad, k), 1.0 / k)])
+        cp = np.concatenate([chol, np.broadcast_to(np.eye(k), (pad, k, k))])
+        x, on_face = simplex_mode(jnp.asarray(wp), jnp.asarray(cp), jnp.asarray(alpha),
+                                  jnp.float64(s2), newton=newton)  # fmt: skip
+        x, on_face = np.asarray(x)[:n], np.asarray(on_face)[:n]
     xhat, gsd = gaussian_marginals(w, chol, s2)
     flat = bool(np.all(alpha == 1.0))
     inside = np.all(xhat > z_inside * gsd, axis=1) if flat else np.zeros(n, bool)

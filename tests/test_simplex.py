@@ -286,3 +286,26 @@ def test_bad_sampler_options(kw, match):
     frames, refs, _ = _simulate(3, 10, 0.1)
     with pytest.raises(ValueError, match=match):
         bayesmix.fit_map(frames, *refs, **kw)
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_shared_gram_shortcuts_equal_the_per_frame_computations(k):
+    """Frames without masked pixels share one Gram matrix; the shortcuts (one KKT inverse per
+    face, one plane covariance) give the per-frame computations' numbers."""
+    from bayesmix._simplex import gaussian_marginals, mode_shared_flat
+
+    rng = np.random.default_rng(k + 20)
+    n = 500
+    m = np.triu(rng.normal(size=(k, k))) + 2.0 * np.eye(k)
+    w = rng.dirichlet(np.ones(k), n) + rng.normal(0, 0.3, (n, k))
+    chol = np.broadcast_to(m, (n, k, k)).copy()
+    with x64():
+        x_jax, face_jax = simplex_mode(w, chol, np.ones(k), 0.1, newton=False)
+    x_np, face_np = mode_shared_flat(w, m.T @ m)
+    np.testing.assert_allclose(x_np, np.asarray(x_jax), atol=1e-10)
+    assert np.array_equal(face_np, np.asarray(face_jax))
+    shared = gaussian_marginals(w, chol, 0.1)
+    chol[0, 0] *= -1.0  # another M with the same M^T M: breaks the sharing, not the numbers
+    each = gaussian_marginals(w, chol, 0.1)
+    for a, b in zip(shared, each, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
