@@ -16,8 +16,6 @@ from bayesmix._results import clean_attrs
 from bayesmix._schema import (
     frame_table,
     model_attrs,
-    simplex_stats_from_columns,
-    simplex_table,
     stats_columns,
     stats_from_columns,
 )
@@ -324,6 +322,12 @@ def nuts_table(idata: az.InferenceData, prob: float = 0.9) -> pd.DataFrame:
             "ess_bulk": az.ess(post[["x"]], method="bulk")["x"].values,
         },
     )
+    return _with_run_attrs(df, idata, sigma)
+
+
+def _with_run_attrs(df: pd.DataFrame, idata: az.InferenceData, sigma: np.ndarray
+                    ) -> pd.DataFrame:  # fmt: skip
+    """The run's scalar attributes on its table, with the method and sigma's posterior."""
     df.attrs.update(
         {k: v for k, v in idata.attrs.items() if isinstance(v, (str, int, float, bool))}
     )
@@ -336,8 +340,8 @@ def nuts_table(idata: az.InferenceData, prob: float = 0.9) -> pd.DataFrame:
 def _simplex_nuts_table(idata: az.InferenceData, prob: float, info: dict[str, Any]
                         ) -> pd.DataFrame:  # fmt: skip
     """:func:`nuts_table` for K >= 3 references: the fast path's per-reference columns
-    (:func:`bayesmix._schema.simplex_table`; ``mc_se_r`` is NUTS' Monte Carlo error of the mean),
-    plus ``rhat_r``, ``ess_bulk_r`` and ``ess_tail_r`` per reference."""
+    (:func:`bayesmix._schema.frame_table` with ``names``; ``mc_se_r`` is NUTS' Monte Carlo
+    error of the mean), plus ``rhat_r``, ``ess_bulk_r`` and ``ess_tail_r`` per reference."""
     import arviz as az
 
     post = idata.posterior
@@ -348,9 +352,8 @@ def _simplex_nuts_table(idata: az.InferenceData, prob: float, info: dict[str, An
     tail = 0.5 * (1.0 - prob)
     lo, hi = np.quantile(draws, [tail, 1.0 - tail], axis=0)
     obs = idata.observed_data
-    stats = simplex_stats_from_columns(
-        {c: obs[c].values for c in obs.data_vars}, n_refs=k, n_background=info["n_background"]
-    )
+    stats = stats_from_columns({c: obs[c].values for c in obs.data_vars}, gain=False,
+                               n_background=info["n_background"], n_refs=k)  # fmt: skip
     const = idata.constant_data
     x_map = const["x_map"].transpose("frame", "reference").values
     at_bound = (
@@ -369,20 +372,14 @@ def _simplex_nuts_table(idata: az.InferenceData, prob: float, info: dict[str, An
         for name, v in diag.items()
         for i, r in enumerate(names)
     }
-    df = simplex_table(
+    df = frame_table(
         frame=x.coords["frame"].values, names=names, x_map=x_map, mean=draws.mean(axis=0),
         sd=draws.std(axis=0, ddof=1), lo=lo, hi=hi, prob=prob,
         mc_se=az.mcse(xs)["x"].transpose("frame", "reference").values, at_bound=at_bound,
         stats=stats, sigma=float(np.median(sigma)), n_background=info["n_background"],
         background=background, map_shape=info["map_shape"], extra=extra,
     )  # fmt: skip
-    df.attrs.update(
-        {k: v for k, v in idata.attrs.items() if isinstance(v, (str, int, float, bool))}
-    )
-    df.attrs.update(
-        {"method": "nuts", "sigma": float(sigma.mean()), "sigma_sd": float(sigma.std(ddof=1))}
-    )
-    return df
+    return _with_run_attrs(df, idata, sigma)
 
 
 def is_inference_data(obj: Any) -> bool:

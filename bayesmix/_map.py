@@ -37,7 +37,7 @@ from bayesmix._model import MixingModel, make_model
 from bayesmix._posterior import posterior_method
 from bayesmix._precision import x64
 from bayesmix._results import MapResult
-from bayesmix._simplex import fit_simplex, simplex_mode
+from bayesmix._simplex import fit_simplex, simplex_map
 from bayesmix._stats import (
     BasisStats,
     FrameStats,
@@ -276,9 +276,8 @@ def _simplex_sigma2(stats: SimplexStats, model: MixingModel, sigma, sigma_method
     n_tot = float(np.sum(stats.n))
     s2 = rss / max(float(np.sum(stats.dof_residual)), 1.0)
     for it in range(1, int(max_iter) + 1):
-        x, _ = simplex_mode(jnp.asarray(stats.w), jnp.asarray(stats.chol), jnp.asarray(alpha),
-                            jnp.float64(s2), newton=bool(np.any(alpha > 1)))  # fmt: skip
-        d = np.asarray(x) - stats.w
+        x, _ = simplex_map(np.asarray(stats.w), np.asarray(stats.chol), alpha, s2)
+        d = x - stats.w
         q = np.einsum("nij,nj->ni", stats.chol, d)
         new = (rss + float(np.sum(q * q)) + 2.0 * ig_b) / (n_tot + 2.0 * ig_a + 1.0)
         done = abs(new - s2) <= tol * new
@@ -291,12 +290,6 @@ def _simplex_sigma2(stats: SimplexStats, model: MixingModel, sigma, sigma_method
 def _fit_simplex(stats: SimplexStats, *, model, sigma, sigma_method, max_iter, tol, frame,
                  device, map_shape, draws, seed, basis) -> MapResult:  # fmt: skip
     """K >= 3 references: sigma, then the exact MAP and the sampled summaries given it."""
-    if sigma is None and isinstance(model.sigma_prior, Jeffreys) and np.sum(stats.dof_residual) < 1:
-        raise ValueError(
-            f"the noise scale cannot be learned: no frame has more valid pixels than the model's "
-            f"{model.n_refs} references and background terms; pass sigma= or "
-            "sigma_prior=InverseGamma(...)"
-        )
     with on_device(device) as devices, x64():
         s2, it, converged = _simplex_sigma2(stats, model, sigma, sigma_method, max_iter, tol)
         # The sampler where the data are: numba on the CPU, the vectorised JAX chain on a GPU.
@@ -347,29 +340,24 @@ def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map
             "gain=True needs the statistics of the model's basis (BasisStats), not FrameStats; "
             "call fit_map(frames, ref_a, ref_b, gain=True)"
         )
-    if isinstance(stats, SimplexStats):
-        if frame is not None and len(frame) != stats.n_frames:
-            raise ValueError(f"frame labels must have length {stats.n_frames}, got {len(frame)}")
-        if map_shape is not None and int(np.prod(map_shape)) != stats.n_frames:
-            raise ValueError(f"map_shape {map_shape} does not hold {stats.n_frames} frames")
-        return _fit_simplex(stats, model=model, sigma=sigma, sigma_method=sigma_method,
-                            max_iter=max_iter, tol=tol, frame=frame, device=device,
-                            map_shape=map_shape, draws=draws, seed=seed, basis=basis)  # fmt: skip
-    n_frames = stats.n_frames
-    if frame is not None and len(frame) != n_frames:
-        raise ValueError(f"frame labels must have length {n_frames}, got {len(frame)}")
-    if map_shape is not None and int(np.prod(map_shape)) != n_frames:
-        raise ValueError(f"map_shape {map_shape} does not hold {n_frames} frames")
-
+    if frame is not None and len(frame) != stats.n_frames:
+        raise ValueError(f"frame labels must have length {stats.n_frames}, got {len(frame)}")
+    if map_shape is not None and int(np.prod(map_shape)) != stats.n_frames:
+        raise ValueError(f"map_shape {map_shape} does not hold {stats.n_frames} frames")
     dof_ls = float(np.sum(stats.dof_residual))
     if sigma is None and isinstance(sigma_prior, Jeffreys) and dof_ls < 1:
         raise ValueError(
             "the noise scale cannot be learned: no frame has more valid pixels than the model "
-            "has terms (two references: every frame has a single valid pixel), so no residual "
-            "is left to measure it (under the Jeffreys prior its "
-            "posterior is improper); pass sigma= (a known noise scale) or "
-            "sigma_prior=InverseGamma(...)"
+            "has terms (with two references: every frame has a single valid pixel), so no "
+            "residual is left to measure it (under the Jeffreys prior its posterior is "
+            "improper); pass sigma= (a known noise scale) or sigma_prior=InverseGamma(...)"
         )
+    if isinstance(stats, SimplexStats):
+        return _fit_simplex(stats, model=model, sigma=sigma, sigma_method=sigma_method,
+                            max_iter=max_iter, tol=tol, frame=frame, device=device,
+                            map_shape=map_shape, draws=draws, seed=seed, basis=basis)  # fmt: skip
+    n_frames = stats.n_frames
+
     if model.gain and not np.any(np.sum(np.asarray(stats.z) ** 2, axis=1) > 0):
         raise ValueError(
             "with gain=True every frame's projection on the references is exactly zero: the "

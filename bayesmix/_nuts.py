@@ -27,7 +27,7 @@ from bayesmix._model import MixingModel, make_model
 from bayesmix._precision import x64
 from bayesmix._results import MapResult
 from bayesmix._stats import BasisStats, FrameStats, GainStats, SimplexStats
-from bayesmix.priors import SigmaPrior, XPrior
+from bayesmix.priors import Dirichlet, SigmaPrior, XPrior
 
 __all__ = ["sample", "sample_stats"]
 
@@ -141,12 +141,12 @@ def _simplex_centred(stats: SimplexStats, x, u, x_ref, sse_ref):
     return -0.5 * sse_ref * jnp.expm1(-2.0 * u) - 0.5 * ds * jnp.exp(-2.0 * u) - n * u
 
 
-def _simplex_model(stats, x_ref, sse_ref, sigma_ref, ig, affine, u_scale, alpha):
+def _simplex_model(stats, x_ref, sse_ref, sigma_ref, ig, affine, u_scale, prior):
     """NumPyro model for K >= 3 references, in standardised coordinates.
 
     ``w`` (N, K-1) and ``v`` are sampled; the weights are the stick-breaking image of
     ``t = loc + w @ root`` (NumPyro's simplex transform for ``Dirichlet``, written in log space so
-    that the Dirichlet density ``sum (alpha - 1) log x`` and the Jacobian are exact even where a
+    that the Dirichlet density (``prior.log_prob_log``) and the Jacobian are exact even where a
     weight underflows), ``sigma = sigma_ref * exp(u_scale * v)`` as in :func:`_model`. ``loc`` is
     the MAP nudged inside the simplex and ``root`` whitens the posterior there, so each frame's
     posterior is close to a standard normal in ``w``.
@@ -161,16 +161,15 @@ def _simplex_model(stats, x_ref, sse_ref, sigma_ref, ig, affine, u_scale, alpha)
     log_x, log_jac = _stick_log_x(t)
     x = numpyro.deterministic("x", jnp.exp(log_x))
     u = u_scale * v
-    # Dirichlet(alpha) up to its constant, plus the Jacobian of x in t (that of t in w is
-    # constant).
-    numpyro.factor("prior_x", jnp.sum((alpha - 1.0) * log_x) + jnp.sum(log_jac))
+    # The Dirichlet, plus the Jacobian of x in t (that of t in w is constant).
+    numpyro.factor("prior_x", jnp.sum(prior.log_prob_log(log_x)) + jnp.sum(log_jac))
     numpyro.factor("sigma_prior", -2.0 * ig[0] * u - ig[1] * jnp.exp(-2.0 * u) / sigma_ref**2)
     numpyro.deterministic("sigma", sigma_ref * jnp.exp(u))
     numpyro.factor("loglik", _simplex_centred(stats, x, u, x_ref, sse_ref))
 
 
 @jax.jit
-def _stick_derivatives(loc, alpha):
+def _stick_derivatives(loc, prior):
     """At ``loc`` (N, K-1): the Jacobian of the weights in t (N, K, K-1) and the Hessian of the
     prior and Jacobian terms (N, K-1, K-1); one compiled program."""
 
@@ -179,12 +178,12 @@ def _stick_derivatives(loc, alpha):
 
     def prior_terms(t):
         log_x, log_jac = _stick_log_x(t)
-        return jnp.sum((alpha - 1.0) * log_x) + log_jac
+        return prior.log_prob_log(log_x) + log_jac
 
     return jax.vmap(jax.jacfwd(x_of))(loc), jax.vmap(jax.hessian(prior_terms))(loc)
 
 
-def _simplex_start(stats: SimplexStats, alpha: np.ndarray, s2: float, x_map: np.ndarray,
+def _simplex_start(stats: SimplexStats, prior: Dirichlet, s2: float, x_map: np.ndarray,
                    sd: np.ndarray):  # fmt: skip
     """``(loc, root)`` of the standardised coordinates (float64).
 
@@ -206,7 +205,7 @@ def _simplex_start(stats: SimplexStats, alpha: np.ndarray, s2: float, x_map: np.
     loc = _stick_inverse(x0)
     h = np.einsum("nji,njk->nik", chol, chol) / s2
     with x64():
-        jac, hp = jax.device_get(_stick_derivatives(jnp.asarray(loc), jnp.asarray(alpha)))
+        jac, hp = jax.device_get(_stick_derivatives(jnp.asarray(loc), prior))
     prec = np.einsum("nki,nkl,nlj->nij", jac, h, jac) - hp
     prec = 0.5 * (prec + np.swapaxes(prec, 1, 2))
     val, vec = np.linalg.eigh(prec)
@@ -245,7 +244,7 @@ def _check_counts(**counts: Any) -> None:
 
 def _mcmc(prior, num_chains, num_warmup, num_samples, method, target_accept, progress):
     """NumPyro's NUTS on the model with this prior baked in (the data are arguments);
-    ``prior=None`` is the K >= 3 simplex model (:func:`_simplex_model`, alpha an argument).
+    ``prior=None`` is the K >= 3 simplex model (:func:`_simplex_model`, the Dirichlet an argument).
 
     NumPyro compiles its sampling loop on every ``run`` (a few seconds); JAX's persistent
     compilation cache, where the user enables it, makes repeated runs of one shape cheap.
@@ -325,9 +324,8 @@ def sample_stats(
         u_scale = 1.0 / math.sqrt(2.0 * float(np.sum(red.n)))
         rng = np.random.default_rng(seed)
         if simplex:
-            alpha = np.asarray(fit.prior.concentrations, np.float64)
             x_ref = np.asarray(fit.x, np.float64)
-            loc, root = _simplex_start(red, alpha, sigma_ref**2, x_ref, fit.sd)
+            loc, root = _simplex_start(red, fit.prior, sigma_ref**2, x_ref, fit.sd)
             # In units of sigma_ref: every number the sampler sees is O(1).
             st_c = SimplexStats(w=np.asarray(red.w, np.float64),
                                 chol=np.asarray(red.chol, np.float64) / sigma_ref,
@@ -359,7 +357,7 @@ def sample_stats(
                 args = (
                     cast(st_c), cast(x_ref), ft(sse_ref), ft(sigma_ref), ig,
                     _SimplexFrame(jnp.asarray(loc, ft), jnp.asarray(root, ft)), ft(u_scale),
-                    jnp.asarray(alpha, ft),
+                    cast(fit.prior),
                 )  # fmt: skip
             else:
                 args = (

@@ -275,15 +275,18 @@ def _energy_html(v: _View) -> str:
     return _png(fig)
 
 
-def _residual_html(v: _View, frames: Any, ref_a: Any, ref_b: Any, mask: Any) -> str:
-    if frames is None:
-        return "<p>Pass <code>frames=, ref_a=, ref_b=</code> to report() to see it.</p>"
-    stack = prepare(frames, ref_a, ref_b, mask)
+def _residual_html(v: _View, frames: Any, refs: list[Any], mask: Any) -> str:
+    """The mean residual image: the mean frame minus the model at the mean per-frame numbers."""
+    k = 2 if v.names is None else len(v.names)
+    if frames is None or len(refs) != k:
+        more = "" if k == 2 else f", more_refs= (all {k} references)"
+        return f"<p>Pass <code>frames=, ref_a=, ref_b={more}</code> to report() to see it.</p>"
+    stack = prepare(frames, refs[0], refs[1], mask, tuple(refs[2:]))
     shape = stack.frame_shape
     n = stack.frames.shape[0]
-    if n != v.center.size:
-        raise ValueError(f"frames has {n} frames but the result has {v.center.size}")
-    # mean_i (y_i - B - x_i d) = mean(y) - B - mean(x) d: one chunked pass for the mean frame.
+    if n != v.center.shape[0]:
+        raise ValueError(f"frames has {n} frames but the result has {v.center.shape[0]}")
+    # One chunked pass for the mean frame.
     total = np.zeros(int(np.prod(shape)))
     count = np.zeros_like(total)
     for i in range(0, n, 1024):
@@ -291,12 +294,14 @@ def _residual_html(v: _View, frames: Any, ref_a: Any, ref_b: Any, mask: Any) -> 
         ok = np.isfinite(chunk)
         total += np.where(ok, chunk, 0.0).sum(0)
         count += ok.sum(0)
-    a = np.asarray(ref_a, np.float64).reshape(-1)
-    b = np.asarray(ref_b, np.float64).reshape(-1)
     # The model is linear in the per-frame numbers, so its mean over frames is the model at their
-    # means: mean(g x) A + mean(g (1 - x)) B + N mean(c).
-    g = np.ones_like(v.center) if v.gain is None else v.gain
-    fitted = float(np.mean(g * v.center)) * a + float(np.mean(g * (1.0 - v.center))) * b
+    # means: sum_k mean(g x_k) R_k + N mean(c).
+    if v.names is None:
+        g = np.ones_like(v.center) if v.gain is None else v.gain
+        weights = np.array([np.mean(g * v.center), np.mean(g * (1.0 - v.center))])
+    else:
+        weights = v.center.mean(axis=0)
+    fitted = weights @ np.stack([np.asarray(r, np.float64).reshape(-1) for r in refs])
     if v.background is not None:
         if v.model is None:
             return "<p>Not drawn: the fit used background images that the report was not given."
@@ -498,60 +503,6 @@ def _simplex_diagnostics_html(v: _View, result: Any) -> str:
     return f'<p class="{verdict}">{verdict.upper()}</p><p>{html.escape(text)}</p>'
 
 
-def _simplex_residual_html(v: _View, frames: Any, refs: list[Any], mask: Any) -> str:
-    """K >= 3: the mean residual image, the model at the mean weights of every reference."""
-    k = len(v.names)
-    if frames is None or len(refs) != k:
-        return (f"<p>Pass <code>frames=, ref_a=, ref_b=, more_refs=</code> (all {k} "
-                "references) to report() to see it.</p>")  # fmt: skip
-    stack = prepare(frames, refs[0], refs[1], mask, tuple(refs[2:]))
-    shape = stack.frame_shape
-    n = stack.frames.shape[0]
-    if n != v.center.shape[0]:
-        raise ValueError(f"frames has {n} frames but the result has {v.center.shape[0]}")
-    total = np.zeros(int(np.prod(shape)))
-    count = np.zeros_like(total)
-    for i in range(0, n, 1024):
-        chunk = np.asarray(stack.frames[i : i + 1024], np.float64).reshape(-1, total.size)
-        ok = np.isfinite(chunk)
-        total += np.where(ok, chunk, 0.0).sum(0)
-        count += ok.sum(0)
-    full = np.stack([np.asarray(r, np.float64).reshape(-1) for r in refs])
-    fitted = v.center.mean(axis=0) @ full
-    if v.background is not None:
-        if v.model is None:
-            return "<p>Not drawn: the fit used background images that the report was not given."
-        basis = v.model.basis(shape).reshape(v.background.shape[1], -1)
-        fitted = fitted + v.background.mean(axis=0) @ basis
-    with np.errstate(invalid="ignore", divide="ignore"):
-        resid = total / count - fitted
-    if stack.pixels is not None:
-        keep = np.zeros(total.size, bool)
-        keep[stack.pixels] = True
-        resid[~keep] = np.nan
-    fig = _figure(6.5, 4.5)
-    ax = fig.add_subplot()
-    if len(shape) == 1:
-        ax.plot(resid)
-        ax.axhline(0, color="k", lw=0.5)
-        ax.set_xlabel("channel")
-        ax.set_ylabel("mean residual")
-    else:
-        img = resid.reshape(shape)
-        img = img if img.ndim == 2 else np.nanmean(img.reshape(shape[0], shape[1], -1), axis=2)
-        lim = float(np.nanmax(np.abs(img))) or 1.0
-        im = ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
-        fig.colorbar(im, ax=ax, label="mean residual (data - model)")
-        ax.set_xlabel("pixel column")
-        ax.set_ylabel("pixel row")
-    ax.set_title(f"Mean residual per pixel: where the model ({v.model_name}) fails")
-    noise = v.sigma / np.sqrt(n)
-    return _png(fig) + (
-        f"<p>Pure noise would leave residuals of about sigma/sqrt(N) = {noise:.3g}; "
-        f"the largest here is {np.nanmax(np.abs(resid)):.3g}.</p>"
-    )
-
-
 def _simplex_flagged_html(v: _View) -> str:
     import pandas as pd
 
@@ -608,7 +559,7 @@ def _simplex_body(v: _View, result: Any, prob: float, frames: Any, refs: list[An
     if v.idata is not None:
         body["Trace and rank plots"] = _simplex_trace_html(v)
         body["Energy"] = _energy_html(v)
-    body["Residual image"] = _simplex_residual_html(v, frames, refs, mask)
+    body["Residual image"] = _residual_html(v, frames, refs, mask)
     body["Flagged frames"] = _simplex_flagged_html(v)
     return {name: text for name, text in body.items() if text}
 
@@ -674,7 +625,7 @@ def report(
         "Diagnostics": diag_html,
         "Trace and rank plots": _trace_html(v, diag),
         "Energy": _energy_html(v),
-        "Residual image": _residual_html(v, frames, ref_a, ref_b, mask),
+        "Residual image": _residual_html(v, frames, [ref_a, ref_b], mask),
         "Flagged frames": _flagged_html(v),
     }
     names = (("Maps",) if body["Maps"] else ()) + SECTIONS

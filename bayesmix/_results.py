@@ -10,7 +10,7 @@ import numpy as np
 
 from bayesmix._model import MixingModel, make_model
 from bayesmix._posterior import posterior_quantiles
-from bayesmix._schema import MAP_DIMS, REF_VARS, frame_table, simplex_table
+from bayesmix._schema import MAP_DIMS, REF_VARS, frame_table
 from bayesmix._stats import FrameStats
 from bayesmix.priors import SigmaPrior, XPrior, prior_spec
 
@@ -204,20 +204,14 @@ class MapResult:
         return qs[..., 0], qs[..., 1]
 
     def _table(self, prob: float) -> pd.DataFrame:
-        if self.simplex is not None:
-            lo, hi = self.interval(prob)
-            return simplex_table(
-                frame=self.frame, names=self.ref_names, x_map=self.x, mean=self.mean,
-                sd=self.sd, lo=lo, hi=hi, prob=prob, mc_se=self.mc_se, at_bound=self.at_bound,
-                stats=self.stats, sigma=self.sigma, n_background=self.n_background,
-                background=self.background, map_shape=self.map_shape,
-            )  # fmt: skip
         lo, hi = self.interval(prob)
+        simplex = {} if self.simplex is None else {
+            "names": self.ref_names, "mc_se": self.mc_se, "at_bound": self.at_bound}
         return frame_table(
             frame=self.frame, x_map=self.x, mean=self.mean, sd=self.sd, lo=lo, hi=hi, prob=prob,
             stats=self.stats, sigma=self.sigma, bounds=self.prior.bounds,
             n_background=self.n_background, gain=self.gain, gain_sd=self.gain_sd,
-            background=self.background, map_shape=self.map_shape,
+            background=self.background, map_shape=self.map_shape, **simplex,
         )  # fmt: skip
 
     @property

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 __all__ = [
     "MAP_DIMS",
     "REF_VARS",
-    "simplex_table",
     "frame_table",
     "label",
     "map_coords",
@@ -84,10 +83,8 @@ def _(stats: SimplexStats, n_background: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
-def simplex_stats_from_columns(cols: Mapping[str, Any], *, n_refs: int,
-                               n_background: int) -> SimplexStats:  # fmt: skip
-    """The inverse of :func:`stats_columns` for K >= 3 references."""
-    k = n_refs
+def _simplex_stats_from_columns(cols: Mapping[str, Any], k: int,
+                                n_background: int) -> SimplexStats:  # fmt: skip
     need = [f"w_{i}" for i in range(k)] + [f"m_{i}_{j}" for i in range(k) for j in range(i, k)]
     missing = [c for c in [*need, "rss", "n_pixels"] if c not in cols]
     if missing:
@@ -105,54 +102,12 @@ def simplex_stats_from_columns(cols: Mapping[str, Any], *, n_refs: int,
 REF_VARS = ("x_map", "mean", "sd", "mc_se")
 
 
-def simplex_table(
-    *,
-    frame: np.ndarray,
-    names: tuple[str, ...],
-    x_map: np.ndarray,
-    mean: np.ndarray,
-    sd: np.ndarray,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    prob: float,
-    mc_se: np.ndarray | None,
-    at_bound: np.ndarray,
-    stats: SimplexStats,
-    sigma: float,
-    n_background: int = 0,
-    background: np.ndarray | None = None,
-    map_shape: tuple[int, ...] | None = None,
-    extra: Mapping[str, np.ndarray] | None = None,
-) -> pd.DataFrame:
-    """One row per frame for K >= 3 references: per reference ``r`` the columns ``x_map_r``,
-    ``mean_r``, ``sd_r``, the interval (``q05_r``, ``q95_r`` for 0.9) and ``mc_se_r``; then the
-    background, ``r2``, ``at_bound`` (the MAP has a weight at 0), ``misfit_p``, the statistics,
-    then ``extra`` (e.g. NUTS' ``rhat_r``)."""
-    import pandas as pd
-
-    tail = 0.5 * (1.0 - prob)
-    cols: dict[str, np.ndarray] = dict(map_coords(map_shape, len(x_map)))
-    per = {"x_map": x_map, "mean": mean, "sd": sd, label(tail): lo, label(1.0 - tail): hi}
-    if mc_se is not None:
-        per["mc_se"] = mc_se
-    for var, values in per.items():
-        for i, r in enumerate(names):
-            cols[f"{var}_{r}"] = np.asarray(values)[:, i]
-    if background is not None:
-        for k in range(np.shape(background)[1]):
-            cols[f"background_{k}"] = np.asarray(background)[:, k]
-    cols["r2"] = np.asarray(stats.r2)
-    cols["at_bound"] = np.asarray(at_bound, bool)
-    cols["misfit_p"] = misfit_pvalue(stats, sigma)
-    cols.update(stats_columns(stats, n_background))
-    cols.update(extra or {})
-    return pd.DataFrame(cols, index=pd.Index(np.asarray(frame), name="frame"))
-
-
 def stats_from_columns(
-    cols: Mapping[str, Any], *, gain: bool, n_background: int
-) -> FrameStats | GainStats:
+    cols: Mapping[str, Any], *, gain: bool, n_background: int, n_refs: int = 2
+) -> FrameStats | GainStats | SimplexStats:
     """The inverse of :func:`stats_columns`."""
+    if n_refs > 2:
+        return _simplex_stats_from_columns(cols, n_refs, n_background)
     need = (
         [f"{v}_{k}" for v in _GAIN_VECTORS for k in "ab"] if gain else ["xhat", "dd"]
     ) + ["rss", "n_pixels"]
@@ -188,15 +143,18 @@ def frame_table(
     lo: np.ndarray,
     hi: np.ndarray,
     prob: float,
-    stats: FrameStats | GainStats,
+    stats: FrameStats | GainStats | SimplexStats,
     sigma: float,
-    bounds: tuple[float, float],
+    bounds: tuple[float, float] = (0.0, 1.0),
     n_background: int = 0,
     gain: np.ndarray | None = None,
     gain_sd: np.ndarray | None = None,
     background: np.ndarray | None = None,
     map_shape: tuple[int, ...] | None = None,
     extra: Mapping[str, np.ndarray] | None = None,
+    names: tuple[str, ...] | None = None,
+    mc_se: np.ndarray | None = None,
+    at_bound: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One row per frame, the same columns for every inference path.
 
@@ -205,20 +163,23 @@ def frame_table(
     model), ``background_0..`` (background coefficients' posterior means), ``r2``, ``at_bound``,
     ``misfit_p``, the statistics (:func:`stats_columns`), then ``extra`` (e.g. NUTS' ``rhat``,
     ``ess_bulk``).
+
+    With K >= 3 references (``names`` given, per-frame values of shape (N, K)) each per-weight
+    variable is one column per reference, ``x_map_<name>``, ``mean_<name>``, ..., with
+    ``mc_se_<name>`` after the interval; ``at_bound`` (the MAP has a weight at 0) is given.
     """
     import pandas as pd
 
     tail = 0.5 * (1.0 - prob)
     cols: dict[str, np.ndarray] = dict(map_coords(map_shape, len(x_map)))
-    cols.update(
-        {
-            "x_map": np.asarray(x_map),
-            "mean": np.asarray(mean),
-            "sd": np.asarray(sd),
-            label(tail): np.asarray(lo),
-            label(1.0 - tail): np.asarray(hi),
-        }
-    )
+    per = {"x_map": x_map, "mean": mean, "sd": sd, label(tail): lo, label(1.0 - tail): hi}
+    if mc_se is not None:
+        per["mc_se"] = mc_se
+    for var, values in per.items():
+        if names is None:
+            cols[var] = np.asarray(values)
+        else:
+            cols.update({f"{var}_{r}": np.asarray(values)[:, i] for i, r in enumerate(names)})
     if gain is not None:
         cols["gain"] = np.asarray(gain)
         cols["gain_sd"] = np.asarray(gain_sd)
@@ -226,7 +187,9 @@ def frame_table(
         for k in range(np.shape(background)[1]):
             cols[f"background_{k}"] = np.asarray(background)[:, k]
     cols["r2"] = np.asarray(stats.r2)
-    cols["at_bound"] = (np.asarray(x_map) <= bounds[0]) | (np.asarray(x_map) >= bounds[1])
+    if at_bound is None:
+        at_bound = (np.asarray(x_map) <= bounds[0]) | (np.asarray(x_map) >= bounds[1])
+    cols["at_bound"] = np.asarray(at_bound, bool)
     cols["misfit_p"] = misfit_pvalue(stats, sigma)
     cols.update(stats_columns(stats, n_background))
     cols.update(extra or {})

@@ -263,12 +263,6 @@ class SimplexFit(NamedTuple):
     sampler: str = "numba"
 
 
-def _bucket(n: int) -> int:
-    from bayesmix._stats import bucket_size
-
-    return bucket_size(n)
-
-
 def _shared(chol: np.ndarray) -> bool:
     """Every frame has the same Gram matrix (no masked pixels): one factorisation serves all."""
     return bool(len(chol) > 0 and np.all(chol == chol[:1]))
@@ -306,7 +300,7 @@ def mode_shared_flat(w: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def gaussian_marginals(w: np.ndarray, chol: np.ndarray, s2: float) -> tuple[np.ndarray, ...]:
     """The unconstrained posterior on the plane sum x = 1 (flat prior): mean (N, K), sd (N, K)."""
     if _shared(chol) and len(chol) > 1:
-        xhat, sd = gaussian_marginals(w, chol[:1], s2)
+        _, sd = gaussian_marginals(w[:1], chol[:1], s2)
         # Linear in w: the mean moves with w, the sd is shared.
         return _plane_mean(w, chol[0]), np.broadcast_to(sd, w.shape).copy()
     k = w.shape[1]
@@ -335,6 +329,26 @@ def _plane_mean(w: np.ndarray, chol: np.ndarray) -> np.ndarray:
     return ek + that @ u.T
 
 
+def simplex_map(w: np.ndarray, chol: np.ndarray, alpha: np.ndarray,
+                s2: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Every frame's MAP weights (N, K) and face flags (N,): one KKT inverse per face when the
+    prior is flat on the faces and the frames share their Gram matrix, else the batched
+    :func:`simplex_mode` (padded to a bucket size, so stacks of similar size share a
+    compilation)."""
+    from bayesmix._stats import bucket_size
+
+    n, k = w.shape
+    newton = bool(np.any(alpha > 1))
+    if not newton and _shared(chol):
+        return mode_shared_flat(w, chol[0].T @ chol[0])
+    pad = bucket_size(n) - n
+    wp = np.concatenate([w, np.full((pad, k), 1.0 / k)])
+    cp = np.concatenate([chol, np.broadcast_to(np.eye(k), (pad, k, k))])
+    x, on_face = simplex_mode(jnp.asarray(wp), jnp.asarray(cp), jnp.asarray(alpha),
+                              jnp.float64(s2), newton=newton)  # fmt: skip
+    return np.asarray(x)[:n], np.asarray(on_face)[:n]
+
+
 SAMPLERS = ("numba", "jax")
 
 
@@ -358,17 +372,7 @@ def fit_simplex(
 
     n, k = w.shape
     alpha = np.asarray(alpha, np.float64)
-    newton = bool(np.any(alpha > 1))
-    if not newton and _shared(chol):
-        x, on_face = mode_shared_flat(w, chol[0].T @ chol[0])
-    else:
-        size = _bucket(n)
-        pad = size - n
-        wp = np.concatenate([w, np.full((pad, k), 1.0 / k)])
-        cp = np.concatenate([chol, np.broadcast_to(np.eye(k), (pad, k, k))])
-        x, on_face = simplex_mode(jnp.asarray(wp), jnp.asarray(cp), jnp.asarray(alpha),
-                                  jnp.float64(s2), newton=newton)  # fmt: skip
-        x, on_face = np.asarray(x)[:n], np.asarray(on_face)[:n]
+    x, on_face = simplex_map(w, chol, alpha, s2)
     xhat, gsd = gaussian_marginals(w, chol, s2)
     flat = bool(np.all(alpha == 1.0))
     inside = np.all(xhat > z_inside * gsd, axis=1) if flat else np.zeros(n, bool)

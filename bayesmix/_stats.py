@@ -94,6 +94,14 @@ class FrameStats(NamedTuple):
         return np.asarray(self.n, np.float64) - 1.0
 
 
+def _explained(z: np.ndarray, rss: np.ndarray) -> np.ndarray:
+    """R^2 from a frame's coordinates ``z`` in the references' subspace and its residual."""
+    zz = np.sum(z**2, axis=-1)
+    total = rss + zz
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, zz / total, 0.0)
+
+
 class GainStats(NamedTuple):
     """Per-frame statistics of the model with a gain ``g`` (and any background), shape (N, ...).
 
@@ -116,10 +124,7 @@ class GainStats(NamedTuple):
     @property
     def r2(self) -> np.ndarray:
         """R^2 of the least-squares fit (references free) relative to the background alone."""
-        zz = np.sum(np.asarray(self.z) ** 2, axis=-1)
-        total = np.asarray(self.rss) + zz
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(total > 0, zz / total, 0.0)
+        return _explained(np.asarray(self.z), np.asarray(self.rss))
 
     @property
     def dof_residual(self) -> np.ndarray:
@@ -161,10 +166,7 @@ class SimplexStats(NamedTuple):
     def r2(self) -> np.ndarray:
         """R^2 of the least-squares fit (weights free) relative to the background alone."""
         z = np.einsum("kij,kj->ki", np.asarray(self.chol), np.asarray(self.w))
-        zz = np.sum(z**2, axis=-1)
-        total = np.asarray(self.rss) + zz
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(total > 0, zz / total, 0.0)
+        return _explained(z, np.asarray(self.rss))
 
     @property
     def dof_residual(self) -> np.ndarray:

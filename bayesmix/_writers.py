@@ -237,62 +237,6 @@ def table_ref_names(df: pd.DataFrame) -> tuple[str, ...] | None:
     return tuple(names) if len(names) > 2 else None
 
 
-def _simplex_result_from_table(df: pd.DataFrame, names: tuple[str, ...]) -> Any:
-    """K >= 3: the per-reference columns, the statistics and the recorded sigma, prior, draws
-    and seed; the sampler's summaries (quantiles, Monte Carlo error) are rerun from those."""
-    from bayesmix._model import make_model
-    from bayesmix._precision import x64
-    from bayesmix._results import MapResult
-    from bayesmix._schema import model_attrs, simplex_stats_from_columns
-    from bayesmix._simplex import fit_simplex
-    from bayesmix.priors import parse_prior, parse_sigma_prior
-
-    attrs = df.attrs
-    k = len(names)
-    need = [f"{v}_{r}" for v in ("x_map", "mean", "sd") for r in names] + ["r2", "at_bound"]
-    missing = [c for c in need if c not in df.columns]
-    if missing or "sigma" not in attrs or "prior" not in attrs:
-        raise ValueError(
-            f"results table lacks {missing or 'its sigma/prior metadata'}; write it with "
-            "bayesmix.write_results (or bayesmix fit --out)"
-        )
-    info = model_attrs(attrs)
-    try:
-        stats = simplex_stats_from_columns({c: df[c].to_numpy() for c in df.columns}, n_refs=k,
-                                           n_background=info["n_background"])  # fmt: skip
-    except ValueError as exc:
-        raise ValueError(
-            f"results table: {exc}; write it with bayesmix.write_results (or bayesmix fit --out)"
-        ) from None
-
-    def per_ref(var: str) -> np.ndarray:
-        return np.stack([df[f"{var}_{r}"].to_numpy(np.float64) for r in names], axis=1)
-
-    prior = parse_prior(str(attrs["prior"]))
-    sigma_prior = parse_sigma_prior(str(attrs.get("sigma_prior", "jeffreys")))
-    bg_cols = [c for c in df.columns if c.startswith("background_")]
-    background = info["background"]
-    model = make_model(
-        prior=prior, sigma_prior=sigma_prior, gain=info["gain"], n_refs=k, ref_names=names,
-        background=np.zeros((len(bg_cols), 1)) if background == "custom" else background,
-    )  # fmt: skip
-    sigma = float(attrs["sigma"])
-    draws, seed = int(attrs.get("draws", 400)), int(attrs.get("seed", 0))
-    with x64():
-        fit = fit_simplex(np.asarray(stats.w), np.asarray(stats.chol),
-                          model.prior.concentrations, sigma**2, draws=draws,
-                          seed=seed)  # fmt: skip
-    return MapResult(
-        x=per_ref("x_map"), mean=per_ref("mean"), sd=per_ref("sd"), sigma=sigma,
-        r2=df["r2"].to_numpy(np.float64), at_bound=df["at_bound"].to_numpy(bool), stats=stats,
-        prior=model.prior, sigma_prior=sigma_prior,
-        sigma_fixed=bool(attrs.get("sigma_fixed", False)), n_iter=int(attrs.get("n_iter", 0)),
-        converged=bool(attrs.get("converged", True)), frame=df.index.to_numpy(), model=model,
-        background=df[bg_cols].to_numpy(np.float64) if bg_cols else None,
-        map_shape=info["map_shape"], simplex=fit, seed=seed, n_draws=draws,
-    )  # fmt: skip
-
-
 def map_result_from_table(df: pd.DataFrame) -> Any:
     """Rebuild the :class:`MapResult` of a results table written from :func:`fit_map`.
 
@@ -301,8 +245,10 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
     rerun with the recorded ``draws`` and ``seed``: the same numbers as the fit's.
     """
     from bayesmix._model import make_model
+    from bayesmix._precision import x64
     from bayesmix._results import MapResult
     from bayesmix._schema import model_attrs, stats_from_columns
+    from bayesmix._simplex import fit_simplex
     from bayesmix.priors import parse_prior, parse_sigma_prior
 
     attrs = df.attrs
@@ -312,9 +258,10 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
             "path; for a NUTS run, pass its InferenceData (.nc written with --idata) instead"
         )
     names = table_ref_names(df)
-    if names is not None:
-        return _simplex_result_from_table(df, names)
-    need = ["x_map", "mean", "sd", "r2", "at_bound"]
+    k = 2 if names is None else len(names)
+    per_weight = ("x_map", "mean", "sd")
+    need = [*(per_weight if names is None else
+              [f"{v}_{r}" for v in per_weight for r in names]), "r2", "at_bound"]  # fmt: skip
     missing = [c for c in need if c not in df.columns]
     if missing or "sigma" not in attrs or "prior" not in attrs:
         raise ValueError(
@@ -325,42 +272,47 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
     try:
         stats = stats_from_columns(
             {c: df[c].to_numpy() for c in df.columns},
-            gain=info["gain"], n_background=info["n_background"],
+            gain=info["gain"], n_background=info["n_background"], n_refs=k,
         )  # fmt: skip
     except ValueError as exc:
         raise ValueError(
             f"results table: {exc}; write it with bayesmix.write_results (or bayesmix fit --out)"
         ) from None
-    col = {c: df[c].to_numpy() for c in need}
-    prior = parse_prior(str(attrs["prior"]))
+
+    def weight(var: str) -> np.ndarray:
+        if names is None:
+            return df[var].to_numpy(np.float64)
+        return np.stack([df[f"{var}_{r}"].to_numpy(np.float64) for r in names], axis=1)
+
     sigma_prior = parse_sigma_prior(str(attrs.get("sigma_prior", "jeffreys")))
     bg_cols = [c for c in df.columns if c.startswith("background_")]
     background = info["background"]
     model = make_model(
-        prior=prior, sigma_prior=sigma_prior, gain=info["gain"],
+        prior=parse_prior(str(attrs["prior"])), sigma_prior=sigma_prior, gain=info["gain"],
+        n_refs=k, ref_names=names,
         # A user's own basis images are not in the table: its size is what the results need.
         background=np.zeros((len(bg_cols), 1)) if background == "custom" else background,
     )  # fmt: skip
+    sigma = float(attrs["sigma"])
+    simplex: dict[str, Any] = {}
+    if names is not None:
+        draws, seed = int(attrs.get("draws", 400)), int(attrs.get("seed", 0))
+        with x64():
+            fit = fit_simplex(np.asarray(stats.w), np.asarray(stats.chol),
+                              model.prior.concentrations, sigma**2, draws=draws,
+                              seed=seed)  # fmt: skip
+        simplex = {"simplex": fit, "seed": seed, "n_draws": draws}
     return MapResult(
-        x=col["x_map"].astype(np.float64),
-        mean=col["mean"].astype(np.float64),
-        sd=col["sd"].astype(np.float64),
-        sigma=float(attrs["sigma"]),
-        r2=col["r2"].astype(np.float64),
-        at_bound=col["at_bound"].astype(bool),
-        stats=stats,
-        prior=prior,
-        sigma_prior=sigma_prior,
-        sigma_fixed=bool(attrs.get("sigma_fixed", False)),
-        n_iter=int(attrs.get("n_iter", 0)),
-        converged=bool(attrs.get("converged", True)),
-        frame=df.index.to_numpy(),
-        model=model,
+        x=weight("x_map"), mean=weight("mean"), sd=weight("sd"), sigma=sigma,
+        r2=df["r2"].to_numpy(np.float64), at_bound=df["at_bound"].to_numpy(bool), stats=stats,
+        prior=model.prior, sigma_prior=sigma_prior,
+        sigma_fixed=bool(attrs.get("sigma_fixed", False)), n_iter=int(attrs.get("n_iter", 0)),
+        converged=bool(attrs.get("converged", True)), frame=df.index.to_numpy(), model=model,
         gain=df["gain"].to_numpy(np.float64) if "gain" in df else None,
         gain_sd=df["gain_sd"].to_numpy(np.float64) if "gain_sd" in df else None,
         background=df[bg_cols].to_numpy(np.float64) if bg_cols else None,
-        map_shape=info["map_shape"],
-    )
+        map_shape=info["map_shape"], **simplex,
+    )  # fmt: skip
 
 
 def write_idata(idata: Any, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

@@ -334,6 +334,14 @@ class Dirichlet:
         inside = jnp.all(x >= 0.0, axis=-1) & (jnp.abs(jnp.sum(x, axis=-1) - 1.0) <= tol)
         return jnp.where(inside, lp, -jnp.inf)
 
+    def log_prob_log(self, log_x: jnp.ndarray) -> jnp.ndarray:
+        """:meth:`log_prob` at ``x = exp(log_x)`` for points of the simplex given by their log
+        weights (..., K): exact where a weight underflows (NUTS works in log weights)."""
+        log_x = jnp.asarray(log_x)
+        alpha = jnp.broadcast_to(jnp.asarray(self.alpha, log_x.dtype), log_x.shape[-1:])
+        norm = jnp.sum(gammaln(alpha)) - gammaln(jnp.sum(alpha))
+        return jnp.sum((alpha - 1.0) * log_x, axis=-1) - norm
+
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """``size`` independent draws (numpy), shape (size, K), for simulations."""
         if not isinstance(self.alpha, tuple):

@@ -3,24 +3,15 @@ report; and the user errors of a K-reference fit as one line with exit status 2.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
+from test_cli import _one_line_error
 
 import bayesmix
 from bayesmix.cli import main, reference_names
 from bayesmix.priors import Dirichlet
 
 NAMES = ("fe_metal", "fe2o3", "fe3o4")
-
-
-def _one_line_error(capsys, argv, match):
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("bayesmix: error: ") and err.count("\n") == 1, err
-    assert re.search(match, err), err
-    return err
 
 
 @pytest.fixture(scope="module")
