@@ -6,8 +6,9 @@ inference path only through four per-frame statistics computed in one pass
 posterior of every weight given the learned noise scale.
 """
 
-from bayesmix import priors
+from bayesmix import noise, priors
 from bayesmix._arviz import Diagnostics, diagnose, read_idata
+from bayesmix._compare import compare
 from bayesmix._map import fit_map, fit_map_stats
 from bayesmix._model import MixingModel, make_model
 from bayesmix._nuts import sample, sample_stats
@@ -25,6 +26,7 @@ __all__ = [
     "GainStats",
     "MixingModel",
     "make_model",
+    "noise",
     "Beta",
     "Diagnostics",
     "Dirichlet",
@@ -38,6 +40,7 @@ __all__ = [
     "TruncatedNormal",
     "Uniform",
     "__version__",
+    "compare",
     "diagnose",
     "fit_map",
     "fit_map_stats",

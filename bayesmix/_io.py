@@ -16,7 +16,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["ChunkStream", "Stack", "atomic_write", "prepare", "spectral_frames", "work_dtype"]
+__all__ = [
+    "ChunkStream",
+    "Stack",
+    "atomic_write",
+    "check_variance",
+    "prepare",
+    "spectral_frames",
+    "work_dtype",
+]
 
 
 class ChunkStream:
@@ -121,6 +129,41 @@ def _reference(name: str, value: Any) -> np.ndarray:
             "finite: fill them, or exclude those pixels with mask="
         )
     return ref
+
+
+def _check_variance_values(name: str, v: np.ndarray) -> None:
+    if np.any(np.isnan(v)) or np.any(v <= 0) or np.any(v == -np.inf):
+        bad = int(np.count_nonzero(~(v > 0)))
+        raise ValueError(
+            f"{name} must be > 0 at every pixel (+inf leaves a pixel out), got {bad} pixel(s) "
+            "that are <= 0 or NaN; a variance map holds each pixel's noise variance"
+        )
+
+
+def check_variance(variance: Any, stack: Stack) -> np.ndarray | Any:
+    """A variance map for ``stack``: shape S (one map for all frames) or (N, *S) (per frame).
+
+    Returns the map on the selected pixels (float64, shape (n,)) or, per frame, the array-like
+    itself (each chunk is checked as the pass reads it).
+    """
+    arr = _as_array("variance", variance)
+    _check_numeric("variance", arr.dtype)
+    shape = tuple(arr.shape)
+    if shape == stack.frame_shape:
+        v = np.asarray(arr, np.float64).reshape(-1)
+        if stack.pixels is not None:
+            v = v[stack.pixels]
+        _check_variance_values("variance", v)
+        if not np.any(np.isfinite(v)):
+            raise ValueError("variance is +inf at every pixel: no pixel is left to fit")
+        return v
+    n = stack.frames.shape[0]
+    if n is not None and shape == (n, *stack.frame_shape):
+        return arr
+    raise ValueError(
+        f"variance must have the frame shape {stack.frame_shape} (one map for every frame) or "
+        f"the stack's shape {(n, *stack.frame_shape)} (a map per frame), got {shape}"
+    )
 
 
 def prepare(

@@ -20,6 +20,7 @@ call on the O(N) statistics, in float64 (scoped: JAX's global configuration is n
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections import Counter
@@ -34,7 +35,8 @@ from bayesmix._devices import on_device
 from bayesmix._io import prepare, spectral_frames
 from bayesmix._likelihood import energy, sse
 from bayesmix._model import MixingModel, make_model
-from bayesmix._posterior import posterior_method
+from bayesmix._perframe import fit_per_frame
+from bayesmix._posterior import _in_blocks, _n_blocks, gaussian_log_evidence, posterior_method
 from bayesmix._precision import x64
 from bayesmix._results import MapResult
 from bayesmix._simplex import fit_simplex, simplex_map
@@ -48,7 +50,8 @@ from bayesmix._stats import (
     reduce_stats,
     stats_from_stack,
 )
-from bayesmix.priors import Beta, Jeffreys, SigmaPrior, TruncatedNormal, XPrior
+from bayesmix.noise import PerFrame, PoissonGaussian, noise_spec
+from bayesmix.priors import Beta, Jeffreys, SigmaPrior, TruncatedNormal, Uniform, XPrior
 
 __all__ = ["fit_map", "fit_map_stats"]
 
@@ -57,28 +60,6 @@ TRACES: Counter[str] = Counter()
 
 
 SIGMA_METHODS = ("marginal", "joint")
-
-
-# Frames per block of the per-frame posterior computations: their temporaries (quadrature nodes,
-# series terms: ~1 kB a frame in float64) then stay bounded for millions of frames.
-_BLOCK_FRAMES = 1 << 16
-
-
-def _n_blocks(size: int) -> int:
-    """Blocks for ``size`` padded frames: a power of two that divides it, ~_BLOCK_FRAMES each."""
-    blocks = 1
-    while size % (2 * blocks) == 0 and size // (2 * blocks) >= _BLOCK_FRAMES:
-        blocks *= 2
-    return blocks
-
-
-def _in_blocks(fn, stats, n_blocks):
-    """``fn(stats)`` (a tuple of per-frame arrays), evaluated ``n_blocks`` blocks of frames at a
-    time with ``lax.map``, so its intermediates hold one block, not all frames."""
-    if n_blocks == 1:
-        return fn(stats)
-    blocks = jax.tree.map(lambda a: a.reshape(n_blocks, -1), stats)
-    return jax.tree.map(lambda a: a.reshape(-1), jax.lax.map(fn, blocks))
 
 
 @partial(jax.jit, static_argnames=("sigma_method", "max_iter", "n_blocks"))
@@ -140,7 +121,8 @@ def _prior_sd(prior: XPrior) -> float:
     return flat
 
 
-def _warn_if_uninformative(stats: FrameStats, sigma: float, prior: XPrior) -> None:
+def _warn_if_uninformative(stats: FrameStats, sigma: float, prior: XPrior,
+                           stacklevel: int = 5) -> None:  # fmt: skip
     """Warn when the frames say less about x than the prior does: nearly identical references
     (or too few pixels) for the noise. The weights are then mostly the prior's."""
     dd = float(np.median(stats.dd))
@@ -153,7 +135,7 @@ def _warn_if_uninformative(stats: FrameStats, sigma: float, prior: XPrior) -> No
             f"{spread:.3g}, so the weights mostly reflect the prior; check that A and B are the "
             "right references, or use more pixels per frame",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=stacklevel,
         )
 
 
@@ -196,12 +178,14 @@ def fit_map_stats(
     ref_names: Any = None,
     draws: int = 400,
     seed: int = 0,
+    noise: Any = "gaussian",
 ) -> MapResult:
     """:func:`fit_map` on precomputed per-frame statistics.
 
     ``stats`` is a :class:`FrameStats` (from :func:`frame_stats`: the two-reference model) or a
     :class:`BasisStats` (from :func:`frame_stats` with ``background=`` or ``gain=``; pass the
-    same options here). ``model`` (a :class:`MixingModel`) replaces the model options;
+    same options here). ``noise`` may be 'gaussian' or 'per_frame' (the models whose
+    likelihood the statistics hold). ``model`` (a :class:`MixingModel`) replaces the model options;
     ``map_shape`` makes the results a map (spectrum images).
 
     Examples
@@ -216,8 +200,13 @@ def fit_map_stats(
     if model is None:
         k = int(np.shape(stats.w)[1]) if isinstance(stats, (BasisStats, SimplexStats)) else 2
         model = make_model(prior=prior, sigma_prior=sigma_prior, background=background,
-                           gain=gain, n_refs=k, ref_names=ref_names)  # fmt: skip
+                           gain=gain, n_refs=k, ref_names=ref_names, noise=noise)  # fmt: skip
     _check_options(model, sigma, sigma_method, max_iter, tol)
+    if model.noise.reweights:
+        raise ValueError(
+            f"noise={noise_spec(model.noise)!r} re-weights every pixel from the current fit, "
+            "which needs the frames, not their statistics: call bayesmix.fit_map(frames, ...)"
+        )
     if isinstance(stats, BasisStats):
         kind = model.describe()["background"]
         # The frame shape is not known here: check what can be (a 'linear' or custom basis
@@ -322,8 +311,34 @@ def _check_sampler(draws: Any, seed: Any) -> None:
 
 
 def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map_shape=None,
-         draws=400, seed=0):  # fmt: skip
-    """The fast path on the statistics; its warnings point at the caller of a public function."""
+         draws=400, seed=0, offset=None):  # fmt: skip
+    """The fast path on the statistics; its warnings point at the caller of a public function.
+
+    ``offset`` (per frame, or a number) is added to each frame's log marginal likelihood: the
+    whitening's Jacobian and the background's flat prior (see :func:`_weighted.weighted_stats`).
+    """
+    res = _fit_stats(stats, model=model, sigma=sigma, sigma_method=sigma_method,
+                     max_iter=max_iter, tol=tol, frame=frame, device=device, map_shape=map_shape,
+                     draws=draws, seed=seed)  # fmt: skip
+    if res.loglik is None and _has_evidence(res):
+        with x64():
+            prior_t = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), res.prior)
+            padded, _ = pad_stats(res.stats, bucket_size(res.n_frames))
+            ev = gaussian_log_evidence(padded, jnp.float64(res.sigma) ** 2, prior_t)
+            ev = np.asarray(ev)[: res.n_frames]
+        res = dataclasses.replace(res, loglik=ev)
+    if res.loglik is not None and offset is not None:
+        res = dataclasses.replace(res, loglik=res.loglik + np.asarray(offset, np.float64))
+    return res
+
+
+def _has_evidence(res: MapResult) -> bool:
+    """The frames' marginal likelihood has a closed form: Gaussian factor in x, TN/flat prior."""
+    return isinstance(res.stats, FrameStats) and isinstance(res.prior, (TruncatedNormal, Uniform))
+
+
+def _fit_stats(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map_shape,
+               draws, seed):  # fmt: skip
     _check_stats(stats)
     _check_sampler(draws, seed)
     prior, sigma_prior = model.prior, model.sigma_prior
@@ -357,6 +372,9 @@ def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map
                             max_iter=max_iter, tol=tol, frame=frame, device=device,
                             map_shape=map_shape, draws=draws, seed=seed, basis=basis)  # fmt: skip
     n_frames = stats.n_frames
+    if isinstance(model.noise, PerFrame):
+        return _fit_per_frame_noise(stats, model=model, sigma=sigma, frame=frame,
+                                    map_shape=map_shape, basis=basis, max_iter=max_iter)
 
     if model.gain and not np.any(np.sum(np.asarray(stats.z) ** 2, axis=1) > 0):
         raise ValueError(
@@ -395,7 +413,7 @@ def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map
             f"the noise scale did not converge in {max_iter} iterations (tol={tol}); "
             "raise max_iter or check the data",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     mean = np.asarray(summ.mean[keep])
     background = None
@@ -429,7 +447,47 @@ def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map
     )
 
 
-def _warn_if_prior_only(sd: np.ndarray, prior: XPrior) -> None:
+def _fit_per_frame_noise(stats, *, model, sigma, frame, map_shape, basis, max_iter) -> MapResult:
+    """Per-frame noise scales: the population of log sigma learned, every sigma_i integrated
+    out (:mod:`bayesmix._perframe`)."""
+    if sigma is not None:
+        raise ValueError(
+            "noise='per_frame' learns a noise scale per frame: sigma= (one known scale) does not "
+            "apply; use noise='gaussian' with sigma=, or a variance map"
+        )
+    if np.any(np.asarray(stats.n) < 3):
+        raise ValueError(
+            "noise='per_frame' needs at least 3 pixels per frame beyond the background terms: a "
+            "frame's own noise scale is measured from its residual"
+        )
+    with x64():
+        fit = fit_per_frame(stats, model.prior, max_iter=max(int(max_iter), 1))
+    if not fit.converged:
+        warnings.warn(
+            f"the population of noise scales did not converge in {fit.n_iter} EM iterations; "
+            "raise max_iter",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+    summ = fit.summary
+    background = None
+    if basis is not None and basis.n_background:
+        ew = np.stack([summ.mean, 1.0 - summ.mean], axis=1)
+        background = basis.bg + np.einsum("kpi,ki->kp", basis.bg_sens, ew - basis.w)
+    return MapResult(
+        x=summ.x, mean=summ.mean, sd=summ.sd, sigma=float(np.exp(fit.mu)), r2=stats.r2,
+        at_bound=summ.at_bound, stats=stats, prior=model.prior, sigma_prior=model.sigma_prior,
+        n_iter=fit.n_iter, converged=fit.converged,
+        frame=None if frame is None else np.asarray(frame), device="cpu:1", model=model,
+        background=background,
+        map_shape=None if map_shape is None else tuple(int(v) for v in map_shape),
+        noise_params={"log_sigma_mu": fit.mu, "log_sigma_tau": fit.tau},
+        sigma_frame=summ.extra["sigma"], sigma_frame_sd=summ.extra["sigma_sd"],
+        loglik=fit.log_evidence,
+    )  # fmt: skip
+
+
+def _warn_if_prior_only(sd: np.ndarray, prior: XPrior, stacklevel: int = 5) -> None:
     """Warn when even the best-determined tenth of the frames says little more than the prior:
     the references differ too little for the noise (with gain, frames without mixture are
     expected to say nothing, so the criterion looks only at the best frames)."""
@@ -441,7 +499,7 @@ def _warn_if_prior_only(sd: np.ndarray, prior: XPrior) -> None:
             f"of {best:.3g} or more, close to the prior's spread {spread:.3g}, so the weights "
             "mostly reflect the prior; check the references, or use more pixels per frame",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=stacklevel,
         )
 
 
@@ -450,6 +508,110 @@ def _stats_for(stack: Any, model: MixingModel, **kw: Any) -> FrameStats | BasisS
     if model.is_plain:
         return stats_from_stack(stack, **kw)
     return basis_stats_from_stack(stack, model, **kw)
+
+
+def _fitted_theta(res: MapResult) -> np.ndarray:
+    """The fit's coefficients on the model's design [background, references], shape (N, B):
+    posterior means (with gain, E[g] times the weights)."""
+    if res.simplex is not None:
+        w = np.asarray(res.mean)
+    else:
+        g = np.ones(res.n_frames) if res.gain is None else np.asarray(res.gain)
+        w = np.stack([g * res.mean, g * (1.0 - res.mean)], axis=1)
+    bg = np.zeros((res.n_frames, 0)) if res.background is None else np.asarray(res.background)
+    return np.hstack([bg, w])
+
+
+def _offset_unweighted(stack: Any, model: MixingModel) -> np.ndarray | float:
+    """The background's flat prior integrated out, -1/2 log det G_cc (unit weights)."""
+    p = model.basis_size(stack.frame_shape)
+    if not p:
+        return 0.0
+    basis = model.basis(stack.frame_shape).reshape(p, -1)
+    if stack.pixels is not None:
+        basis = basis[:, stack.pixels]
+    return -0.5 * float(np.linalg.slogdet(basis @ basis.T)[1])
+
+
+def _quiet(fn, *args, **kw):
+    """``fn(*args, **kw)`` and the warnings it raised (shown only for the final pass)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn(*args, **kw)
+    return out, caught
+
+
+#: Passes of re-weighting at most, and the change of every posterior mean (in its sd) below
+#: which the weights count as converged.
+_MAX_PASSES = 30
+_PASS_TOL = 0.01
+
+
+def _fit_noise(stack, model, variance, *, fit_kw, chunk_size, memory_limit) -> MapResult:
+    """The fast path with pixel weights: a variance map (one weighted pass), or the noise
+    model's weights re-made from the current fit until the posterior means settle."""
+    from bayesmix._io import check_variance
+    from bayesmix._model import check_design
+    from bayesmix._reweight import reweigher
+    from bayesmix._weighted import check_passes, unit_weigher, variance_weigher, weighted_stats
+
+    noise = model.noise
+    if variance is not None:
+        if isinstance(noise, PoissonGaussian):
+            raise ValueError(
+                "variance= and a Poisson noise model both set each pixel's variance; give one: "
+                "the Poisson model computes it from the fitted mean"
+            )
+        variance = check_variance(variance, stack)
+    if noise.reweights:
+        check_passes(stack)
+    design = check_design(model, stack.refs, stack.frame_shape, stack.pixels)
+    n_bg = design.shape[0] - model.n_refs
+    base = unit_weigher if variance is None else variance_weigher(variance, stack.pixels)
+    pass_kw = {"chunk_size": chunk_size, "memory_limit": memory_limit, "stacklevel": 3}
+    stats, offset = weighted_stats(stack, design, n_bg, base, **pass_kw)
+    sigma_user = fit_kw.pop("sigma")
+    first_sigma = sigma_user if not noise.reweights else None
+    res, caught = _quiet(_fit, stats, model=model, sigma=first_sigma, offset=offset, **fit_kw)
+    if not noise.reweights:
+        for w in caught:
+            warnings.warn(w.message, w.category, stacklevel=3)
+        return res
+    rw = reweigher(noise, base, int(stack.frames.shape[0]))
+    passes, converged = 0, False
+    while passes < _MAX_PASSES:
+        passes += 1
+        rw.start(res, design.shape[0])
+        stats, offset = weighted_stats(stack, design, n_bg, rw, fitted=_fitted_theta(res),
+                                       **pass_kw)  # fmt: skip
+        rw.finish()
+        if not rw.ready:  # the pass only learned the noise parameters
+            continue
+        new, caught = _quiet(_fit, stats, model=model, sigma=rw.sigma(sigma_user),
+                             offset=offset, **fit_kw)  # fmt: skip
+        change = np.max(np.abs(new.mean - res.mean) / np.maximum(new.sd, 1e-12))
+        res = new
+        if change < _PASS_TOL and rw.settled():
+            converged = True
+            break
+    if not converged:
+        warnings.warn(
+            f"the pixel weights of noise={noise_spec(noise)!r} did not settle in {_MAX_PASSES} "
+            "passes; the estimates may still move",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    loglik = None if res.loglik is None else rw.loglik(res.loglik)
+    params = {**rw.params(), "noise_passes": passes}
+    if hasattr(rw, "sandwich_sigma") and sigma_user is None:
+        # Intervals from the converged weights, at the scale that makes them honest even when
+        # the pixels are not exactly Student-t.
+        params["noise_scale"] = res.sigma
+        res, caught = _quiet(_fit, stats, model=model, sigma=rw.sandwich_sigma(), **fit_kw)
+    for w in caught:  # the final fit's warnings, for the caller of fit_map
+        warnings.warn(w.message, w.category, stacklevel=3)
+    return dataclasses.replace(res, noise_params=params, loglik=loglik,
+                               sigma_fixed=sigma_user is not None)  # fmt: skip
 
 
 def fit_map(
@@ -473,6 +635,8 @@ def fit_map(
     ref_names: Any = None,
     draws: int = 400,
     seed: int = 0,
+    noise: Any = "gaussian",
+    variance: Any = None,
 ) -> MapResult:
     """Estimate every frame's mixing weight: MAP with exact per-frame posterior given sigma.
 
@@ -592,13 +756,20 @@ def fit_map(
     True
     """
     model = make_model(prior=prior, sigma_prior=sigma_prior, background=background, gain=gain,
-                       n_refs=2 + len(more_refs), ref_names=ref_names)  # fmt: skip
+                       n_refs=2 + len(more_refs), ref_names=ref_names, noise=noise)  # fmt: skip
     _check_options(model, sigma, sigma_method, max_iter, tol)
     _check_sampler(draws, seed)
+    if variance is not None and spectral_axis is not None and np.ndim(variance) == np.ndim(frames):
+        # A variance per pixel of the spectrum image: laid out as its frames are.
+        variance, _ = spectral_frames(variance, spectral_axis, ref_a)
     frames, map_shape = spectral_frames(frames, spectral_axis, ref_a)
     stack = prepare(frames, ref_a, ref_b, mask, more_refs)
+    fit_kw = {"sigma": sigma, "sigma_method": sigma_method, "max_iter": max_iter, "tol": tol,
+              "frame": None, "device": device, "map_shape": map_shape, "draws": draws,
+              "seed": seed}  # fmt: skip
+    if variance is not None or model.noise.reweights:
+        return _fit_noise(stack, model, variance, fit_kw=fit_kw, chunk_size=chunk_size,
+                          memory_limit=memory_limit)  # fmt: skip
     stats = _stats_for(stack, model, chunk_size=chunk_size, memory_limit=memory_limit,
                        stacklevel=2)  # fmt: skip
-    return _fit(stats, model=model, sigma=sigma, sigma_method=sigma_method, max_iter=max_iter,
-                tol=tol, frame=None, device=device, map_shape=map_shape, draws=draws,
-                seed=seed)  # fmt: skip
+    return _fit(stats, model=model, offset=_offset_unweighted(stack, model), **fit_kw)

@@ -29,14 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from bayesmix.noise import NOISES, Gaussian, NoiseModel, PerFrame, check_noise, noise_spec
 from bayesmix.priors import SigmaPrior, XPrior, check_prior, check_sigma_prior
 
 __all__ = ["BACKGROUNDS", "NOISES", "MixingModel", "make_model"]
 
 #: Named background bases; an array of basis images is accepted as well.
 BACKGROUNDS = ("none", "constant", "linear")
-#: Noise models (more arrive with the noise issue).
-NOISES = ("gaussian",)
 
 
 def _ramps(frame_shape: tuple[int, ...]) -> list[np.ndarray]:
@@ -69,8 +68,9 @@ class MixingModel:
         K, the number of references (2: the weight ``x`` of A; K >= 3: weights on the simplex).
     ref_names : tuple of str
         A name per reference, for the results' columns and the ``reference`` dimension.
-    noise : {'gaussian'}
-        The pixel noise model: i.i.d. Gaussian with one scale sigma.
+    noise : Gaussian, PerFrame, PoissonGaussian or StudentT
+        The pixel noise model (:mod:`bayesmix.noise`); default i.i.d. Gaussian with one scale
+        sigma.
     prior, sigma_prior
         Priors on each weight and on sigma (defaults as in :func:`bayesmix.fit_map`).
 
@@ -86,7 +86,7 @@ class MixingModel:
 
     background: str | np.ndarray = "none"
     gain: bool = False
-    noise: str = "gaussian"
+    noise: NoiseModel = field(default_factory=Gaussian)
     prior: XPrior = field(default=None)  # type: ignore[assignment]
     sigma_prior: SigmaPrior = field(default=None)  # type: ignore[assignment]
     n_refs: int = 2
@@ -135,7 +135,8 @@ class MixingModel:
     def describe(self) -> dict[str, Any]:
         """The model in words and numbers, for provenance (results files, reports)."""
         bg = self.background if isinstance(self.background, str) else "custom"
-        out: dict[str, Any] = {"background": bg, "gain": bool(self.gain), "noise": self.noise}
+        out: dict[str, Any] = {
+            "background": bg, "gain": bool(self.gain), "noise": noise_spec(self.noise)}
         if not isinstance(self.background, str):
             out["background_terms"] = int(self.background.shape[0])
         if self.is_simplex:
@@ -154,6 +155,8 @@ class MixingModel:
             parts.append("gain")
         if self.is_simplex:
             parts.insert(0, f"{self.n_refs} references")
+        if not isinstance(self.noise, Gaussian):
+            parts.append(f"{noise_spec(self.noise)} noise")
         return " + ".join(parts) if parts else "two references"
 
 
@@ -189,7 +192,7 @@ def make_model(
     *,
     background: Any = None,
     gain: bool = False,
-    noise: str = "gaussian",
+    noise: Any = "gaussian",
     prior: XPrior | None = None,
     sigma_prior: SigmaPrior | None = None,
     n_refs: int = 2,
@@ -198,8 +201,7 @@ def make_model(
     """A validated :class:`MixingModel` (every option checked before any work)."""
     if not isinstance(gain, (bool, np.bool_)):
         raise ValueError(f"gain must be True or False, got {gain!r}")
-    if noise not in NOISES:
-        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+    noise = check_noise(noise)
     n_refs = int(n_refs)
     if n_refs > 2 and gain:
         raise ValueError(
@@ -207,11 +209,22 @@ def make_model(
             "for two references; fit K >= 3 references without gain (a background is fine)"
         )
     names = ref_names_for(n_refs, ref_names)
+    prior = check_prior(prior, n_refs)
+    if isinstance(noise, PerFrame):
+        from bayesmix.priors import TruncatedNormal, Uniform
+
+        if gain or n_refs > 2 or not isinstance(prior, (TruncatedNormal, Uniform)):
+            raise ValueError(
+                "noise='per_frame' is supported for two references without gain and with a "
+                f"truncated-normal or uniform prior; got {n_refs} references, gain={bool(gain)},"
+                f" prior {prior!r}. Use noise='gaussian' with a variance map, or fit groups of "
+                "frames of similar quality separately"
+            )
     return MixingModel(
         background=_check_background(background),
         gain=bool(gain),
         noise=noise,
-        prior=check_prior(prior, n_refs),
+        prior=prior,
         sigma_prior=check_sigma_prior(sigma_prior),
         n_refs=n_refs,
         ref_names=names,

@@ -30,8 +30,8 @@ from jax.scipy.special import xlog1py, xlogy
 
 from bayesmix._likelihood import gain_profile, x_precision
 from bayesmix._precision import x64
-from bayesmix._stats import FrameStats, GainStats, bucket_size, pad_stats
-from bayesmix._truncnorm import log_ndtr, tn_moments, tn_quantile
+from bayesmix._stats import FrameStats, GainStats, PerFrameStats, bucket_size, pad_stats
+from bayesmix._truncnorm import log_diff_ndtr, log_ndtr, tn_moments, tn_quantile
 from bayesmix.priors import Beta, TruncatedNormal, Uniform, XPrior
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "ConjugateGaussian",
     "GainGrid",
     "PriorParams",
+    "ScaleMixture",
     "Summary",
     "posterior_method",
     "posterior_quantiles",
@@ -50,6 +51,28 @@ _NEWTON_STEPS = 60
 _GRID = 2048
 _SPAN = 20.0  # half-width of the grid, in local widths; beyond it the density is < e^-20
 _BATCH = 1024
+
+
+# Frames per block of the per-frame posterior computations: their temporaries (quadrature nodes,
+# series terms: ~1 kB a frame in float64) then stay bounded for millions of frames.
+_BLOCK_FRAMES = 1 << 16
+
+
+def _n_blocks(size: int) -> int:
+    """Blocks for ``size`` padded frames: a power of two that divides it, ~_BLOCK_FRAMES each."""
+    blocks = 1
+    while size % (2 * blocks) == 0 and size // (2 * blocks) >= _BLOCK_FRAMES:
+        blocks *= 2
+    return blocks
+
+
+def _in_blocks(fn, stats, n_blocks):
+    """``fn(stats)`` (a tuple of per-frame arrays), evaluated ``n_blocks`` blocks of frames at a
+    time with ``lax.map``, so its intermediates hold one block, not all frames."""
+    if n_blocks == 1:
+        return fn(stats)
+    blocks = jax.tree.map(lambda a: a.reshape(n_blocks, -1), stats)
+    return jax.tree.map(lambda a: a.reshape(-1), jax.lax.map(fn, blocks))
 
 
 class PriorParams(NamedTuple):
@@ -368,6 +391,148 @@ class GainGrid:
             return jnp.interp(qs, cdf, grid)
 
         return jax.lax.map(one, stats, batch_size=_BATCH)
+
+
+_S_NODES = 41  # nodes of the log-sigma grid: 0.4 posterior widths apart over +-8 widths
+_S_SPAN = 8.0
+
+
+def _s_grid(st: PerFrameStats):
+    """Per-frame nodes of log sigma (N, G) around the mode of its posterior (x integrated out
+    approximately for the centre only; the nodes then carry the exact weights)."""
+    m1 = jnp.maximum(st.n - 1.0, 0.5)
+    rss = jnp.maximum(st.rss, jnp.finfo(jnp.float64).tiny)
+    prec = 1.0 / st.s_tau**2
+    s = 0.5 * jnp.log(rss / m1)
+    s = (s * 2.0 * m1 + st.s_mu * prec) / (2.0 * m1 + prec)  # Gaussian approximation, then Newton
+
+    def newton(s, _):
+        e = rss * jnp.exp(-2.0 * s)
+        g = -m1 + e - (s - st.s_mu) * prec
+        h = -2.0 * e - prec
+        return s - g / h, None
+
+    s, _ = jax.lax.scan(newton, s, None, length=8)
+    width = jax.lax.rsqrt(2.0 * rss * jnp.exp(-2.0 * s) + prec)
+    t = jnp.linspace(-_S_SPAN, _S_SPAN, _S_NODES)
+    return s[:, None] + width[:, None] * t[None, :], width * (t[1] - t[0])
+
+
+def _log_zx(dd, xhat, inv, pp: PriorParams):
+    """log of the integral over [lo, hi] of the likelihood's Gaussian factor in x (precision
+    ``dd * inv``) times the prior's unnormalised one; and x's truncated normal (m, sd)."""
+    lam = dd * inv + pp.p1
+    m = (dd * xhat * inv + pp.p1 * pp.p0) / lam
+    sd = jax.lax.rsqrt(lam)
+    # The constant the product of two Gaussians leaves, without cancellation.
+    c0 = jnp.where(pp.p1 > 0, dd * pp.p1 / (dd + pp.p1 / inv) * (xhat - pp.p0) ** 2, 0.0)
+    log_zx = -0.5 * c0 + 0.5 * jnp.log(2.0 * jnp.pi / lam) + log_diff_ndtr(
+        (pp.lo - m) / sd, (pp.hi - m) / sd)
+    return log_zx, m, sd
+
+
+@jax.jit
+def gaussian_log_evidence(stats: FrameStats, sigma2, prior):
+    """log p(y_i | sigma) per frame, x integrated out over its prior (closed form; up to the
+    background's flat prior)."""
+    pp = prior_params(prior)
+    log_zx, _, _ = _log_zx(stats.dd, stats.xhat, 1.0 / sigma2, pp)
+    return (-0.5 * stats.n * jnp.log(2.0 * jnp.pi * sigma2) - 0.5 * stats.rss / sigma2 + log_zx
+            - _prior_log_norm(pp))  # fmt: skip
+
+
+def _s_components(st: PerFrameStats, prior):
+    """Per node of log sigma: log weight (unnormalised, exact), and x's truncated normal."""
+    pp = prior_params(prior)
+    nodes, step = _s_grid(st)
+    inv = jnp.exp(-2.0 * nodes)  # 1 / sigma^2
+    log_zx, m, sd = _log_zx(st.dd[:, None], st.xhat[:, None], inv, pp)
+    n, rss = st.n[:, None], st.rss[:, None]
+    mu, tau = st.s_mu[:, None], st.s_tau[:, None]
+    log_prior_s = -0.5 * ((nodes - mu) / tau) ** 2 - jnp.log(tau) - 0.5 * jnp.log(2.0 * jnp.pi)
+    logw = log_prior_s - n * nodes - 0.5 * rss * inv + log_zx
+    return nodes, step, logw, m, sd, pp
+
+
+def _prior_log_norm(pp: PriorParams):
+    """log of the integral of the prior's unnormalised Gaussian factor over [lo, hi]."""
+    s = jax.lax.rsqrt(jnp.maximum(pp.p1, jnp.finfo(jnp.float64).tiny))
+    gauss = 0.5 * jnp.log(2.0 * jnp.pi) + jnp.log(s) + log_diff_ndtr(
+        (pp.lo - pp.p0) / s, (pp.hi - pp.p0) / s)
+    return jnp.where(pp.p1 > 0, gauss, jnp.log(pp.hi - pp.lo))
+
+
+def per_frame_log_evidence(st: PerFrameStats, prior):
+    """log p(y_i | mu, tau) per frame: x and sigma_i integrated out (up to the background's flat
+    prior), and the posterior mean and second moment of log sigma_i."""
+    nodes, step, logw, *_, pp = _s_components(st, prior)
+    log_z = jax.scipy.special.logsumexp(logw, axis=1)
+    p = jnp.exp(logw - log_z[:, None])
+    es = jnp.sum(p * nodes, axis=1)
+    es2 = jnp.sum(p * nodes**2, axis=1)
+    evidence = log_z + jnp.log(step) - 0.5 * st.n * jnp.log(2.0 * jnp.pi) - _prior_log_norm(pp)
+    return evidence, es, es2
+
+
+def _mixture_cdf(x, m, sd, pp, p):
+    """CDF at x (N, Q) of the mixture over nodes of truncated normals (N, G)."""
+    a = (pp.lo - m) / sd
+    norm = log_diff_ndtr(a, (pp.hi - m) / sd)
+    z = (jnp.clip(x[..., None], pp.lo, pp.hi) - m[:, None, :]) / sd[:, None, :]
+    parts = jnp.exp(log_diff_ndtr(a[:, None, :], z) - norm[:, None, :])
+    return jnp.sum(p[:, None, :] * parts, axis=-1)
+
+
+@register((TruncatedNormal, Uniform), PerFrameStats)
+class ScaleMixture:
+    """Per-frame sigma_i integrated out over its population prior: x's posterior is a mixture,
+    over a grid of log sigma_i with exact weights, of truncated normals (closed forms)."""
+
+    @staticmethod
+    def _mixture(stats, prior):
+        nodes, _, logw, m, sd, pp = _s_components(stats, prior)
+        p = jax.nn.softmax(logw, axis=1)
+        return nodes, p, m, sd, pp
+
+    @classmethod
+    def summary(cls, stats, sigma2, prior) -> Summary:
+        nodes, p, m, sd, pp = cls._mixture(stats, prior)
+        mean_j, sd_j = tn_moments(m, sd, pp.lo, pp.hi)
+        mean = jnp.sum(p * mean_j, axis=1)
+        var = jnp.sum(p * (sd_j**2 + (mean_j - mean[:, None]) ** 2), axis=1)
+        sig = jnp.exp(nodes)
+        s_mean = jnp.sum(p * sig, axis=1)
+        s_sd = jnp.sqrt(jnp.maximum(jnp.sum(p * (sig - s_mean[:, None]) ** 2, axis=1), 0.0))
+        # The mode given sigma_i at its posterior mean (the mixture's components differ by
+        # O(1/sqrt(n)) in width, so its mode is theirs to that order).
+        lam = stats.dd / s_mean**2 + pp.p1
+        x = jnp.clip((stats.dd * stats.xhat / s_mean**2 + pp.p1 * pp.p0) / lam, pp.lo, pp.hi)
+        return Summary(x, jnp.clip(mean, pp.lo, pp.hi), jnp.sqrt(var),
+                       (x <= pp.lo) | (x >= pp.hi), {"sigma": s_mean, "sigma_sd": s_sd})
+
+    @classmethod
+    def mode(cls, stats, sigma2, prior):
+        return cls.summary(stats, sigma2, prior).x
+
+    @staticmethod
+    def expected_sse(stats, sigma2, prior):
+        raise NotImplementedError("per-frame noise scales are integrated out, not learned by EM")
+
+    @classmethod
+    def quantiles(cls, stats, sigma2, prior, qs):
+        _, p, m, sd, pp = cls._mixture(stats, prior)
+        target = qs[None, :] + 0.0 * stats.xhat[:, None]
+
+        def bisect(bounds, _):
+            lo, hi = bounds
+            mid = 0.5 * (lo + hi)
+            below = _mixture_cdf(mid, m, sd, pp, p) < target
+            return (jnp.where(below, mid, lo), jnp.where(below, hi, mid)), None
+
+        lo = jnp.zeros_like(target) + pp.lo
+        hi = jnp.zeros_like(target) + pp.hi
+        (lo, hi), _ = jax.lax.scan(bisect, (lo, hi), None, length=48)
+        return 0.5 * (lo + hi)
 
 
 @jax.jit

@@ -76,6 +76,16 @@ class MapResult:
     map_shape : tuple of int, or None
         For a spectrum image (``spectral_axis=``): the map's shape; frames are its pixels in
         row-major order.
+    noise_params : dict
+        What the noise model learned: with ``noise='per_frame'`` the population of log sigma
+        (``log_sigma_mu``, ``log_sigma_tau``); Poisson-Gaussian ``noise_gain``,
+        ``noise_read_sd``; Student-t ``noise_df``; re-weighting models ``noise_passes``.
+    sigma_frame, sigma_frame_sd : ndarray, shape (N,), or None
+        With ``noise='per_frame'``: posterior mean and sd of each frame's noise scale.
+    loglik : ndarray, shape (N,), or None
+        Each frame's log marginal likelihood (weights integrated out; the shared noise
+        parameters at their fitted values): the pointwise terms :func:`bayesmix.compare`
+        ranks noise models by. None where no closed form is implemented (gain, K >= 3, Beta).
     simplex : SimplexFit or None
         K >= 3 references: the sampler's output behind ``mean``, ``sd`` and the quantiles;
         ``x``, ``mean`` and ``sd`` then have shape (N, K), one column per reference, and
@@ -104,6 +114,10 @@ class MapResult:
     simplex: Any = field(default=None, repr=False)
     seed: int = 0
     n_draws: int = 0
+    noise_params: dict = field(default_factory=dict)
+    sigma_frame: np.ndarray | None = field(default=None, repr=False)
+    sigma_frame_sd: np.ndarray | None = field(default=None, repr=False)
+    loglik: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.frame is None:
@@ -164,7 +178,18 @@ class MapResult:
             raise ValueError(f"quantile probabilities must lie in (0, 1), got {q!r}")
         if self.simplex is not None:
             return self._simplex_quantiles(qs)
-        return posterior_quantiles(self.prior, self.stats, self.sigma, qs)
+        return posterior_quantiles(self.prior, self.posterior_stats, self.sigma, qs)
+
+    @property
+    def posterior_stats(self) -> Any:
+        """The statistics x's posterior is computed from (with per-frame noise scales, the
+        frames' statistics with the population of log sigma)."""
+        if "log_sigma_mu" in self.noise_params:
+            from bayesmix._stats import PerFrameStats
+
+            return PerFrameStats.of(self.stats, self.noise_params["log_sigma_mu"],
+                                    self.noise_params["log_sigma_tau"])  # fmt: skip
+        return self.stats
 
     def _simplex_quantiles(self, qs: np.ndarray) -> np.ndarray:
         """Quantiles of the K weights: kept from the fit, or the same chains (same seed) rerun."""
@@ -211,8 +236,29 @@ class MapResult:
             frame=self.frame, x_map=self.x, mean=self.mean, sd=self.sd, lo=lo, hi=hi, prob=prob,
             stats=self.stats, sigma=self.sigma, bounds=self.prior.bounds,
             n_background=self.n_background, gain=self.gain, gain_sd=self.gain_sd,
-            background=self.background, map_shape=self.map_shape, **simplex,
+            background=self.background, map_shape=self.map_shape, extra=self._noise_columns(),
+            **simplex,
         )  # fmt: skip
+
+    def _noise_columns(self) -> dict[str, np.ndarray]:
+        out = {}
+        if "log_sigma_mu" in self.noise_params:
+            # Misfit against the population of noise scales (a frame's own sigma would explain
+            # any residual): the chi-square tail averaged over log sigma ~ N(mu, tau^2).
+            from scipy.stats import chi2
+
+            t, wts = np.polynomial.hermite_e.hermegauss(32)
+            s = self.noise_params["log_sigma_mu"] + self.noise_params["log_sigma_tau"] * t
+            dof = np.maximum(np.asarray(self.stats.dof_residual, np.float64), 1.0)
+            tails = chi2.sf(np.asarray(self.stats.rss)[:, None] / np.exp(2.0 * s)[None, :],
+                            dof[:, None])  # fmt: skip
+            out["misfit_p"] = tails @ (wts / wts.sum())
+        if self.sigma_frame is not None:
+            out["sigma_frame"] = np.asarray(self.sigma_frame)
+            out["sigma_frame_sd"] = np.asarray(self.sigma_frame_sd)
+        if self.loglik is not None:
+            out["loglik"] = np.asarray(self.loglik)
+        return out
 
     @property
     def n_background(self) -> int:
@@ -314,6 +360,7 @@ class MapResult:
             "converged": self.converged,
             "device": self.device,
             **self.model.describe(),
+            **self.noise_params,
             "n_background": self.n_background,
             **({} if self.map_shape is None else {"map_shape": list(self.map_shape)}),
             **({} if self.simplex is None else {"draws": self.n_draws, "seed": self.seed}),

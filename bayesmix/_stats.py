@@ -35,6 +35,7 @@ __all__ = [
     "BasisStats",
     "FrameStats",
     "GainStats",
+    "PerFrameStats",
     "SimplexStats",
     "basis_stats_from_stack",
     "bucket_size",
@@ -172,6 +173,33 @@ class SimplexStats(NamedTuple):
     def dof_residual(self) -> np.ndarray:
         """Degrees of freedom of ``rss``: n minus the K reference coefficients."""
         return np.asarray(self.n, np.float64) - self.n_refs
+
+
+class PerFrameStats(NamedTuple):
+    """The two-reference statistics with a noise scale per frame and its population prior.
+
+    :math:`\\log\\sigma_i \\sim \\mathcal N(\\mu, \\tau^2)`; ``s_mu`` and ``s_tau`` hold mu and
+    tau for each frame (the same numbers, broadcast) so that the pytree pads like the others.
+    """
+
+    xhat: np.ndarray  #: (N,) least-squares weight of A
+    rss: np.ndarray  #: (N,) residual sum of squares at xhat
+    dd: np.ndarray  #: (N,) the likelihood's precision in x times sigma^2
+    n: np.ndarray  #: (N,) degrees of freedom of the frame (pixels minus background terms)
+    s_mu: np.ndarray  #: (N,) population mean of log sigma
+    s_tau: np.ndarray  #: (N,) population sd of log sigma
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames N."""
+        return int(np.shape(self.xhat)[0])
+
+    @classmethod
+    def of(cls, stats: FrameStats, mu: float, tau: float) -> PerFrameStats:
+        """``stats`` with the population (mu, tau) of log sigma."""
+        n = stats.n_frames
+        return cls(*(np.asarray(v, np.float64) for v in stats), np.full(n, float(mu)),
+                   np.full(n, float(tau)))  # fmt: skip
 
 
 class BasisStats(NamedTuple):
@@ -906,6 +934,7 @@ _INERT = {
     # that keep every per-frame formula finite.
     "FrameStats": {"xhat": 0.5, "rss": 0.0, "dd": 1.0, "n": 0.0},
     "GainStats": {"z": 0.0, "m0": (1.0, 0.0), "m1": (0.0, 1.0), "rss": 0.0, "n": 0.0},
+    "PerFrameStats": {"xhat": 0.5, "rss": 1.0, "dd": 1.0, "n": 3.0, "s_mu": 0.0, "s_tau": 1.0},
     "SimplexStats": {
         "w": lambda shape: np.full(shape, 1.0 / shape[-1]),
         "chol": lambda shape: np.broadcast_to(np.eye(shape[-1]), shape),

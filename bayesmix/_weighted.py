@@ -1,0 +1,190 @@
+"""The statistics pass with per-pixel weights (inverse variances): variance maps, counts, outliers.
+
+With pixel weights :math:`W_i = \\mathrm{diag}(w_{ip})` (the inverse of each pixel's variance
+relative to sigma^2), frame i's Gaussian likelihood depends on its pixels only through
+
+.. math::
+
+    G_i = \\Phi W_i \\Phi^T, \\quad p_i = \\Phi W_i y_i, \\quad \\beta_i = G_i^{-1} p_i, \\quad
+    \\mathrm{rss}_i = (y_i - \\Phi^T \\beta_i)^T W_i (y_i - \\Phi^T \\beta_i),
+
+with :math:`\\Phi` the model's basis [background, references]. These reduce to the same
+:class:`~bayesmix._stats.BasisStats` as the unweighted pass, so every inference path runs on
+them unchanged. A weight map shared by all frames gives one Gram matrix for all complete
+frames; weights per frame (a variance per frame, or re-weighting from the current fit for
+Poisson counts and Student-t outliers) give each frame its own, built as one matrix product
+per block of frames. Everything is float64 and the residual is formed pixel by pixel (no
+``q - p^T beta`` cancellation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bayesmix._io import ChunkStream, Stack
+from bayesmix._stats import (
+    BasisStats,
+    _as_rows,
+    _check_pass,
+    _is_dask,
+    _reduce_rows,
+    _run_pass,
+)
+
+__all__ = ["Weigher", "weighted_stats"]
+
+_BLOCK_VALUES = 1 << 21  # float64 values per block of frames (16 MiB per temporary)
+
+#: ``weigher(start, y, ok, mean) -> w``: pixel weights (m, n) for frames ``start..start+m`` with
+#: their pixels ``y`` (m, n) (0 where not ``ok``) and the current fit's ``mean`` (or None).
+Weigher = Callable[[int, np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
+
+
+def _solve_block(y, ok, w, design, n_bg):
+    """Coefficients, Gram matrices and weighted rss of one block of frames."""
+    w = np.where(ok, w, 0.0)
+    n_terms = design.shape[0]
+    iu = np.triu_indices(n_terms)
+    pairs = design[iu[0]] * design[iu[1]]  # (T, n): products of basis rows
+    g_up = w @ pairs.T  # (m, T)
+    gram = np.zeros((len(y), n_terms, n_terms))
+    gram[:, iu[0], iu[1]] = g_up
+    gram[:, iu[1], iu[0]] = g_up
+    proj = (w * y) @ design.T  # (m, B)
+    n = np.count_nonzero(ok & (w > 0), axis=1).astype(np.int64)
+    diag = np.abs(np.diagonal(gram, axis1=1, axis2=2))
+    scale = np.maximum(diag.max(axis=1), np.finfo(float).tiny)
+    eig_min = np.linalg.eigvalsh(gram / scale[:, None, None])[:, 0]
+    good = (n > n_terms) & (eig_min > 1e-12)
+    theta = np.full((len(y), n_terms), np.nan)
+    if good.any():
+        theta[good] = np.linalg.solve(gram[good], proj[good, :, None])[..., 0]
+    resid = np.where(ok, y - np.nan_to_num(theta) @ design, 0.0)
+    rss = np.einsum("mp,mp->m", w * resid, resid)
+    logw = np.sum(np.log(np.where(ok & (w > 0), w, 1.0)), axis=1)
+    if n_bg:
+        logw = logw - np.linalg.slogdet(gram[:, :n_bg, :n_bg])[1]
+    n = np.where(good, n, np.where(n > 0, -n - 1, 0))
+    gram[~good] = np.eye(n_terms)
+    theta[~good] = 0.0
+    return theta, gram, rss, n, logw
+
+
+def weighted_stats(
+    stack: Stack,
+    design: np.ndarray,
+    n_bg: int,
+    weigher: Weigher,
+    *,
+    fitted: np.ndarray | None = None,
+    chunk_size: int | None = None,
+    memory_limit: int | None = None,
+    stacklevel: int = 2,
+) -> tuple[BasisStats, np.ndarray]:
+    """One pass of weighted statistics over ``stack``.
+
+    Returns the :class:`BasisStats` of the weighted frames and, per frame, the log-likelihood
+    offset from the weighted to the original data: :math:`\\tfrac12 \\sum_p \\log w_{ip}` (the
+    Jacobian of the whitening) minus :math:`\\tfrac12 \\log\\det G_{cc}` (the background's flat
+    prior integrated out).
+
+    Parameters
+    ----------
+    stack : Stack
+        The validated frames.
+    design : array, shape (B, n)
+        The model's basis on the selected pixels, background first (``check_design``).
+    n_bg : int
+        P, the number of background rows of ``design``.
+    weigher : callable
+        Pixel weights per block of frames (see :data:`Weigher`).
+    fitted : array, shape (N, B), optional
+        The current fit's coefficients on ``design``: the block's fitted mean is passed to
+        ``weigher``.
+    """
+    frames = stack.frames
+    if _is_dask(frames) and (fitted is not None or getattr(weigher, "per_frame", True)):
+        raise ValueError(
+            "per-frame pixel weights (a variance per frame, Poisson or Student-t noise) are not "
+            "supported for dask arrays yet; compute the stack (np.asarray) or use a memory map"
+        )
+    pixels = stack.pixels
+    state = {"start": 0}
+
+    def chunk_fn(chunk: np.ndarray) -> tuple[np.ndarray, ...]:
+        start = state["start"]
+        m = int(chunk.shape[0])
+        state["start"] = start + m
+        rows = _as_rows(chunk, np.dtype(np.float64))
+        if pixels is not None:
+            rows = rows[:, pixels]
+        step = max(1, _BLOCK_VALUES // max(rows.shape[1], 1))
+        out = []
+        for i in range(0, m, step):
+            y = np.asarray(rows[i : i + step], np.float64)
+            finite = np.isfinite(y)
+            y = np.where(finite, y, 0.0)
+            mean = None if fitted is None else fitted[start + i : start + i + len(y)] @ design
+            w = np.broadcast_to(weigher(start + i, y, finite, mean), y.shape)
+            ok = finite & np.isfinite(w)
+            out.append((*_solve_block(y, ok, w, design, n_bg), np.count_nonzero(
+                ~finite & ~np.isnan(np.asarray(rows[i : i + step], np.float64)), axis=1)))
+        return tuple(np.concatenate(col) for col in zip(*out, strict=True))
+
+    theta, gram, rss, n, offset, ninf = _run_pass(
+        stack, chunk_fn, chunk_size=chunk_size, memory_limit=memory_limit, progress=None
+    )
+    _check_pass(np.where(n < 0, 1, n), ninf, stacklevel + 1)
+    few = np.flatnonzero(n < 0)
+    if few.size:
+        raise ValueError(
+            f"{few.size} frame(s) have too few pixels with finite data and non-zero weight for "
+            f"the model's {design.shape[0]} linear terms, e.g. frame(s) {few[:5].tolist()}; "
+            "drop them, lower their variance, or use a simpler background"
+        )
+    w, z, chol, bg, sens = _reduce_rows(theta, gram, n_bg)
+    return BasisStats(w=w, z=z, chol=chol, bg=bg, bg_sens=sens, rss=rss, n=n), 0.5 * offset
+
+
+def variance_weigher(variance: Any, pixels: np.ndarray | None) -> Weigher:
+    """Weights ``1 / variance`` from a map of shape (n,) or a per-frame array (N, *S)."""
+    if isinstance(variance, np.ndarray) and variance.ndim == 1:
+        inv = 1.0 / variance
+
+        def shared(start, y, ok, mean):
+            return inv
+
+        shared.per_frame = False  # type: ignore[attr-defined]
+        return shared
+
+    from bayesmix._io import _check_variance_values
+
+    def per_frame(start, y, ok, mean):
+        v = np.asarray(variance[start : start + len(y)], np.float64).reshape(len(y), -1)
+        if pixels is not None:
+            v = v[:, pixels]
+        _check_variance_values(f"variance of frames {start}..{start + len(y) - 1}", v)
+        return 1.0 / v
+
+    return per_frame
+
+
+def unit_weigher(start, y, ok, mean):
+    """Equal weights (the unweighted pass, in float64)."""
+    return np.ones(y.shape[1])
+
+
+unit_weigher.per_frame = False  # type: ignore[attr-defined]
+
+
+def check_passes(stack: Stack) -> None:
+    """Noise models that re-weight need to read the frames more than once."""
+    if isinstance(stack.frames, ChunkStream):
+        raise ValueError(
+            "this noise model re-weights the pixels from the current fit, which reads the "
+            "frames several times; an iterator of chunks can be read once: pass an array or a "
+            "memory map instead"
+        )
