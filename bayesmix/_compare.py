@@ -4,7 +4,8 @@ Frames are conditionally independent given the shared noise parameters, so leavi
 changes only what is learned about its own weights (and its own noise scale). Its leave-one-
 frame-out predictive density is then the frame's marginal likelihood, its weights integrated
 over their prior, at the shared parameters learned from all frames (one frame moves them by
-O(1/N)): exact, closed form for Gaussian-factor likelihoods (``MapResult.loglik``). For a NUTS
+O(1/N); summed over frames that is Takeuchi's correction, about one nat per shared parameter,
+which is subtracted): closed form for Gaussian-factor likelihoods (``MapResult.loglik``). For a NUTS
 run, PSIS-LOO (ArviZ) on its pointwise log-likelihood, with the exact value where Pareto k is
 high (see :func:`bayesmix._arviz.elpd_frames`).
 """
@@ -45,7 +46,26 @@ def _(result: MapResult) -> tuple[np.ndarray, str]:
             "likelihood: compare needs two references without gain and a truncated-normal or "
             "uniform prior; fit the models to compare with those"
         )
-    return np.asarray(result.loglik, np.float64), "exact leave-one-frame-out"
+    # The shared parameters were learned with frame i in: TIC's correction, one nat per shared
+    # parameter in all, spread over the frames (what the frame's own weights cost is exact).
+    n = len(result.loglik)
+    return (np.asarray(result.loglik, np.float64) - shared_params(result) / n,
+            "exact leave-one-frame-out")
+
+
+def shared_params(result: MapResult) -> int:
+    """How many parameters shared by all frames the fit learned (noise scale, noise model)."""
+    from bayesmix.noise import PerFrame, PoissonGaussian, StudentT
+
+    noise = result.model.noise
+    if isinstance(noise, PerFrame):
+        return 2  # mu and tau of log sigma
+    k = 0 if result.sigma_fixed else 1
+    if isinstance(noise, PoissonGaussian):
+        k += (noise.gain is None) + (noise.read_sd is None)
+    if isinstance(noise, StudentT):
+        k += noise.df is None
+    return k
 
 
 def _describe(result: Any) -> dict[str, Any]:

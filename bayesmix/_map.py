@@ -582,8 +582,10 @@ def _fit_noise(stack, model, variance, *, fit_kw, chunk_size, memory_limit) -> M
     while passes < _MAX_PASSES:
         passes += 1
         rw.start(res, design.shape[0])
-        stats, offset = weighted_stats(stack, design, n_bg, rw, fitted=_fitted_theta(res),
-                                       **pass_kw)  # fmt: skip
+        # Residuals at the (weighted) least-squares fit: unbiased for the noise, where the
+        # posterior mean's pull towards the prior would leave signal in them.
+        theta = np.hstack([np.asarray(stats.bg), np.asarray(stats.w)])
+        stats, offset = weighted_stats(stack, design, n_bg, rw, fitted=theta, **pass_kw)
         rw.finish()
         if not rw.ready:  # the pass only learned the noise parameters
             continue
@@ -705,12 +707,25 @@ def fit_map(
         K >= 3: Gibbs draws per frame for the posterior mean, sd and quantiles, and the seed of
         the sampler (the same seed gives the same numbers). Frames whose posterior is a Gaussian
         well inside the simplex (flat prior) are summarised in closed form instead.
+    noise : str or noise model
+        The pixel noise (:mod:`bayesmix.noise`): 'gaussian' (default: one sigma for all
+        frames), 'per_frame' (a sigma per frame from a learned log-normal population,
+        integrated out: two references without gain), 'poisson' (counts),
+        'poisson_gaussian' or ``PoissonGaussian(gain, read_sd)`` (variance ``gain * mean +
+        read_sd**2``, unknowns learned), 'student_t' or ``StudentT(df)`` (heavy tails: hot
+        pixels and cosmic rays are down-weighted). The last three re-weight the pixels from
+        the current fit over a few passes (``res.noise_params['noise_passes']``).
+    variance : array, shape S or (N, *S), optional
+        Each pixel's noise variance (one map for all frames, or one per frame; +inf leaves a
+        pixel out): the statistics are weighted by its inverse in the same single pass, and
+        sigma scales the map (``sigma=1.0``: the map is the variance).
 
     Returns
     -------
     MapResult
         ``x`` (MAP), ``mean``, ``sd``, ``sigma``, ``interval(prob)``, ``r2``, ``at_bound``,
-        ``gain``, ``background``, ``to_dataframe()``, ``to_xarray()``.
+        ``gain``, ``background``, ``loglik`` (per frame, for :func:`bayesmix.compare`),
+        ``noise_params``, ``sigma_frame``, ``to_dataframe()``, ``to_xarray()``.
 
     Notes
     -----

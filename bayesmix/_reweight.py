@@ -68,16 +68,26 @@ class _PoissonGaussian(_Reweigher):
 
     def start(self, res, n_terms):
         super().start(res, n_terms)
-        self.sums = np.zeros(5)  # n, sum m, sum m^2, sum r2, sum m r2
+        self.sums = np.zeros(5)  # weighted: n, sum m, sum m^2, sum r2, sum m r2
 
     def __call__(self, start, y, ok, mean):
-        r2 = (y - mean) ** 2 * self.dof_factor[start : start + len(y), None]
+        factor = self.dof_factor[start : start + len(y), None]
+        r2 = np.where(ok, (y - mean) ** 2 * factor, 0.0)
         m = np.where(ok, mean, 0.0)
-        r2 = np.where(ok, r2, 0.0)
-        self.sums += [ok.sum(), m.sum(), (m * m).sum(), r2.sum(), (m * r2).sum()]
+        # Least squares of r^2 on the fitted mean, weighted by 1 / var(r^2) ~ 1 / v^2 at the
+        # current estimate (Poisson-like before there is one). The fitted mean is itself noisy
+        # (about h v, h = terms / pixels): gain and read noise separate well only when the
+        # frames' means span a range much wider than that (documented).
+        if self.ready:
+            var = self.noise.variance(mean, self.gain, self.read2)
+        else:
+            var = np.maximum(np.abs(m), np.finfo(np.float64).tiny)
+        om = np.where(ok, 1.0 / var**2, 0.0)
+        self.sums += [om.sum(), (om * m).sum(), (om * m * m).sum(), (om * r2).sum(),
+                      (om * m * r2).sum()]  # fmt: skip
         if not self.ready:
             return np.ones(y.shape[1])
-        return 1.0 / self.noise.variance(mean, self.gain, self.read2)
+        return 1.0 / var
 
     def finish(self) -> None:
         n, sm, smm, sr, smr = self.sums
@@ -198,7 +208,10 @@ class _StudentT(_Reweigher):
     def settled(self) -> bool:
         if self.noise.df is not None:
             return True
-        return abs(math.log(self.history[-1] / self.history[-2])) < 0.02
+        # Above 100 degrees of freedom every weight of a pixel within 3 scales of the fit is
+        # within 5% of 1: the pixels are Gaussian for x's purposes.
+        prev, last = self.history[-2:]
+        return abs(math.log(last / prev)) < 0.02 or min(prev, last) >= 100.0
 
     def loglik(self, gauss: np.ndarray) -> np.ndarray:
         # Laplace: the t likelihood at the fit, plus the weighted Gaussian's evidence over its

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numba as nb
 import numpy as np
 
 from bayesmix._io import ChunkStream, Stack
@@ -43,34 +44,114 @@ _BLOCK_VALUES = 1 << 21  # float64 values per block of frames (16 MiB per tempor
 Weigher = Callable[[int, np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
 
 
-def _solve_block(y, ok, w, design, n_bg):
-    """Coefficients, Gram matrices and weighted rss of one block of frames."""
-    w = np.where(ok, w, 0.0)
-    n_terms = design.shape[0]
-    iu = np.triu_indices(n_terms)
-    pairs = design[iu[0]] * design[iu[1]]  # (T, n): products of basis rows
-    g_up = w @ pairs.T  # (m, T)
-    gram = np.zeros((len(y), n_terms, n_terms))
-    gram[:, iu[0], iu[1]] = g_up
-    gram[:, iu[1], iu[0]] = g_up
-    proj = (w * y) @ design.T  # (m, B)
-    n = np.count_nonzero(ok & (w > 0), axis=1).astype(np.int64)
-    diag = np.abs(np.diagonal(gram, axis1=1, axis2=2))
-    scale = np.maximum(diag.max(axis=1), np.finfo(float).tiny)
-    eig_min = np.linalg.eigvalsh(gram / scale[:, None, None])[:, 0]
-    good = (n > n_terms) & (eig_min > 1e-12)
-    theta = np.full((len(y), n_terms), np.nan)
-    if good.any():
-        theta[good] = np.linalg.solve(gram[good], proj[good, :, None])[..., 0]
-    resid = np.where(ok, y - np.nan_to_num(theta) @ design, 0.0)
-    rss = np.einsum("mp,mp->m", w * resid, resid)
-    logw = np.sum(np.log(np.where(ok & (w > 0), w, 1.0)), axis=1)
+@nb.njit(cache=True, inline="always")
+def _chol_solve(g, rhs, out):
+    """Solve g x = rhs (g symmetric positive definite, tiny) in place by Cholesky; False when g
+    is singular to rounding."""
+    k = g.shape[0]
+    scale = 0.0
+    for b in range(k):
+        scale = max(scale, abs(g[b, b]))
+    for b in range(k):
+        for c in range(b + 1):
+            acc = g[b, c]
+            for j in range(c):
+                acc -= g[b, j] * g[c, j]
+            if b == c:
+                if not acc > 1e-12 * scale:
+                    return False
+                g[b, b] = np.sqrt(acc)
+            else:
+                g[b, c] = acc / g[c, c]
+    for b in range(k):
+        acc = rhs[b]
+        for j in range(b):
+            acc -= g[b, j] * out[j]
+        out[b] = acc / g[b, b]
+    for b in range(k - 1, -1, -1):
+        acc = out[b]
+        for j in range(b + 1, k):
+            acc -= g[j, b] * out[j]
+        out[b] = acc / g[b, b]
+    return True
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _weighted_kernel(y2d, w2d, lw2d, design, theta, gram, rss, n, logw, ninf):
+    """Per frame: the weighted Gram matrix and projections in one sweep, the coefficients, then
+    the weighted residual in a second sweep over the cache-resident row."""
+    m, p = y2d.shape
+    k = design.shape[0]
+    shared = w2d.shape[0] == 1
+    for i in nb.prange(m):
+        wi = w2d[0] if shared else w2d[i]
+        li = lw2d[0] if shared else lw2d[i]
+        g = np.zeros((k, k))
+        pr = np.zeros(k)
+        cnt = 0
+        n_inf = 0
+        lsum = 0.0
+        for q in range(p):
+            v = np.float64(y2d[i, q])
+            if not np.isfinite(v):
+                if not np.isnan(v):
+                    n_inf += 1
+                continue
+            ww = wi[q]
+            if not (ww > 0.0 and ww < np.inf):
+                continue
+            cnt += 1
+            lsum += li[q]
+            for b in range(k):
+                t = ww * design[b, q]
+                pr[b] += t * v
+                for c in range(b + 1):
+                    g[b, c] += t * design[c, q]
+        for b in range(k):
+            for c in range(b + 1):
+                gram[i, b, c] = g[b, c]
+                gram[i, c, b] = g[b, c]
+        ninf[i] = n_inf
+        logw[i] = lsum
+        coef = np.zeros(k)
+        if cnt <= k or not _chol_solve(g, pr, coef):
+            n[i] = -cnt - 1 if cnt > 0 else 0
+            rss[i] = 0.0
+            for b in range(k):
+                theta[i, b] = 0.0
+            continue
+        n[i] = cnt
+        for b in range(k):
+            theta[i, b] = coef[b]
+        acc = 0.0
+        for q in range(p):
+            v = np.float64(y2d[i, q])
+            ww = wi[q]
+            if not (np.isfinite(v) and ww > 0.0 and ww < np.inf):
+                continue
+            r = v
+            for b in range(k):
+                r -= coef[b] * design[b, q]
+            acc += ww * r * r
+        rss[i] = acc
+
+
+def _solve_block(y, w, design, n_bg):
+    """Coefficients, Gram matrices, weighted rss and log-weights of one block of frames."""
+    m = len(y)
+    k = design.shape[0]
+    w = np.ascontiguousarray(w, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lw = np.log(w)
+    theta, gram = np.empty((m, k)), np.empty((m, k, k))
+    rss, logw = np.empty(m), np.empty(m)
+    n, ninf = np.empty(m, np.int64), np.empty(m, np.int64)
+    _weighted_kernel(y, w, lw, design, theta, gram, rss, n, logw, ninf)
+    bad = n <= 0
+    gram[bad] = np.eye(k)
     if n_bg:
         logw = logw - np.linalg.slogdet(gram[:, :n_bg, :n_bg])[1]
-    n = np.where(good, n, np.where(n > 0, -n - 1, 0))
-    gram[~good] = np.eye(n_terms)
-    theta[~good] = 0.0
-    return theta, gram, rss, n, logw
+    return theta, gram, rss, n, logw, ninf
 
 
 def weighted_stats(
@@ -120,18 +201,19 @@ def weighted_stats(
         state["start"] = start + m
         rows = _as_rows(chunk, np.dtype(np.float64))
         if pixels is not None:
-            rows = rows[:, pixels]
-        step = max(1, _BLOCK_VALUES // max(rows.shape[1], 1))
+            rows = np.ascontiguousarray(rows[:, pixels])
+        step = m if fitted is None else max(1, _BLOCK_VALUES // max(rows.shape[1], 1))
         out = []
         for i in range(0, m, step):
-            y = np.asarray(rows[i : i + step], np.float64)
-            finite = np.isfinite(y)
-            y = np.where(finite, y, 0.0)
+            y = rows[i : i + step]
             mean = None if fitted is None else fitted[start + i : start + i + len(y)] @ design
-            w = np.broadcast_to(weigher(start + i, y, finite, mean), y.shape)
-            ok = finite & np.isfinite(w)
-            out.append((*_solve_block(y, ok, w, design, n_bg), np.count_nonzero(
-                ~finite & ~np.isnan(np.asarray(rows[i : i + step], np.float64)), axis=1)))
+            if fitted is None and getattr(weigher, "per_frame", True) is False:
+                w = np.asarray(weigher(start + i, y, None, None), np.float64)[None, :]
+            else:
+                finite = np.isfinite(y)
+                w = weigher(start + i, np.where(finite, y, 0.0), finite, mean)
+                w = np.broadcast_to(w, y.shape)
+            out.append(_solve_block(y, w, design, n_bg))
         return tuple(np.concatenate(col) for col in zip(*out, strict=True))
 
     theta, gram, rss, n, offset, ninf = _run_pass(
