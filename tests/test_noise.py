@@ -154,9 +154,9 @@ def test_gaussian_evidence_equals_quadrature():
     for i in (0, 17):
         y = frames[i]
 
-        def lik(xv, y=y):
+        def lik(xv, y=y, ll=res.loglik[i]):
             mu = xv * a + (1 - xv) * b
-            return np.exp(np.sum(scipy.stats.norm.logpdf(y, mu, s)) - res.loglik[i]) * (
+            return np.exp(np.sum(scipy.stats.norm.logpdf(y, mu, s)) - ll) * (
                 scipy.stats.norm.pdf(xv, 0.55, 0.15) / norm)
 
         val = scipy.integrate.quad(lik, 0, 1, epsabs=0, epsrel=1e-11, points=[x[i]])[0]
