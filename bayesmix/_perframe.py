@@ -12,6 +12,7 @@ average and spread, until the steps fall below 1% of their standard error. tau s
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import partial
 from typing import NamedTuple
 
@@ -30,6 +31,9 @@ from bayesmix._precision import x64
 from bayesmix._stats import FrameStats, PerFrameStats, bucket_size, pad_stats
 
 __all__ = ["TAU_MIN", "PerFrameFit", "fit_per_frame"]
+
+#: How many times the jitted core has been traced (compiled); the tests watch it.
+TRACES: Counter[str] = Counter()
 
 #: Smallest population sd of log sigma that EM resolves (0.1% spread of the sigmas).
 TAU_MIN = 1e-3
@@ -53,6 +57,7 @@ def _with(stats: FrameStats, mu, tau) -> PerFrameStats:
 
 @partial(jax.jit, static_argnames=("max_iter", "n_blocks"))
 def _per_frame_core(stats, valid, prior, mu0, tau0, tol, *, max_iter, n_blocks):
+    TRACES["per_frame"] += 1
     n_valid = jnp.sum(valid)
 
     def e_step(mu, tau):

@@ -359,3 +359,21 @@ def test_units_do_not_change_x_for_any_noise_model():
     ref = bayesmix.fit_map(frames, a, b, variance=var)
     got = bayesmix.fit_map(frames * 1e-20, a * 1e-20, b * 1e-20, variance=var * 1e-40)
     np.testing.assert_allclose(got.mean, ref.mean, atol=1e-9)
+
+
+def test_per_frame_core_compiles_once_per_bucket():
+    """New frames of a similar count (same padded bucket) and new numbers reuse the compiled
+    per-frame core (bayesmix._perframe.TRACES unchanged)."""
+    from bayesmix._perframe import TRACES
+
+    rng = np.random.default_rng(14)
+    a, b = _refs(rng)
+    for k, n in enumerate((900, 930, 960)):
+        x = _x(rng, n)
+        sig = np.exp(rng.normal(np.log(0.05), 0.3, n))
+        frames = x[:, None] * a + (1 - x[:, None]) * b + sig[:, None] * rng.normal(size=(n, P))
+        prior = bayesmix.TruncatedNormal(0.5 + 0.01 * k, 0.2, 0.0, 1.0)
+        bayesmix.fit_map(frames, a, b, noise="per_frame", prior=prior)
+        if k == 0:
+            before = TRACES["per_frame"]
+    assert TRACES["per_frame"] == before
