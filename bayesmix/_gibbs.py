@@ -217,3 +217,163 @@ def gibbs_summary(
             np.ascontiguousarray(index, np.int64), int(seed), int(n_warmup), int(n_draws),
             np.asarray(qs, np.float64), mh, *out)  # fmt: skip
     return out
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@nb.njit(cache=True, inline="always")
+def _log_ndtr(z):
+    """log Phi(z): erfc down to -30, the asymptotic series below."""
+    if z > -30.0:
+        return math.log(0.5 * math.erfc(-z * _SQRT1_2))
+    r = 1.0 / (z * z)
+    return -0.5 * z * z - math.log(-z) - _HALF_LOG_2PI + math.log(1.0 - r + 3.0 * r * r)
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _gain_kernel(w, chol, alpha, s2, w0, index, seed, n_warmup, n_draws, qs,
+                 mean, sd, quant, mc_se, g_mean, g_sd, w_mean, x_best, accept):  # fmt: skip
+    """K weights with a gain: w = g x on the positive orthant, Gibbs along whitened directions
+    (each conditional a truncated normal) with a Metropolis correction for the prior factor
+    prod w_k^(alpha_k - 1) (sum w)^(1 - sum alpha) (a Dirichlet on x times a flat prior on g)."""
+    n, k = w.shape
+    sigma = math.sqrt(s2)
+    nq = qs.shape[0]
+    per = n_draws // _BATCHES
+    a_sum = 0.0
+    for c in range(k):
+        a_sum += alpha[c]
+    for i in nb.prange(n):
+        mi = chol[i]
+        h = mi.T @ mi
+        f = sigma * np.linalg.inv(mi)  # w = what + F e, e ~ N(0, I) before the bounds
+        wi = w[i]
+        x = np.empty(k)
+        for c in range(k):
+            x[c] = max(w0[i, c], 1e-9 * (abs(w0[i, c]) + 1.0))
+        # e of the start: M (x - what) / sigma
+        e = np.zeros(k)
+        for a in range(k):
+            for b in range(a, k):
+                e[a] += mi[a, b] * (x[b] - wi[b])
+            e[a] /= sigma
+        hw = h @ wi
+        key = _mix(np.uint64(seed) * np.uint64(0x100000001B3) + np.uint64(index[i]))
+        counter = np.uint64(0)
+        draws = np.empty((k, n_draws))
+        gains = np.empty(n_draws)
+        wsum = np.zeros(k)
+        xn = np.empty(k)
+        best = -np.inf
+        acc = 0
+        for it in range(n_warmup + n_draws):
+            for j in range(k):
+                lo, hi = -np.inf, np.inf
+                for c in range(k):
+                    fc = f[c, j]
+                    if fc > 0:
+                        lo = max(lo, -x[c] / fc)
+                    elif fc < 0:
+                        hi = min(hi, -x[c] / fc)
+                counter += np.uint64(1)
+                a_j, b_j = e[j] + lo, e[j] + hi
+                new = _ndtri(_uniform(key, counter))
+                if not a_j <= new <= b_j:
+                    counter += np.uint64(1)
+                    new = _tn(_uniform(key, counter), a_j, b_j)
+                delta = new - e[j]
+                t_old, t_new = 0.0, 0.0
+                log_r = 0.0
+                for c in range(k):
+                    xn[c] = max(x[c] + f[c, j] * delta, 0.0)
+                    t_old += x[c]
+                    t_new += xn[c]
+                    if alpha[c] != 1.0:
+                        log_r += (alpha[c] - 1.0) * (math.log(max(xn[c], 1e-300))
+                                                     - math.log(max(x[c], 1e-300)))  # fmt: skip
+                log_r += (1.0 - a_sum) * (math.log(max(t_new, 1e-300))
+                                          - math.log(max(t_old, 1e-300)))  # fmt: skip
+                counter += np.uint64(1)
+                if math.log(_uniform(key, counter)) < log_r:
+                    for c in range(k):
+                        x[c] = xn[c]
+                    e[j] = new
+                    acc += 1
+            if it >= n_warmup:
+                d = it - n_warmup
+                tot = 0.0
+                for c in range(k):
+                    tot += x[c]
+                    wsum[c] += x[c]
+                gains[d] = tot
+                # The marginal density of the weights u = w / g (g integrated exactly):
+                # log p(u) - log(a) / 2 + b^2 / (2 s2 a) + log Phi(b / (sigma sqrt a)).
+                qa, qb, lp = 0.0, 0.0, 0.0
+                for c in range(k):
+                    u = x[c] / tot
+                    draws[c, d] = u
+                    qb += u * hw[c]
+                    if alpha[c] != 1.0:
+                        lp += (alpha[c] - 1.0) * math.log(max(u, 1e-300))
+                    for c2 in range(k):
+                        qa += u * h[c, c2] * x[c2] / tot
+                lp += -0.5 * math.log(qa) + qb * qb / (2.0 * s2 * qa)
+                lp += _log_ndtr(qb / (sigma * math.sqrt(qa)))
+                if lp > best:
+                    best = lp
+                    for c in range(k):
+                        x_best[i, c] = draws[c, d]
+        accept[i] = acc / ((n_warmup + n_draws) * k)
+        gm = 0.0
+        for d in range(n_draws):
+            gm += gains[d]
+        gm /= n_draws
+        gv = 0.0
+        for d in range(n_draws):
+            gv += (gains[d] - gm) ** 2
+        g_mean[i] = gm
+        g_sd[i] = math.sqrt(gv / (n_draws - 1))
+        for c in range(k):
+            w_mean[i, c] = wsum[c] / n_draws
+            col = draws[c]
+            s = 0.0
+            for d in range(n_draws):
+                s += col[d]
+            mu = s / n_draws
+            v = 0.0
+            for d in range(n_draws):
+                v += (col[d] - mu) ** 2
+            mean[i, c] = mu
+            sd[i, c] = math.sqrt(v / (n_draws - 1))
+            bv = 0.0
+            for bi in range(_BATCHES):
+                t = 0.0
+                for d in range(bi * per, (bi + 1) * per):
+                    t += col[d]
+                bv += (t / per - mu) ** 2
+            mc_se[i, c] = math.sqrt(bv / (_BATCHES - 1) / _BATCHES)
+            col.sort()
+            for qi in range(nq):
+                pos = qs[qi] * (n_draws - 1)
+                lo_i = int(pos)
+                hi_i = min(lo_i + 1, n_draws - 1)
+                frac = pos - lo_i
+                quant[i, c, qi] = col[lo_i] + frac * (col[hi_i] - col[lo_i])
+
+
+def gibbs_gain_summary(
+    w: np.ndarray, chol: np.ndarray, alpha: np.ndarray, s2: float, w0: np.ndarray,
+    index: np.ndarray, *, seed: int, n_warmup: int, n_draws: int, qs: tuple[float, ...],
+) -> tuple[np.ndarray, ...]:  # fmt: skip
+    """With a gain: the weights' mean, sd, quantiles (N, K, Q), Monte Carlo error, the gain's
+    mean and sd, E[w] (N, K), the draw of highest marginal density of the weights (N, K) and
+    the acceptance rate, chains started at ``w0`` (N, K) on the positive orthant."""
+    n, k = w.shape
+    out = (np.empty((n, k)), np.empty((n, k)), np.empty((n, k, len(qs))), np.empty((n, k)),
+           np.empty(n), np.empty(n), np.empty((n, k)), np.empty((n, k)), np.empty(n))
+    _gain_kernel(np.ascontiguousarray(w, np.float64), np.ascontiguousarray(chol, np.float64),
+                 np.ascontiguousarray(alpha, np.float64), float(s2),
+                 np.ascontiguousarray(w0, np.float64), np.ascontiguousarray(index, np.int64),
+                 int(seed), int(n_warmup), int(n_draws), np.asarray(qs, np.float64), *out)
+    return out

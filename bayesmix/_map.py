@@ -39,7 +39,7 @@ from bayesmix._perframe import fit_per_frame
 from bayesmix._posterior import _in_blocks, _n_blocks, gaussian_log_evidence, posterior_method
 from bayesmix._precision import x64
 from bayesmix._results import MapResult
-from bayesmix._simplex import fit_simplex, simplex_map
+from bayesmix._simplex import fit_simplex, fit_simplex_gain, simplex_map
 from bayesmix._stats import (
     BasisStats,
     FrameStats,
@@ -283,12 +283,17 @@ def _fit_simplex(stats: SimplexStats, *, model, sigma, sigma_method, max_iter, t
         s2, it, converged = _simplex_sigma2(stats, model, sigma, sigma_method, max_iter, tol)
         # The sampler where the data are: numba on the CPU, the vectorised JAX chain on a GPU.
         sampler = "jax" if devices[0].platform == "gpu" else "numba"
-        fit = fit_simplex(np.asarray(stats.w, np.float64), np.asarray(stats.chol, np.float64),
-                          model.prior.concentrations, s2, draws=draws, seed=seed,
-                          sampler=sampler)  # fmt: skip
+        w, chol = np.asarray(stats.w, np.float64), np.asarray(stats.chol, np.float64)
+        if model.gain:
+            fit = fit_simplex_gain(w, chol, model.prior.concentrations, s2, draws=draws,
+                                   seed=seed)  # fmt: skip
+        else:
+            fit = fit_simplex(w, chol, model.prior.concentrations, s2, draws=draws, seed=seed,
+                              sampler=sampler)  # fmt: skip
     background = None
     if basis is not None and basis.n_background:
-        background = basis.bg + np.einsum("kpi,ki->kp", basis.bg_sens, fit.mean - basis.w)
+        ew = fit.mean if fit.w_mean is None else fit.w_mean
+        background = basis.bg + np.einsum("kpi,ki->kp", basis.bg_sens, ew - basis.w)
     return MapResult(
         x=fit.x, mean=fit.mean, sd=fit.sd, sigma=float(np.sqrt(s2)), r2=stats.r2,
         at_bound=fit.at_bound, stats=stats, prior=model.prior, sigma_prior=model.sigma_prior,
@@ -296,7 +301,7 @@ def _fit_simplex(stats: SimplexStats, *, model, sigma, sigma_method, max_iter, t
         frame=None if frame is None else np.asarray(frame),
         device=f"{devices[0].platform}:{len(devices)}", model=model, background=background,
         map_shape=None if map_shape is None else tuple(int(v) for v in map_shape),
-        simplex=fit, seed=int(seed), n_draws=int(draws),
+        simplex=fit, seed=int(seed), n_draws=int(draws), gain=fit.gain, gain_sd=fit.gain_sd,
     )  # fmt: skip
 
 

@@ -203,11 +203,6 @@ def make_model(
         raise ValueError(f"gain must be True or False, got {gain!r}")
     noise = check_noise(noise)
     n_refs = int(n_refs)
-    if n_refs > 2 and gain:
-        raise ValueError(
-            f"gain=True with {n_refs} references is not supported yet: the gain model is exact "
-            "for two references; fit K >= 3 references without gain (a background is fine)"
-        )
     names = ref_names_for(n_refs, ref_names)
     prior = check_prior(prior, n_refs)
     if isinstance(noise, PerFrame):

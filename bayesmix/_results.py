@@ -200,13 +200,17 @@ class MapResult:
         if hit.any(axis=1).all():
             return fit.quantiles[..., hit.argmax(axis=1)]
         from bayesmix._precision import x64
-        from bayesmix._simplex import fit_simplex
+        from bayesmix._simplex import fit_simplex, fit_simplex_gain
 
+        args = (np.asarray(self.stats.w), np.asarray(self.stats.chol),
+                self.prior.concentrations, fit.sigma2)  # fmt: skip
+        levels = tuple(float(q) for q in qs)
         with x64():
-            again = fit_simplex(np.asarray(self.stats.w), np.asarray(self.stats.chol),
-                                self.prior.concentrations, fit.sigma2, draws=self.n_draws,
-                                seed=self.seed, qs=tuple(float(q) for q in qs),
-                                sampler=fit.sampler)  # fmt: skip
+            if fit.gain is not None:
+                again = fit_simplex_gain(*args, draws=self.n_draws, seed=self.seed, qs=levels)
+            else:
+                again = fit_simplex(*args, draws=self.n_draws, seed=self.seed, qs=levels,
+                                    sampler=fit.sampler)  # fmt: skip
         return again.quantiles
 
     def interval(self, prob: float = 0.9) -> tuple[np.ndarray, np.ndarray]:

@@ -812,7 +812,8 @@ def basis_stats_from_stack(
 def reduce_stats(basis: BasisStats, *, gain: bool) -> FrameStats | GainStats | SimplexStats:
     """The per-frame statistics the inference reads, from the basis statistics.
 
-    K >= 3 references: :class:`SimplexStats` (the weights stay K-vectors).
+    K >= 3 references: :class:`SimplexStats` (the weights stay K-vectors; with a gain they are
+    ``g x``).
 
     Without gain, ``w = (x, 1 - x)``: the likelihood is a Gaussian factor in x, i.e. the
     :class:`FrameStats` of the plain model with ``n`` reduced by the background terms:
@@ -828,8 +829,6 @@ def reduce_stats(basis: BasisStats, *, gain: bool) -> FrameStats | GainStats | S
     chol = np.asarray(basis.chol)
     dof = np.asarray(basis.n, np.int64) - basis.n_background
     if basis.n_refs > 2:
-        if gain:
-            raise ValueError("gain=True is not supported with K >= 3 references")
         return SimplexStats(w=np.asarray(basis.w), chol=chol, rss=np.asarray(basis.rss), n=dof)
     m1 = np.einsum("kij,j->ki", chol, np.array([1.0, -1.0]))
     m0 = chol[:, :, 1]

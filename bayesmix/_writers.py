@@ -248,7 +248,7 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
     from bayesmix._precision import x64
     from bayesmix._results import MapResult
     from bayesmix._schema import model_attrs, stats_from_columns
-    from bayesmix._simplex import fit_simplex
+    from bayesmix._simplex import fit_simplex, fit_simplex_gain
     from bayesmix.priors import parse_prior, parse_sigma_prior
 
     attrs = df.attrs
@@ -297,10 +297,10 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
     simplex: dict[str, Any] = {}
     if names is not None:
         draws, seed = int(attrs.get("draws", 400)), int(attrs.get("seed", 0))
+        refit = fit_simplex_gain if info["gain"] else fit_simplex
         with x64():
-            fit = fit_simplex(np.asarray(stats.w), np.asarray(stats.chol),
-                              model.prior.concentrations, sigma**2, draws=draws,
-                              seed=seed)  # fmt: skip
+            fit = refit(np.asarray(stats.w), np.asarray(stats.chol), model.prior.concentrations,
+                        sigma**2, draws=draws, seed=seed)  # fmt: skip
         simplex = {"simplex": fit, "seed": seed, "n_draws": draws}
     return MapResult(
         x=weight("x_map"), mean=weight("mean"), sd=weight("sd"), sigma=sigma,

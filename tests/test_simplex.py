@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+import scipy.optimize
 import scipy.stats
 
 import bayesmix
@@ -277,10 +278,59 @@ def test_bad_priors_for_three_references(prior, match):
         bayesmix.fit_map(frames, *refs, prior=prior())
 
 
-def test_gain_with_three_references_is_refused_before_any_work():
-    frames, refs, _ = _simulate(3, 10, 0.1)
-    with pytest.raises(ValueError, match="not supported yet"):
-        bayesmix.fit_map(frames, *refs, gain=True)
+def _gain_frames(n, noise, seed):
+    """Three references, weights from Dirichlet(1), a dose g ~ U(0.5, 2) per frame."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, 64)
+    refs = np.stack([1 + 0.8 * np.sin(6 * t) ** 2, 1 + 0.8 * np.cos(5 * t + 0.3) ** 2,
+                     0.3 + 1.5 * t**2])  # fmt: skip
+    x = rng.dirichlet(np.ones(3), n)
+    g = rng.uniform(0.5, 2.0, n)
+    return rng, refs, x, g, (g[:, None] * x) @ refs
+
+
+def test_gain_with_three_references_calibrated():
+    """w = g x on the positive orthant: 90% intervals of every weight cover the truth for
+    88-92% of 3,000 frames (binomial sd 0.55%), the weights' z-scores have sd 1 within
+    4/sqrt(2N), and the gain is recovered to its posterior sd."""
+    rng, refs, x, g, mean = _gain_frames(3000, 0.05, 20)
+    frames = mean + 0.05 * rng.normal(size=mean.shape)
+    res = bayesmix.fit_map(frames, *refs, gain=True, seed=3)
+    lo, hi = res.interval(0.9)
+    cov = ((lo <= x) & (x <= hi)).mean(axis=0)
+    assert np.all((cov >= 0.88) & (cov <= 0.92)), cov
+    z = (res.mean - x) / res.sd
+    assert np.all(np.abs(z.std(axis=0) - 1.0) < 4.0 / np.sqrt(2 * 3000)), z.std(axis=0)
+    zg = (res.gain - g) / res.gain_sd
+    assert abs(zg.std() - 1.0) < 0.1 and abs(zg.mean()) < 0.1
+    assert res.x.shape == (3000, 3) and np.allclose(res.x.sum(axis=1), 1.0)
+    # Other interval levels rerun the same gain chains (same seed): the 90% ends again.
+    lo2, _ = res.interval(0.8)
+    assert np.all(lo2 >= lo - 1e-12)
+    again = bayesmix.fit_map(frames[:50], *refs, gain=True, seed=3)
+    same = bayesmix.fit_map(frames[:50], *refs, gain=True, seed=3)
+    np.testing.assert_array_equal(again.mean, same.mean)
+
+
+def test_poisson_counts_unknown_dose_three_references_beat_nnls():
+    """A few counts per pixel, an unknown dose per frame, three references: the posterior
+    mean's error is below per-frame NNLS-then-normalise on the same frames (measured: 0.120
+    against 0.136 RMSE; the Gaussian model 0.124), and its 90% intervals are calibrated."""
+    rng, refs, x, g, _ = _gain_frames(3000, 0.0, 21)
+    lam = (g[:, None] * x) @ (3.0 * refs)  # 3 to 5 counts per pixel
+    counts = rng.poisson(lam).astype(np.float64)
+    res = bayesmix.fit_map(counts, *(3.0 * refs), gain=True, noise="poisson")
+    gauss = bayesmix.fit_map(counts, *(3.0 * refs), gain=True)
+    nn = np.array([scipy.optimize.nnls(3.0 * refs.T, y)[0] for y in counts])
+    tot = nn.sum(axis=1, keepdims=True)
+    nn_x = np.where(tot > 0, nn / np.maximum(tot, 1e-300), 1.0 / 3.0)
+    err = np.sqrt(np.mean((res.mean - x) ** 2))
+    err_nn = np.sqrt(np.mean((nn_x - x) ** 2))
+    err_g = np.sqrt(np.mean((gauss.mean - x) ** 2))
+    assert err < 0.95 * err_nn and err <= err_g, (err, err_nn, err_g)
+    lo, hi = res.interval(0.9)
+    cov = ((lo <= x) & (x <= hi)).mean(axis=0)
+    assert np.all((cov >= 0.87) & (cov <= 0.93)), cov
 
 
 @pytest.mark.parametrize(("kw", "match"), [({"draws": 10}, "draws"), ({"seed": -1}, "seed"),
