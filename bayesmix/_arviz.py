@@ -421,10 +421,13 @@ PARETO_K_MAX = 0.7
 def elpd_frames(idata: az.InferenceData) -> tuple[np.ndarray, str]:
     """Per-frame expected log predictive density of a NUTS run, leaving one frame out.
 
-    PSIS-LOO on the pointwise log-likelihood; frames whose Pareto k exceeds
-    :data:`PARETO_K_MAX` (their own weight moves the posterior a lot) get the exact value
-    instead where the model has one: the frame's marginal likelihood (weight integrated over
-    its prior) averaged over the posterior draws of the shared noise scale.
+    Where the model has it in closed form (two references without gain, a truncated-normal or
+    flat prior, one noise scale) the exact value for every frame: the frame's marginal
+    likelihood (its weight integrated over the prior) averaged over the posterior draws of the
+    shared noise scale, which frame i moves by O(1/N). PSIS-LOO on the pointwise
+    log-likelihood estimates the same number, but a frame's own weight makes its importance
+    weights heavy-tailed (Pareto k above :data:`PARETO_K_MAX` for many frames, optimistic below
+    it); it is used, with a warning on high k, only where there is no closed form.
     """
     import jax.numpy as jnp
 
@@ -440,14 +443,14 @@ def elpd_frames(idata: az.InferenceData) -> tuple[np.ndarray, str]:
     terms = np.asarray(res.loo_i.values, np.float64)
     k = np.asarray(res.pareto_k.values, np.float64)
     bad = ~(k <= PARETO_K_MAX)
-    if not bad.any():
-        return terms, "PSIS-LOO"
     info = model_attrs(idata.attrs)
     obs = idata.observed_data
     prior = parse_prior(str(idata.attrs.get("prior")))
     exact_ok = (not info["gain"] and "xhat" in obs and not isinstance(prior, Beta)
                 and "per_frame" not in str(idata.attrs.get("noise", "")))  # fmt: skip
     if not exact_ok:
+        if not bad.any():
+            return terms, "PSIS-LOO"
         import warnings
 
         warnings.warn(
@@ -461,11 +464,11 @@ def elpd_frames(idata: az.InferenceData) -> tuple[np.ndarray, str]:
                                n_background=info["n_background"])  # fmt: skip
     sig = np.asarray(idata.posterior["sigma"].values, np.float64).reshape(-1)
     sig = sig[:: max(1, len(sig) // 400)]
-    sub = FrameStats(*(np.asarray(a)[bad] for a in stats))
+    full = FrameStats(*(np.asarray(a) for a in stats))
     with x64():
-        ev = np.stack([np.asarray(gaussian_log_evidence(sub, jnp.float64(s) ** 2, prior))
+        ev = np.stack([np.asarray(gaussian_log_evidence(full, jnp.float64(s) ** 2, prior))
                        for s in sig])  # fmt: skip
     top = ev.max(axis=0)
-    terms = terms.copy()
-    terms[bad] = top + np.log(np.mean(np.exp(ev - top), axis=0))
-    return terms, f"PSIS-LOO, exact for {int(bad.sum())} frame(s) with k > {PARETO_K_MAX}"
+    exact = top + np.log(np.mean(np.exp(ev - top), axis=0))
+    return exact, (f"exact leave-one-frame-out (PSIS-LOO: {int(bad.sum())} frame(s) with "
+                   f"k > {PARETO_K_MAX})")  # fmt: skip

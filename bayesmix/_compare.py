@@ -69,8 +69,12 @@ def shared_params(result: MapResult) -> int:
 
 
 def _describe(result: Any) -> dict[str, Any]:
+    from bayesmix._schema import model_attrs
+
     attrs = result._attrs() if isinstance(result, MapResult) else dict(result.attrs)
-    return {k: attrs.get(k) for k in ("noise", "background", "n_refs", "gain")}
+    info = model_attrs(attrs)
+    return {"noise": attrs.get("noise"), "background": info["background"],
+            "n_refs": int(attrs.get("n_refs", 2)), "gain": info["gain"]}  # fmt: skip
 
 
 def compare(*results: Any, names: Any = None) -> pd.DataFrame:

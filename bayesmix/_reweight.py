@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numba as nb
 import numpy as np
 from scipy.special import gammaln
 
@@ -71,23 +72,20 @@ class _PoissonGaussian(_Reweigher):
         self.sums = np.zeros(5)  # weighted: n, sum m, sum m^2, sum r2, sum m r2
 
     def __call__(self, start, y, ok, mean):
-        factor = self.dof_factor[start : start + len(y), None]
-        r2 = np.where(ok, (y - mean) ** 2 * factor, 0.0)
-        m = np.where(ok, mean, 0.0)
+        from bayesmix.noise import _MIN_COUNTS
+
+        m = len(y)
+        w = np.empty(y.shape)
+        sums = np.empty((m, 5))
+        ready = bool(self.ready)
+        _pg_kernel(y, ok, mean, self.dof_factor[start : start + m], float(self.gain or 1.0),
+                   float(self.read2 or 0.0), ready, _MIN_COUNTS, w, sums)  # fmt: skip
         # Least squares of r^2 on the fitted mean, weighted by 1 / var(r^2) ~ 1 / v^2 at the
         # current estimate (Poisson-like before there is one). The fitted mean is itself noisy
         # (about h v, h = terms / pixels): gain and read noise separate well only when the
         # frames' means span a range much wider than that (documented).
-        if self.ready:
-            var = self.noise.variance(mean, self.gain, self.read2)
-        else:
-            var = np.maximum(np.abs(m), np.finfo(np.float64).tiny)
-        om = np.where(ok, 1.0 / var**2, 0.0)
-        self.sums += [om.sum(), (om * m).sum(), (om * m * m).sum(), (om * r2).sum(),
-                      (om * m * r2).sum()]  # fmt: skip
-        if not self.ready:
-            return np.ones(y.shape[1])
-        return 1.0 / var
+        self.sums += sums.sum(axis=0)
+        return w
 
     def finish(self) -> None:
         n, sm, smm, sr, smr = self.sums
@@ -132,6 +130,88 @@ class _PoissonGaussian(_Reweigher):
 
 # Bins of log(u) for learning the degrees of freedom, u = squared standardised residual.
 _LOG_U = np.linspace(-30.0, 30.0, 601)
+_LOG_U_STEP = float(_LOG_U[1] - _LOG_U[0])
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _t_kernel(y, ok, mean, bw, lbw, factor, sigma2, df, tconst, learn,
+              w_out, t_ll, w_ll, counts, moments):  # fmt: skip
+    """Per pixel of a block of frames: the EM weight, the t and weighted-Gaussian
+    log-likelihoods (summed per frame), the histogram of log u (every 7th pixel: plenty for one
+    number) and the sandwich's moments. One logarithm per pixel."""
+    m, p = y.shape
+    shared = bw.shape[0] == 1
+    nb_ = counts.shape[1]
+    half_log_s2 = 0.5 * np.log(sigma2)
+    log_2pi_s2 = np.log(2.0 * np.pi * sigma2)
+    log_ratio = np.log((df + 1.0) / df)
+    for i in nb.prange(m):
+        b_i = bw[0] if shared else bw[i]
+        l_i = lbw[0] if shared else lbw[i]
+        tl, wl = 0.0, 0.0
+        s0, s1, s2, s3 = 0.0, 0.0, 0.0, 0.0
+        for q in range(p):
+            if not ok[i, q]:
+                w_out[i, q] = 0.0
+                continue
+            r = y[i, q] - mean[i, q]
+            r2 = r * r
+            bq = b_i[q]
+            u = r2 * bq / sigma2
+            w = bq * (df + 1.0) / (df + u)
+            w_out[i, q] = w
+            lg = np.log1p(u / df)
+            tl += tconst - half_log_s2 + 0.5 * l_i[q] - 0.5 * (df + 1.0) * lg
+            # log w = log b + log((df + 1) / df) - log(1 + u / df)
+            wl += 0.5 * (l_i[q] + log_ratio - lg - log_2pi_s2) - 0.5 * w * r2 / sigma2
+            uc = u * factor[i]
+            tw = (df + 1.0) / (df + uc)
+            s0 += 1.0
+            s1 += tw
+            s2 += (df + 1.0) * (df - uc) / (df + uc) ** 2
+            s3 += tw * tw * uc
+            if learn and q % 7 == 0:
+                lu = np.log(max(uc, 1e-300))
+                k = int(np.ceil((lu - _LOG_U[0]) / _LOG_U_STEP))
+                counts[i, min(max(k, 0), nb_ - 1)] += 1.0
+        t_ll[i] = tl
+        w_ll[i] = wl
+        moments[i, 0] = s0
+        moments[i, 1] = s1
+        moments[i, 2] = s2
+        moments[i, 3] = s3
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _pg_kernel(y, ok, mean, factor, gain, read2, ready, min_counts, w_out, sums):
+    """Per pixel: the Poisson-Gaussian weight at the fitted mean and the weighted sums of the
+    least squares of r^2 on the mean (per frame)."""
+    m, p = y.shape
+    for i in nb.prange(m):
+        a0, a1, a2, a3, a4 = 0.0, 0.0, 0.0, 0.0, 0.0
+        for q in range(p):
+            if not ok[i, q]:
+                w_out[i, q] = 0.0
+                continue
+            mu = mean[i, q]
+            r = y[i, q] - mu
+            r2 = r * r * factor[i]
+            if ready:
+                var = gain * gain * max(mu / gain, min_counts) + read2
+            else:
+                var = max(abs(mu), 1e-300)
+            om = 1.0 / (var * var)
+            a0 += om
+            a1 += om * mu
+            a2 += om * mu * mu
+            a3 += om * r2
+            a4 += om * mu * r2
+            w_out[i, q] = 1.0 / var if ready else 1.0
+        sums[i, 0] = a0
+        sums[i, 1] = a1
+        sums[i, 2] = a2
+        sums[i, 3] = a3
+        sums[i, 4] = a4
 _DFS = np.geomspace(0.3, 1000.0, 400)
 
 
@@ -157,27 +237,24 @@ class _StudentT(_Reweigher):
         self.w_loglik = np.zeros(self.n_frames)
 
     def __call__(self, start, y, ok, mean):
-        bw = self.base_weights(start, y, ok, mean)
-        r2 = (y - mean) ** 2
-        u = np.where(ok, r2 * bw / self.sigma2, 0.0)
-        df = self.df
-        w = bw * (df + 1.0) / (df + u)
-        stop = start + len(y)
-        uc = u * self.dof_factor[start:stop, None]
-        tw = (df + 1.0) / (df + uc)
-        self.moments += [ok.sum(), np.sum(tw, where=ok),
-                         np.sum((df + 1.0) * (df - uc) / (df + uc) ** 2, where=ok),
-                         np.sum(tw * tw * uc, where=ok)]  # fmt: skip
-        log_scale = 0.5 * np.log(self.sigma2 / np.where(ok, bw, 1.0))
-        self.t_loglik[start:stop] = np.sum(np.where(
-            ok, _t_const(df) - log_scale - 0.5 * (df + 1.0) * np.log1p(u / df), 0.0), axis=1)
-        self.w_loglik[start:stop] = np.sum(np.where(
-            ok, 0.5 * np.log(w / (2.0 * np.pi * self.sigma2)) - 0.5 * w * r2 / self.sigma2, 0.0),
-            axis=1)  # fmt: skip
-        if self.noise.df is None:
-            lu = np.log(np.maximum((u * self.dof_factor[start:stop, None])[ok], 1e-300))
-            idx = np.searchsorted(_LOG_U, lu)
-            self.counts += np.bincount(idx, minlength=len(self.counts))
+        m = len(y)
+        stop = start + m
+        bw = np.asarray(self.base(start, y, ok, mean), np.float64)
+        bw = bw.reshape(1, -1) if bw.ndim == 1 else np.ascontiguousarray(bw)
+        with np.errstate(divide="ignore"):
+            lbw = np.log(bw)
+        w = np.empty(y.shape)
+        t_ll, w_ll = np.empty(m), np.empty(m)
+        learn = self.noise.df is None
+        counts = np.zeros((m, len(_LOG_U) + 1)) if learn else np.zeros((1, 1))
+        moments = np.empty((m, 4))
+        _t_kernel(y, ok, mean, bw, lbw, self.dof_factor[start:stop], self.sigma2, self.df,
+                  float(_t_const(self.df)), learn, w, t_ll, w_ll, counts, moments)  # fmt: skip
+        self.t_loglik[start:stop] = t_ll
+        self.w_loglik[start:stop] = w_ll
+        self.moments += moments.sum(axis=0)
+        if learn:
+            self.counts += counts.sum(axis=0)
         return w
 
     def finish(self) -> None:
