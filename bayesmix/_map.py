@@ -527,6 +527,21 @@ def _fitted_theta(res: MapResult) -> np.ndarray:
     return np.hstack([bg, w])
 
 
+def _model_ls_theta(stats: BasisStats, gain: bool) -> np.ndarray:
+    """Least-squares coefficients [background, references] of the model itself, shape (N, B):
+    without a gain the weights sum to one (the plane's least squares, bounds aside)."""
+    w, bg = np.asarray(stats.w, np.float64), np.asarray(stats.bg, np.float64)
+    if not gain:
+        chol = np.asarray(stats.chol, np.float64)
+        s_inv = np.linalg.inv(np.einsum("nki,nkj->nij", chol, chol))
+        s1 = s_inv.sum(axis=2)  # S^-1 1
+        step = (1.0 - w.sum(axis=1)) / s1.sum(axis=1)
+        w_plane = w + s1 * step[:, None]
+        bg = bg + np.einsum("npk,nk->np", np.asarray(stats.bg_sens), w_plane - w)
+        w = w_plane
+    return np.hstack([bg, w])
+
+
 def _offset_unweighted(stack: Any, model: MixingModel) -> np.ndarray | float:
     """The background's flat prior integrated out, -1/2 log det G_cc (unit weights)."""
     p = model.basis_size(stack.frame_shape)
@@ -548,7 +563,7 @@ def _quiet(fn, *args, **kw):
 
 #: Passes of re-weighting at most, and the change of every posterior mean (in its sd) below
 #: which the weights count as converged.
-_MAX_PASSES = 30
+_MAX_PASSES = 50
 _PASS_TOL = 0.01
 
 
@@ -586,10 +601,10 @@ def _fit_noise(stack, model, variance, *, fit_kw, chunk_size, memory_limit) -> M
     passes, converged = 0, False
     while passes < _MAX_PASSES:
         passes += 1
-        rw.start(res, design.shape[0])
-        # Residuals at the (weighted) least-squares fit: unbiased for the noise, where the
-        # posterior mean's pull towards the prior would leave signal in them.
-        theta = np.hstack([np.asarray(stats.bg), np.asarray(stats.w)])
+        rw.start(res, design.shape[0] - (0 if model.gain else 1), n_bg)
+        # Residuals at the model's (weighted) least-squares fit: unbiased for the noise, where
+        # the posterior mean's pull towards the prior would leave signal in them.
+        theta = _model_ls_theta(stats, model.gain)
         stats, offset = weighted_stats(stack, design, n_bg, rw, fitted=theta, **pass_kw)
         rw.finish()
         if not rw.ready:  # the pass only learned the noise parameters

@@ -226,6 +226,15 @@ def make_model(
     )
 
 
+def check_nuts(model: MixingModel) -> None:
+    """Refuse, before any work, the models the NUTS path does not sample yet."""
+    if model.gain and model.n_refs > 2:
+        raise ValueError(
+            f"NUTS with gain=True and {model.n_refs} references is not supported yet: use "
+            "bayesmix.fit_map (exact sampler on the positive orthant), or fit without gain"
+        )
+
+
 def ref_names_for(n_refs: int, names: Any = None) -> tuple[str, ...]:
     """Names of K references: the ones given (unique, non-empty), or A, B, C, ..."""
     if names is None:

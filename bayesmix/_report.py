@@ -18,6 +18,7 @@ from bayesmix._io import atomic_write, prepare
 from bayesmix._model import make_model
 from bayesmix._results import MapResult
 from bayesmix._schema import label, model_attrs
+from bayesmix.noise import Gaussian, PerFrame, PoissonGaussian, StudentT, noise_spec
 from bayesmix.priors import parse_prior
 
 __all__ = ["report"]
@@ -204,6 +205,9 @@ def _summary_html(v: _View, result: Any) -> str:
         rows["gain (amount): median [min, max]"] = (
             f"{np.median(v.gain):.4g} [{v.gain.min():.4g}, {v.gain.max():.4g}]"
         )
+    loglik = getattr(result, "loglik", None)
+    if loglik is not None:
+        rows["elpd (exact leave-one-frame-out)"] = f"{float(np.sum(loglik)):.6g}"
     table = pd.DataFrame({"value": rows}).to_html(border=0)
     if v.idata is not None:
         from bayesmix._arviz import summary_table
@@ -213,6 +217,146 @@ def _summary_html(v: _View, result: Any) -> str:
             border=0, float_format=lambda f: f"{f:.4g}"
         )
     return table
+
+
+#: What each learned noise parameter means, for the report's table.
+_NOISE_PARAMS = {
+    "log_sigma_mu": "mean of log sigma_i over the frames (population of noise scales)",
+    "log_sigma_tau": "sd of log sigma_i over the frames",
+    "noise_gain": "detector units per photon",
+    "noise_read_sd": "read-noise sd (detector units)",
+    "noise_df": "degrees of freedom of the Student-t pixels (small: heavy tails)",
+    "noise_scale": "scale of the Student-t pixels (the intervals use the sandwich sigma above)",
+    "noise_passes": "statistics passes to settle the pixel weights",
+}
+
+_NOISE_WORDS = {
+    PerFrame: "Gaussian pixels with a noise scale sigma_i per frame, log sigma_i ~ N(mu, tau^2) "
+    "with mu and tau learned; every sigma_i is integrated out of x's posterior.",
+    PoissonGaussian: "counts: pixel variance gain * mean + read_sd^2 at the fitted mean; the "
+    "fit re-weights every pixel by the inverse of that variance until the estimates settle "
+    "(the likelihood in x is the Gaussian approximation at the fitted mean).",
+    StudentT: "heavy-tailed Student-t pixels: each pass down-weights pixels with large "
+    "residuals (hot pixels, cosmic rays) until the estimates settle.",
+    Gaussian: "i.i.d. Gaussian pixels with one noise scale sigma for every frame.",
+}
+
+
+def _variance_text(variance: Any, sigma: float) -> str:
+    """The variance map: where it came from, or the numbers of the array given."""
+    if isinstance(variance, (str, Path)):
+        what = f"from <code>{html.escape(str(variance))}</code>"
+    else:
+        arr = np.asarray(variance, np.float64)
+        ok = arr[np.isfinite(arr)]
+        what = f"of shape {tuple(arr.shape)}" + (
+            f" (median {np.median(ok):.4g}, range [{ok.min():.4g}, {ok.max():.4g}])"
+            if ok.size
+            else ""
+        )
+    return (
+        f"<p>Per-pixel variance map {what}: each pixel is weighted by the inverse of its "
+        f"variance, and sigma = {sigma:.6g} scales the map (a pixel's noise sd is sigma times "
+        "the square root of its variance).</p>"
+    )
+
+
+def _sigma_frame_plot(result: MapResult) -> str:
+    """Per-frame noise scales: their histogram with the learned lognormal population, and their
+    map for a spectrum image."""
+    from scipy.stats import lognorm
+
+    s = np.asarray(result.sigma_frame, np.float64)
+    mu = float(result.noise_params["log_sigma_mu"])
+    tau = float(result.noise_params["log_sigma_tau"])
+    shape = result.map_shape
+    panels = 2 if shape is not None and len(shape) == 2 else 1
+    fig = _figure(5.2 * panels, 3.8)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    ax = axes[0]
+    ax.hist(s, bins=min(60, max(10, s.size // 20)), density=True, color="tab:blue", alpha=0.5,
+            label="posterior mean of sigma_i")  # fmt: skip
+    grid = np.linspace(0.0, max(float(s.max()), float(np.exp(mu + 3.0 * tau))), 400)[1:]
+    ax.plot(grid, lognorm.pdf(grid, tau, scale=np.exp(mu)), color="k", lw=1.2,
+            label=f"population: log sigma ~ N({mu:.3g}, {tau:.3g}^2)")  # fmt: skip
+    ax.set_xlabel("noise scale sigma_i")
+    ax.set_ylabel("density")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("Noise scale per frame")
+    if panels == 2:
+        im = axes[1].imshow(s.reshape(shape), cmap="magma")
+        fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
+        axes[1].set_title("sigma_i (posterior mean) per pixel")
+        axes[1].set_xticks([])
+        axes[1].set_yticks([])
+    fig.tight_layout()
+    return _png(fig) + (
+        "<p>Each sigma_i is shrunk towards the population, so the histogram of posterior means "
+        "is narrower than the population curve where frames say little about their own noise.</p>"
+    )
+
+
+def _compare_html(result: MapResult, compare: Any) -> str:
+    """The fit ranked with the other fits given, by elpd (:func:`bayesmix.compare`)."""
+    from bayesmix._compare import compare as rank
+
+    if isinstance(compare, dict):
+        names, others = ["this fit", *map(str, compare)], list(compare.values())
+    else:
+        others = list(compare)
+        names = ["this fit"] + [f"{noise_spec(o.model.noise)} ({k + 1})"
+                                if isinstance(o, MapResult) else f"fit {k + 1}"
+                                for k, o in enumerate(others)]  # fmt: skip
+    table = rank(result, *others, names=names)
+    return (
+        "<p>Compared with the other fits of the same frames (best first; a difference of "
+        "several dse is a clear preference):</p>"
+        + table.to_html(border=0, float_format=lambda f: f"{f:.6g}")
+    )
+
+
+def _noise_html(result: Any, variance: Any, compare: Any) -> str:
+    """The noise model of a MAP fit, when it is not the default one (non-Gaussian pixels, a
+    variance map) or when fits are compared: spec, learned parameters, per-frame scales."""
+    import pandas as pd
+
+    if not isinstance(result, MapResult):
+        return ""
+    noise = result.model.noise
+    if isinstance(noise, Gaussian) and variance is None and not compare:
+        return ""
+    out = [
+        f"<p>Noise model <code>{html.escape(noise_spec(noise))}</code>: "
+        f"{html.escape(_NOISE_WORDS[type(noise)])}</p>"
+    ]
+    if variance is not None:
+        out.append(_variance_text(variance, result.sigma))
+    params = dict(result.noise_params)
+    if params:
+        rows = {k: (f"{v:.6g}" if isinstance(v, float) else str(v), _NOISE_PARAMS.get(k, ""))
+                for k, v in params.items()}  # fmt: skip
+        if "log_sigma_mu" in params:
+            rows["median sigma_i"] = (f"{np.exp(params['log_sigma_mu']):.6g}",
+                                      "exp(mu): the population's median noise scale")  # fmt: skip
+        table = pd.DataFrame.from_dict(rows, orient="index", columns=["value", "meaning"])
+        out.append("<p>Learned by the fit:</p>" + table.to_html(border=0))
+    passes = params.get("noise_passes")
+    if passes is not None:
+        out.append(f"<p>The pixel weights settled after {int(passes)} statistics pass(es) "
+                   "over the frames.</p>")  # fmt: skip
+    if result.sigma_frame is not None and "log_sigma_mu" in params:
+        out.append(_sigma_frame_plot(result))
+    if result.loglik is not None:
+        ll = np.asarray(result.loglik, np.float64)
+        se = float(np.sqrt(ll.size * ll.var()))
+        out.append(
+            f"<p>elpd (exact leave-one-frame-out: each frame's marginal likelihood at the shared "
+            f"noise parameters) = {ll.sum():.6g} (se {se:.3g}); compare noise models of the same "
+            "frames with <code>bayesmix.compare</code>.</p>"
+        )
+    if compare:
+        out.append(_compare_html(result, compare))
+    return "".join(out)
 
 
 def _diagnostics_html(v: _View, result: Any) -> tuple[str, Any]:
@@ -576,6 +720,8 @@ def report(
     overwrite: bool = False,
     title: str = "bayesmix report",
     more_refs: Any = (),
+    variance: Any = None,
+    compare: Any = None,
 ) -> Path:
     """Write a self-contained HTML report of a fit.
 
@@ -590,6 +736,12 @@ def report(
     more_refs : sequence of arrays, optional
         With K >= 3 references: the references after ``ref_a`` and ``ref_b``, for the residual
         image.
+    variance : array or str, optional
+        The per-pixel variance map the fit was given (``fit_map(..., variance=)``), or where it
+        came from: described in the "Noise model" section.
+    compare : sequence or dict of results, optional
+        Other fits of the same frames (e.g. with other noise models; a dict names them): the
+        "Noise model" section ranks this fit among them by elpd (:func:`bayesmix.compare`).
     prob : float
         Probability of the intervals shown.
     overwrite : bool
@@ -601,7 +753,9 @@ def report(
     -------
     Path
         The file written. Sections: weights per frame with bands, summary, diagnostics verdict,
-        trace/rank plots, energy plot, residual image, flagged frames. With K >= 3 references:
+        trace/rank plots, energy plot, residual image, flagged frames; for a MAP fit with a
+        noise model other than Gaussian or a variance map, a "Noise model" section (the model,
+        what it learned, the per-frame noise scales, the elpd). With K >= 3 references:
         the weights of every reference (stacked, per reference, and a ternary plot for K = 3),
         a per-reference summary and, for a spectrum image, a map per reference.
     """
@@ -613,9 +767,12 @@ def report(
         raise ValueError(
             f"more_refs holds {len(more_refs)} reference(s) but the result has two references"
         )
+    noise = _noise_html(result, variance, compare)
     if v.names is not None:
         refs = [] if ref_a is None or ref_b is None else [ref_a, ref_b, *more_refs]
         body = _simplex_body(v, result, prob, frames, refs, mask)
+        if noise:
+            body = _after(body, "Diagnostics", "Noise model", noise)
         return _write_page(body, list(body), v, title, path, overwrite)
     diag_html, diag = _diagnostics_html(v, result)
     body = {
@@ -629,7 +786,22 @@ def report(
         "Flagged frames": _flagged_html(v),
     }
     names = (("Maps",) if body["Maps"] else ()) + SECTIONS
+    if noise:
+        body["Noise model"] = noise
+        at = names.index("Diagnostics") + 1
+        names = (*names[:at], "Noise model", *names[at:])
     return _write_page(body, names, v, title, path, overwrite)
+
+
+def _after(body: dict[str, str], name: str, new: str, text: str) -> dict[str, str]:
+    """``body`` with section ``new`` right after ``name`` (at the end if absent)."""
+    out: dict[str, str] = {}
+    for key, value in body.items():
+        out[key] = value
+        if key == name:
+            out[new] = text
+    out.setdefault(new, text)
+    return out
 
 
 def _write_page(body: dict[str, str], names: Any, v: _View, title: str, path: str | Path,

@@ -43,9 +43,9 @@ class _Reweigher:
         self.noise, self.base, self.n_frames = noise, base, n_frames
         self.ready = True
 
-    def start(self, res: Any, n_terms: int) -> None:
-        """Begin a pass at the fit ``res`` (the model has ``n_terms`` linear terms)."""
-        n_bg = n_terms - (2 if res.simplex is None else res.n_refs)
+    def start(self, res: Any, n_terms: int, n_bg: int) -> None:
+        """Begin a pass at the fit ``res``: the model fits ``n_terms`` free linear terms,
+        ``n_bg`` of them background."""
         n_pix = np.asarray(res.stats.n, np.float64) + n_bg
         # The residual at a fitted mean is short of the noise by the terms fitted.
         self.dof_factor = n_pix / np.maximum(n_pix - n_terms, 1.0)
@@ -67,8 +67,8 @@ class _PoissonGaussian(_Reweigher):
         self.ready = self.gain is not None and self.read2 is not None
         self.history: list[tuple[float, float]] = []
 
-    def start(self, res, n_terms):
-        super().start(res, n_terms)
+    def start(self, res, n_terms, n_bg):
+        super().start(res, n_terms, n_bg)
         self.sums = np.zeros(5)  # weighted: n, sum m, sum m^2, sum r2, sum m r2
 
     def __call__(self, start, y, ok, mean):
@@ -229,8 +229,8 @@ class _StudentT(_Reweigher):
         self.df = 4.0 if noise.df is None else noise.df
         self.history = [self.df]
 
-    def start(self, res, n_terms):
-        super().start(res, n_terms)
+    def start(self, res, n_terms, n_bg):
+        super().start(res, n_terms, n_bg)
         self.counts = np.zeros(len(_LOG_U) + 1)
         self.moments = np.zeros(4)  # pixels, sum w, sum dw r / dr, sum (w r)^2 / s^2
         self.t_loglik = np.zeros(self.n_frames)

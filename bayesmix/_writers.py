@@ -9,6 +9,7 @@ reads any of them back, and :func:`map_result_from_table` rebuilds the :class:`M
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -249,6 +250,7 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
     from bayesmix._results import MapResult
     from bayesmix._schema import model_attrs, stats_from_columns
     from bayesmix._simplex import fit_simplex, fit_simplex_gain
+    from bayesmix.noise import NOISE_PARAMS, parse_noise
     from bayesmix.priors import parse_prior, parse_sigma_prior
 
     attrs = df.attrs
@@ -293,6 +295,12 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
         # A user's own basis images are not in the table: its size is what the results need.
         background=np.zeros((len(bg_cols), 1)) if background == "custom" else background,
     )  # fmt: skip
+    noise = parse_noise(str(attrs.get("noise", "gaussian")))
+    model = dataclasses.replace(model, noise=noise)
+    noise_params = {k: int(attrs[k]) if k == "noise_passes" else float(attrs[k])
+                    for k in NOISE_PARAMS if attrs.get(k) is not None}  # fmt: skip
+    noise_cols = {c: df[c].to_numpy(np.float64) for c in ("sigma_frame", "sigma_frame_sd",
+                                                          "loglik") if c in df.columns}  # fmt: skip
     sigma = float(attrs["sigma"])
     simplex: dict[str, Any] = {}
     if names is not None:
@@ -311,7 +319,7 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
         gain=df["gain"].to_numpy(np.float64) if "gain" in df else None,
         gain_sd=df["gain_sd"].to_numpy(np.float64) if "gain_sd" in df else None,
         background=df[bg_cols].to_numpy(np.float64) if bg_cols else None,
-        map_shape=info["map_shape"], **simplex,
+        map_shape=info["map_shape"], noise_params=noise_params, **noise_cols, **simplex,
     )  # fmt: skip
 
 

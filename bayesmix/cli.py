@@ -32,6 +32,8 @@ FIT_EPILOG = """examples:
   bayesmix fit frames.npy --ref-a a.npy --ref-b b.npy --method nuts --chains 4 \\
       --idata posterior.nc --report report.html --prior beta:5.5,4.5
   bayesmix fit stack.npy --ref fe.npy --ref fe2o3.npy --ref fe3o4.npy --prior dirichlet:1
+  bayesmix fit counts.tif --ref-a a.tif --ref-b b.tif --noise poisson_gaussian:gain=2,read_sd=1
+  bayesmix fit stack.npy --ref-a a.npy --ref-b b.npy --noise per_frame --variance var.npy
 
 references: --ref-a A --ref-b B (two references, x is the weight of A), or --ref FILE once per
         reference in order (K >= 2; weights on the simplex, one column per reference named after
@@ -41,6 +43,11 @@ priors: truncnormal:LOC,SCALE[,LOW,HIGH] (default truncnormal:0.55,0.15,0,1), un
         beta:A,B; K >= 3 references: dirichlet:ALPHA or dirichlet:A1,...,AK (default
         dirichlet:1, flat on the simplex); noise: jeffreys (default) or invgamma:ALPHA,BETA
         (on sigma^2)
+noise:  --noise gaussian (default), per_frame (a sigma per frame), poisson (counts),
+        poisson_gaussian[:gain=G][,read_sd=R] (counts in detector units with read noise; what is
+        not given is learned), student_t[:df=NU] (heavy tails: hot pixels, cosmic rays);
+        --variance FILE: each pixel's noise variance, shape S (all frames) or (N, *S) (a map
+        per frame), sigma then scales it
 formats: .tif/.tiff (one frame per page), a folder or glob of PNG/TIFF, .npy, .npz[:NAME],
          .h5/.hdf5[:/DATASET], .zarr[:ARRAY]; outputs .csv, .parquet or .nc
 """
@@ -146,6 +153,14 @@ def _parser() -> argparse.ArgumentParser:
                      f"on the weights (default: {DEFAULT_SIMPLEX_PRIOR})")  # fmt: skip
     fit.add_argument("--sigma-prior", default="jeffreys", metavar="SPEC",
                      help="prior on the noise (default: %(default)s)")  # fmt: skip
+    fit.add_argument("--noise", default="gaussian", metavar="SPEC",
+                     help="pixel noise model: gaussian, per_frame, poisson, "
+                     "poisson_gaussian[:gain=G][,read_sd=R] or student_t[:df=NU] (default: "
+                     "%(default)s)")  # fmt: skip
+    fit.add_argument("--variance", metavar="PATH",
+                     help="each pixel's noise variance, read like a reference (shape S, one map "
+                     "for every frame) or a stack (shape (N, *S), a map per frame); sigma "
+                     "scales it")  # fmt: skip
     fit.add_argument("--chains", type=_positive_int, default=4, help="NUTS chains (default 4)")
     fit.add_argument("--warmup", type=_positive_int, default=500, help="NUTS warm-up draws")
     fit.add_argument("--samples", type=_positive_int, default=500, help="NUTS draws per chain")
@@ -322,17 +337,19 @@ def _fit(args: argparse.Namespace) -> int:
     from bayesmix._devices import on_device
     from bayesmix._io import prepare
     from bayesmix._map import fit_map_stats
-    from bayesmix._model import BACKGROUNDS, check_design, make_model
+    from bayesmix._model import BACKGROUNDS, check_design, check_nuts, make_model
     from bayesmix._nuts import sample_stats
     from bayesmix._readers import read_frames, read_reference
     from bayesmix._report import report
     from bayesmix._runs import checkpointed_stats, fingerprint, finish
     from bayesmix._writers import write_idata, write_results
+    from bayesmix.noise import noise_spec
     from bayesmix.priors import parse_prior, parse_sigma_prior
 
     spec = args.prior or (DEFAULT_PRIOR if n_refs == 2 else DEFAULT_SIMPLEX_PRIOR)
     prior = parse_prior(spec)
     sigma_prior = parse_sigma_prior(args.sigma_prior)
+    noise = _parse_noise(args.noise)
     background: Any = args.background
     if background not in BACKGROUNDS:
         if not Path(background).exists():
@@ -344,7 +361,12 @@ def _fit(args: argparse.Namespace) -> int:
     # Two references keep the names A, B of the x columns; K >= 3 name theirs after the files.
     names = reference_names(ref_files) if n_refs > 2 else None
     model = make_model(prior=prior, sigma_prior=sigma_prior, background=background,
-                       gain=args.gain, n_refs=n_refs, ref_names=names)  # fmt: skip
+                       gain=args.gain, n_refs=n_refs, ref_names=names, noise=noise)  # fmt: skip
+    if args.method == "nuts":
+        check_nuts(model)
+    # True: the fit reads the frames itself, not their checkpointed statistics (pixel weights
+    # from a variance map or re-made from the fit; or a noise model passed to the sampler).
+    direct = _check_noise(args, model.noise)
     with on_device(args.device):  # checked before any work
         t0 = time.perf_counter()
         with _bar(args.quiet, None, "reading") as bar:
@@ -364,6 +386,9 @@ def _fit(args: argparse.Namespace) -> int:
         mask = None if args.mask is None else _mask(read_reference(args.mask), args.mask)
         stack = prepare(frames.data, ref_a, ref_b, mask, more_refs)
         check_design(model, stack.refs, stack.frame_shape, stack.pixels)
+        variance = (None if args.variance is None else
+                    _read_variance(args.variance, stack, frames.map_shape,
+                                   args.spectral_axis))  # fmt: skip
         work = parts_dir(args.out)
         if args.overwrite and not args.resume:
             finish(work)
@@ -374,26 +399,37 @@ def _fit(args: argparse.Namespace) -> int:
 
             options["more_refs"] = hashlib.sha256(stack.more_refs.tobytes()).hexdigest()
         key = fingerprint(stack, options, model)
-        with _bar(args.quiet, stack.frames.shape[0], "statistics") as bar:
-            stats = checkpointed_stats(stack, work, chunk=args.checkpoint, key=key,
-                                       resume=args.resume, progress=bar.update,
-                                       memory_limit=args.memory_limit, model=model)  # fmt: skip
-        n = stats.n_frames
         labels = frames.source
         common = {"model": model, "map_shape": frames.map_shape, "device": args.device}
-        if args.method == "map":
-            sampler = {"draws": args.draws, "seed": args.seed} if more_refs else {}
-            result = fit_map_stats(stats, **common, **sampler)
+        sampler = {"draws": args.draws, "seed": args.seed} if more_refs else {}
+        if direct:
+            # No checkpointed statistics: the fit reads the frames itself (a weighted pass, or
+            # several to re-weight the pixels from the current fit).
+            result = _fit_direct(args, frames.data, (ref_a, ref_b, *more_refs), model, variance,
+                                 mask, frames.map_shape, sampler)  # fmt: skip
+            n = int(stack.frames.shape[0])
         else:
-            result = sample_stats(
-                stats, **common, num_chains=args.chains, num_warmup=args.warmup,
-                num_samples=args.samples, seed=args.seed, progress=_show(args.quiet),
-            )  # fmt: skip
+            with _bar(args.quiet, stack.frames.shape[0], "statistics") as bar:
+                stats = checkpointed_stats(stack, work, chunk=args.checkpoint, key=key,
+                                           resume=args.resume, progress=bar.update,
+                                           memory_limit=args.memory_limit,
+                                           model=model)  # fmt: skip
+            n = stats.n_frames
+            if args.method == "map":
+                result = fit_map_stats(stats, **common, **sampler)
+            else:
+                result = sample_stats(
+                    stats, **common, num_chains=args.chains, num_warmup=args.warmup,
+                    num_samples=args.samples, seed=args.seed, progress=_show(args.quiet),
+                )  # fmt: skip
         meta = {"frames": str(args.frames), "ref_a": str(ref_files[0]),
                 "ref_b": str(ref_files[1]), "mask": str(args.mask), "seed": args.seed,
                 "background_source": str(args.background)}  # fmt: skip
         if more_refs:
             meta["ref_files"] = [str(f) for f in ref_files]
+        meta["noise"] = noise_spec(model.noise)
+        if args.variance is not None:
+            meta["variance"] = str(args.variance)
         written = [write_results(result, args.out, prob=args.prob, source=labels,
                                  overwrite=args.overwrite, meta=meta)]  # fmt: skip
         if args.idata is not None:
@@ -401,7 +437,8 @@ def _fit(args: argparse.Namespace) -> int:
         if args.report is not None:
             written.append(
                 report(result, args.report, frames=stack.frames, ref_a=ref_a, ref_b=ref_b,
-                       more_refs=more_refs, mask=mask, prob=args.prob, overwrite=args.overwrite)
+                       more_refs=more_refs, mask=mask, prob=args.prob, overwrite=args.overwrite,
+                       variance=args.variance)
             )  # fmt: skip
         finish(work)
         seconds = time.perf_counter() - t0
@@ -411,6 +448,8 @@ def _fit(args: argparse.Namespace) -> int:
               f"in {seconds:.1f} s")  # fmt: skip
         if args.method == "map":
             print(result.summary())
+            if _noise_lines(result):
+                print(_noise_lines(result))
         else:
             print(f"sigma = {float(result.posterior['sigma'].mean()):.6g}")
             print(diagnose(result))
@@ -445,6 +484,151 @@ def _mask(mask: Any, name: str) -> Any:
     if mask.dtype.kind in "iu" and np.all((mask == 0) | (mask == 1)):
         return mask.astype(bool)
     raise UserError(f"--mask {name} must hold booleans or 0/1 integers, got dtype {mask.dtype}")
+
+
+def _parse_noise(spec: str) -> Any:
+    """--noise SPEC as a noise model (:func:`bayesmix.noise.parse_noise`)."""
+    from bayesmix.noise import parse_noise
+
+    try:
+        return parse_noise(spec)
+    except ValueError as exc:
+        raise UserError(f"--noise {spec!r}: {exc}") from None
+
+
+def _is_gaussian(noise: Any) -> bool:
+    from bayesmix.noise import Gaussian
+
+    return isinstance(noise, Gaussian)
+
+
+def _sampler_takes(*names: str) -> bool:
+    """``bayesmix.sample`` accepts these keywords (noise models reach the sampler in steps)."""
+    import inspect
+
+    from bayesmix._nuts import sample
+
+    return all(n in inspect.signature(sample).parameters for n in names)
+
+
+def _check_noise(args: argparse.Namespace, noise: Any) -> bool:
+    """Refuse --noise/--variance combinations the run cannot honour, before any work.
+
+    Returns True when the fit must read the frames itself rather than their checkpointed
+    statistics: a variance map or a re-weighting noise model (pixel weights), or a noise model
+    other than Gaussian passed to the sampler.
+    """
+    from bayesmix._readers import _split_key
+    from bayesmix.noise import PoissonGaussian, noise_spec
+
+    spec = noise_spec(noise)
+    if args.variance is not None:
+        path, _ = _split_key(args.variance, None)
+        if not path.exists():
+            raise UserError(f"--variance: no such file or folder: {path}")
+        if isinstance(noise, PoissonGaussian):
+            raise UserError(
+                f"--variance and --noise {spec} both set each pixel's variance (the Poisson "
+                "model computes it from the fitted mean); give one of them"
+            )
+    direct = args.variance is not None or noise.reweights
+    if args.method == "nuts" and (direct or not _is_gaussian(noise)):
+        need = (("noise",) if not _is_gaussian(noise) else ()) + (
+            ("variance",) if args.variance is not None else ()
+        )
+        if not _sampler_takes(*need):
+            given = " and ".join(
+                ([f"--noise {spec}"] if not _is_gaussian(noise) else [])
+                + (["--variance"] if args.variance is not None else [])
+            )
+            raise UserError(
+                f"--method nuts does not take {given} yet (the sampler has i.i.d. Gaussian "
+                "noise only); use --method map, which fits every noise model"
+            )
+        direct = True
+    if direct and args.resume:
+        raise UserError(
+            f"--resume does not apply to --noise {spec}"
+            + (" with --variance" if args.variance is not None else "")
+            + ": that fit reads the frames itself and keeps no checkpoint; run it again "
+            "without --resume"
+        )
+    return direct
+
+
+def _read_variance(source: str, stack: Any, map_shape: Any, spectral_axis: Any) -> Any:
+    """--variance FILE, read as a stack is (lazily where the format allows): shape S (one map
+    for every frame) or (N, *S); a spectrum image's variance of the image's shape is laid out
+    as its frames are. Checked against the frames before any work."""
+    from bayesmix._io import check_variance, spectral_frames
+    from bayesmix._readers import read_frames
+
+    data = read_frames(source).data
+    shape = tuple(data.shape)
+    n = stack.frames.shape[0]
+    if map_shape is not None and len(shape) == len(map_shape) + 1:
+        # (E, H, W) beside a spectrum image (E, H, W): the same layout as its frames.
+        data, _ = spectral_frames(data, spectral_axis)
+    elif len(shape) == len(stack.frame_shape) + 1 and shape[0] == 1 and n != 1:
+        data = data[0]  # one image (a PNG, a one-page TIFF): the map of every frame
+    try:
+        check_variance(data, stack)
+    except ValueError as exc:
+        raise UserError(f"--variance {source}: {' '.join(str(exc).split())}") from None
+    return data
+
+
+def _fit_direct(
+    args: argparse.Namespace,
+    frames: Any,
+    refs: tuple[Any, ...],
+    model: Any,
+    variance: Any,
+    mask: Any,
+    map_shape: Any,
+    sampler: dict[str, Any],
+) -> Any:
+    """The fit on the frames themselves: ``fit_map`` (or ``sample``) with the model's noise and
+    the variance map; a spectrum image's frames arrive laid out, so the map shape is set here."""
+    import dataclasses
+
+    options = {"prior": model.prior, "sigma_prior": model.sigma_prior,
+               "background": model.background, "gain": model.gain, "mask": mask,
+               "memory_limit": args.memory_limit, "device": args.device,
+               "ref_names": model.ref_names if model.n_refs > 2 else None}  # fmt: skip
+    if args.method == "map":
+        from bayesmix._map import fit_map
+
+        res = fit_map(frames, *refs, noise=model.noise, variance=variance, **options, **sampler)
+        return res if map_shape is None else dataclasses.replace(res, map_shape=tuple(map_shape))
+    from bayesmix._nuts import sample
+
+    noise_kw: dict[str, Any] = {}
+    if not _is_gaussian(model.noise):
+        noise_kw["noise"] = model.noise
+    if variance is not None:
+        noise_kw["variance"] = variance
+    idata = sample(frames, *refs, num_chains=args.chains, num_warmup=args.warmup,
+                   num_samples=args.samples, seed=args.seed, progress=_show(args.quiet),
+                   **options, **noise_kw)  # fmt: skip
+    if map_shape is not None:
+        for group in idata.groups():
+            getattr(idata, group).attrs["map_shape"] = [int(v) for v in map_shape]
+    return idata
+
+
+def _noise_lines(result: Any) -> str:
+    """What the noise model learned and the frames' total elpd, for the terminal."""
+    lines = []
+    params = getattr(result, "noise_params", None) or {}
+    if params:
+        text = ", ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}"
+                         for k, v in params.items())  # fmt: skip
+        lines.append(f"  noise parameters: {text}")
+    loglik = getattr(result, "loglik", None)
+    if loglik is not None:
+        lines.append(f"  elpd (exact leave-one-frame-out): {float(sum(loglik)):.6g}")
+    return "\n".join(lines)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -556,12 +740,15 @@ def _report(args: argparse.Namespace) -> int:
     from bayesmix._writers import map_result_from_table, read_results
 
     result: Any = None
+    variance = None
     if src.suffix.lower() == ".nc":
         with contextlib.suppress(ValueError):
             result = read_idata(src)
     if not is_inference_data(result):
-        result = map_result_from_table(read_results(src))
-    path = report(result, args.out, prob=args.prob, overwrite=args.overwrite)
+        table = read_results(src)
+        result = map_result_from_table(table)
+        variance = table.attrs.get("variance")
+    path = report(result, args.out, prob=args.prob, overwrite=args.overwrite, variance=variance)
     print(f"wrote {path}")
     return 0
 

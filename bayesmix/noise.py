@@ -35,6 +35,7 @@ import numpy as np
 
 __all__ = [
     "NOISES",
+    "NOISE_PARAMS",
     "Gaussian",
     "NoiseModel",
     "PerFrame",
@@ -44,6 +45,10 @@ __all__ = [
     "noise_spec",
     "parse_noise",
 ]
+
+#: What a fit learns about the noise (``MapResult.noise_params`` keys, results attributes).
+NOISE_PARAMS = ("log_sigma_mu", "log_sigma_tau", "noise_gain", "noise_read_sd", "noise_df",
+                "noise_scale", "noise_passes")  # fmt: skip
 
 #: Names accepted for ``noise=`` (and ``--noise`` on the command line).
 NOISES = ("gaussian", "per_frame", "poisson", "poisson_gaussian", "student_t")

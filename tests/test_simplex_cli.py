@@ -144,7 +144,8 @@ def test_user_errors_of_a_k_reference_fit(simplex_dir, tmp_path, capsys):
                     r"Dirichlet alpha has 2 concentrations but the fit has 3 references")  # fmt: skip
     _one_line_error(capsys, [*base, *_refs(d), "--prior", "truncnormal:0.5,0.1"],
                     r"with 3 references .* must be Dirichlet")  # fmt: skip
-    _one_line_error(capsys, [*base, *_refs(d), "--gain"], r"gain=True with 3 references")
+    _one_line_error(capsys, [*base, *_refs(d), "--gain", "--method", "nuts"],
+                    r"NUTS with gain=True and 3 references is not supported yet")  # fmt: skip
     _one_line_error(capsys, [*base, *_refs(d), "--draws", "50"], r"--draws must be at least 100")
     assert not out.exists()
 
