@@ -92,14 +92,40 @@ def _tn(u, a, b):
     return -z if flip else z
 
 
+@nb.njit(cache=True)
+def _summarise(col, qs, quant):
+    """Mean, sd and batch-means Monte Carlo error of one weight's draws (in draw order), then
+    its quantiles at ``qs`` into ``quant`` (sorts ``col`` in place)."""
+    n_draws = col.shape[0]
+    per = n_draws // _BATCHES
+    s = 0.0
+    for d in range(n_draws):
+        s += col[d]
+    mu = s / n_draws
+    v = 0.0
+    for d in range(n_draws):
+        v += (col[d] - mu) ** 2
+    bv = 0.0
+    for bi in range(_BATCHES):
+        t = 0.0
+        for d in range(bi * per, (bi + 1) * per):
+            t += col[d]
+        bv += (t / per - mu) ** 2
+    col.sort()
+    for qi in range(qs.shape[0]):
+        pos = qs[qi] * (n_draws - 1)
+        lo_i = int(pos)  # pos >= 0: truncation is the floor
+        hi_i = min(lo_i + 1, n_draws - 1)
+        quant[qi] = col[lo_i] + (pos - lo_i) * (col[hi_i] - col[lo_i])
+    return mu, math.sqrt(v / (n_draws - 1)), math.sqrt(bv / (_BATCHES - 1) / _BATCHES)
+
+
 @nb.njit(parallel=True, cache=True, nogil=True)
 def _kernel(w, chol, alpha, s2, x0, index, seed, n_warmup, n_draws, qs, mh,
             mean, sd, quant, mc_se, accept):  # fmt: skip
     n, k = w.shape
     m = k - 1
     sigma = math.sqrt(s2)
-    nq = qs.shape[0]
-    per = n_draws // _BATCHES
     for i in nb.prange(n):
         mi = chol[i]
         h = mi.T @ mi
@@ -173,31 +199,7 @@ def _kernel(w, chol, alpha, s2, x0, index, seed, n_warmup, n_draws, qs, mh,
                     draws[c, it - n_warmup] = x[c]
         accept[i] = acc / ((n_warmup + n_draws) * m)
         for c in range(k):
-            col = draws[c]
-            s = 0.0
-            for d in range(n_draws):
-                s += col[d]
-            mu = s / n_draws
-            v = 0.0
-            for d in range(n_draws):
-                v += (col[d] - mu) ** 2
-            mean[i, c] = mu
-            sd[i, c] = math.sqrt(v / (n_draws - 1))
-            # Batch means (in draw order) before the sort.
-            bv = 0.0
-            for bi in range(_BATCHES):
-                t = 0.0
-                for d in range(bi * per, (bi + 1) * per):
-                    t += col[d]
-                bv += (t / per - mu) ** 2
-            mc_se[i, c] = math.sqrt(bv / (_BATCHES - 1) / _BATCHES)
-            col.sort()
-            for qi in range(nq):
-                pos = qs[qi] * (n_draws - 1)
-                lo_i = int(pos)  # pos >= 0: truncation is the floor
-                hi_i = min(lo_i + 1, n_draws - 1)
-                frac = pos - lo_i
-                quant[i, c, qi] = col[lo_i] + frac * (col[hi_i] - col[lo_i])
+            mean[i, c], sd[i, c], mc_se[i, c] = _summarise(draws[c], qs, quant[i, c])
 
 
 def gibbs_summary(
@@ -239,8 +241,6 @@ def _gain_kernel(w, chol, alpha, s2, w0, index, seed, n_warmup, n_draws, qs,
     prod w_k^(alpha_k - 1) (sum w)^(1 - sum alpha) (a Dirichlet on x times a flat prior on g)."""
     n, k = w.shape
     sigma = math.sqrt(s2)
-    nq = qs.shape[0]
-    per = n_draws // _BATCHES
     a_sum = 0.0
     for c in range(k):
         a_sum += alpha[c]
@@ -336,30 +336,7 @@ def _gain_kernel(w, chol, alpha, s2, w0, index, seed, n_warmup, n_draws, qs,
         g_sd[i] = math.sqrt(gv / (n_draws - 1))
         for c in range(k):
             w_mean[i, c] = wsum[c] / n_draws
-            col = draws[c]
-            s = 0.0
-            for d in range(n_draws):
-                s += col[d]
-            mu = s / n_draws
-            v = 0.0
-            for d in range(n_draws):
-                v += (col[d] - mu) ** 2
-            mean[i, c] = mu
-            sd[i, c] = math.sqrt(v / (n_draws - 1))
-            bv = 0.0
-            for bi in range(_BATCHES):
-                t = 0.0
-                for d in range(bi * per, (bi + 1) * per):
-                    t += col[d]
-                bv += (t / per - mu) ** 2
-            mc_se[i, c] = math.sqrt(bv / (_BATCHES - 1) / _BATCHES)
-            col.sort()
-            for qi in range(nq):
-                pos = qs[qi] * (n_draws - 1)
-                lo_i = int(pos)
-                hi_i = min(lo_i + 1, n_draws - 1)
-                frac = pos - lo_i
-                quant[i, c, qi] = col[lo_i] + frac * (col[hi_i] - col[lo_i])
+            mean[i, c], sd[i, c], mc_se[i, c] = _summarise(draws[c], qs, quant[i, c])
 
 
 def gibbs_gain_summary(
