@@ -168,7 +168,8 @@ def diagnose(idata: az.InferenceData) -> Diagnostics:
     Parameters
     ----------
     idata : arviz.InferenceData
-        With ``posterior`` (``x``, ``sigma``) and ``sample_stats``.
+        With ``posterior`` (``x``, ``sigma``; a noise model's ``sigma_frame``,
+        ``log_sigma_mu``, ``log_sigma_tau``, ``df`` are checked too) and ``sample_stats``.
 
     Returns
     -------
@@ -180,7 +181,12 @@ def diagnose(idata: az.InferenceData) -> Diagnostics:
 
     if not hasattr(idata, "posterior") or "x" not in idata.posterior:
         raise ValueError("diagnose needs the InferenceData of bayesmix.sample (posterior 'x')")
-    post = idata.posterior[["x", "sigma"]]
+    full = idata.posterior
+    # The noise model's parameters too (sigma fixed at 1 for Poisson counts is not a variable).
+    scalars = [v for v in ("sigma", "log_sigma_mu", "log_sigma_tau", "df")
+               if v in full and np.ptp(full[v].values) > 0]  # fmt: skip
+    per_frame = ["sigma_frame"] if "sigma_frame" in full else []
+    post = full[["x", *per_frame, *scalars]]
     n_chains, n_draws = post.sizes["chain"], post.sizes["draw"]
     rhat = az.rhat(post)
     ess_bulk = az.ess(post, method="bulk")
@@ -195,13 +201,16 @@ def diagnose(idata: az.InferenceData) -> Diagnostics:
         labels = [f"x[{f}, {r}]" for f in frame for r in refs]
     else:
         labels = [f"x[{f}]" for f in frame]
+    names = ["x", *per_frame, *scalars]
+    labels += [f"sigma_frame[{f}]" for f in frame] if per_frame else []
+    labels += scalars
+
+    def column(d):
+        return np.concatenate([np.ravel(d[v].values) for v in names])
+
     table = pd.DataFrame(
-        {
-            "rhat": np.append(rhat["x"].values.ravel(), float(rhat["sigma"])),
-            "ess_bulk": np.append(ess_bulk["x"].values.ravel(), float(ess_bulk["sigma"])),
-            "ess_tail": np.append(ess_tail["x"].values.ravel(), float(ess_tail["sigma"])),
-        },
-        index=[*labels, "sigma"],
+        {"rhat": column(rhat), "ess_bulk": column(ess_bulk), "ess_tail": column(ess_tail)},
+        index=labels,
     ).sort_values("rhat", ascending=False)
     divergences = int(idata.sample_stats["diverging"].values.sum())
     bfmi = np.asarray(az.bfmi(idata))
