@@ -277,7 +277,9 @@ class MapResult:
         when the two references do not explain the frame).
 
         ``xhat``, ``rss``, ``dd`` and ``n_pixels`` are the frame's sufficient statistics: with
-        ``sigma`` (in ``df.attrs``) they reproduce every other column.
+        ``sigma`` (in ``df.attrs``) they reproduce every other column. ``loglik`` is the
+        frame's log marginal likelihood (:func:`bayesmix.compare`); ``sigma_frame`` and
+        ``sigma_frame_sd`` each frame's noise scale with ``noise='per_frame'``.
 
         Examples
         --------
@@ -286,7 +288,7 @@ class MapResult:
         >>> df = bayesmix.fit_map(sim.frames, sim.ref_a, sim.ref_b).to_dataframe()
         >>> list(df.columns)
         ['x_map', 'mean', 'sd', 'q05', 'q95', 'r2', 'at_bound', 'misfit_p', 'xhat', 'rss', 'dd',
-         'n_pixels']
+         'n_pixels', 'loglik']
         """
         df = self._table(_check_prob(prob))
         df.attrs.update(self._attrs())
