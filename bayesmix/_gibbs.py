@@ -92,6 +92,28 @@ def _tn(u, a, b):
     return -z if flip else z
 
 
+@nb.njit(cache=True, inline="always")
+def _line_draw(x, f, j, e_j, key, counter):
+    """The new whitened coordinate ``j``: a standard normal truncated to where
+    ``x + f[:, j] (new - e_j)`` stays >= 0, and the advanced counter."""
+    lo, hi = -np.inf, np.inf
+    for c in range(x.shape[0]):
+        fc = f[c, j]
+        if fc > 0:
+            lo = max(lo, -x[c] / fc)
+        elif fc < 0:
+            hi = min(hi, -x[c] / fc)
+    counter += np.uint64(1)
+    a_j, b_j = e_j + lo, e_j + hi
+    # One plain normal draw first, kept if it falls in [a, b] (the common case away from the
+    # faces); else the inverse CDF. Both branches give the truncated normal.
+    new = _ndtri(_uniform(key, counter))
+    if not a_j <= new <= b_j:
+        counter += np.uint64(1)
+        new = _tn(_uniform(key, counter), a_j, b_j)
+    return new, counter
+
+
 @nb.njit(cache=True)
 def _summarise(col, qs, quant):
     """Mean, sd and batch-means Monte Carlo error of one weight's draws (in draw order), then
@@ -162,21 +184,7 @@ def _kernel(w, chol, alpha, s2, x0, index, seed, n_warmup, n_draws, qs, mh,
         acc = 0
         for it in range(n_warmup + n_draws):
             for j in range(m):
-                lo, hi = -np.inf, np.inf
-                for c in range(k):
-                    fc = f[c, j]
-                    if fc > 0:
-                        lo = max(lo, -x[c] / fc)
-                    elif fc < 0:
-                        hi = min(hi, -x[c] / fc)
-                counter += np.uint64(1)
-                a_j, b_j = e[j] + lo, e[j] + hi
-                # One plain normal draw first, kept if it falls in [a, b] (the common case away
-                # from the faces); else the inverse CDF. Both branches give the truncated normal.
-                new = _ndtri(_uniform(key, counter))
-                if not a_j <= new <= b_j:
-                    counter += np.uint64(1)
-                    new = _tn(_uniform(key, counter), a_j, b_j)
+                new, counter = _line_draw(x, f, j, e[j], key, counter)
                 delta = new - e[j]
                 tot = 0.0
                 for c in range(k):
@@ -269,19 +277,7 @@ def _gain_kernel(w, chol, alpha, s2, w0, index, seed, n_warmup, n_draws, qs,
         acc = 0
         for it in range(n_warmup + n_draws):
             for j in range(k):
-                lo, hi = -np.inf, np.inf
-                for c in range(k):
-                    fc = f[c, j]
-                    if fc > 0:
-                        lo = max(lo, -x[c] / fc)
-                    elif fc < 0:
-                        hi = min(hi, -x[c] / fc)
-                counter += np.uint64(1)
-                a_j, b_j = e[j] + lo, e[j] + hi
-                new = _ndtri(_uniform(key, counter))
-                if not a_j <= new <= b_j:
-                    counter += np.uint64(1)
-                    new = _tn(_uniform(key, counter), a_j, b_j)
+                new, counter = _line_draw(x, f, j, e[j], key, counter)
                 delta = new - e[j]
                 t_old, t_new = 0.0, 0.0
                 log_r = 0.0
