@@ -515,18 +515,6 @@ def _stats_for(stack: Any, model: MixingModel, **kw: Any) -> FrameStats | BasisS
     return basis_stats_from_stack(stack, model, **kw)
 
 
-def _fitted_theta(res: MapResult) -> np.ndarray:
-    """The fit's coefficients on the model's design [background, references], shape (N, B):
-    posterior means (with gain, E[g] times the weights)."""
-    if res.simplex is not None:
-        w = np.asarray(res.mean)
-    else:
-        g = np.ones(res.n_frames) if res.gain is None else np.asarray(res.gain)
-        w = np.stack([g * res.mean, g * (1.0 - res.mean)], axis=1)
-    bg = np.zeros((res.n_frames, 0)) if res.background is None else np.asarray(res.background)
-    return np.hstack([bg, w])
-
-
 def _model_ls_theta(stats: BasisStats, gain: bool) -> np.ndarray:
     """Least-squares coefficients [background, references] of the model itself, shape (N, B):
     without a gain the weights sum to one (the plane's least squares, bounds aside)."""
@@ -625,11 +613,12 @@ def _fit_noise(stack, model, variance, *, fit_kw, chunk_size, memory_limit) -> M
         )
     loglik = None if res.loglik is None else rw.loglik(res.loglik)
     params = {**rw.params(), "noise_passes": passes}
-    if hasattr(rw, "sandwich_sigma") and sigma_user is None:
+    interval_sigma = rw.interval_sigma() if sigma_user is None else None
+    if interval_sigma is not None:
         # Intervals from the converged weights, at the scale that makes them honest even when
-        # the pixels are not exactly Student-t.
+        # the pixels are not exactly of the model's family.
         params["noise_scale"] = res.sigma
-        res, caught = _quiet(_fit, stats, model=model, sigma=rw.sandwich_sigma(), **fit_kw)
+        res, caught = _quiet(_fit, stats, model=model, sigma=interval_sigma, **fit_kw)
     for w in caught:  # the final fit's warnings, for the caller of fit_map
         warnings.warn(w.message, w.category, stacklevel=3)
     return dataclasses.replace(res, noise_params=params, loglik=loglik,

@@ -909,6 +909,8 @@ def _sample_pixels(stack, model: MixingModel, variance: Any, *, num_chains, num_
     from bayesmix._io import _check_variance_values
     from bayesmix._map import _fit_noise
     from bayesmix._model import check_design
+    from bayesmix._reweight import _t_const as t_const
+    from bayesmix.noise import _MIN_COUNTS
 
     noise = model.noise
     fit_kw = {"sigma": None, "sigma_method": "marginal", "max_iter": 1000, "tol": 1e-8,
@@ -964,8 +966,7 @@ def _sample_pixels(stack, model: MixingModel, variance: Any, *, num_chains, num_
         scale0 = s0 * np.sqrt(vmap)
         aux = vmap
         q0 = r0 * r0 / (df0 * scale0**2)
-        tc = gammaln(0.5 * (df0 + 1.0)) - gammaln(0.5 * df0) - 0.5 * np.log(df0 * np.pi)
-        const_px = tc - np.log(scale0) - 0.5 * (df0 + 1.0) * np.log1p(q0)
+        const_px = t_const(df0) - np.log(scale0) - 0.5 * (df0 + 1.0) * np.log1p(q0)
         info = (df0 + 1.0) / ((df0 + 3.0) * scale0**2)
         ig_a, ig_b = model.sigma_prior.ig_params
         n_tot = float(np.count_nonzero(ok))
@@ -979,13 +980,13 @@ def _sample_pixels(stack, model: MixingModel, variance: Any, *, num_chains, num_
         exact = gain == 1.0 and read_sd == 0.0
         kind = "poisson" if exact else "poisson_gaussian"
         if exact:
-            scale0 = np.maximum(mu0, 0.5)
+            scale0 = np.maximum(mu0, _MIN_COUNTS)
             aux = mu0 - scale0
             const_px = y * np.log(scale0) - scale0 - gammaln(y + 1.0)
             info = 1.0 / scale0
         else:
-            scale0 = gain * np.maximum(mu0, 0.5 * gain) + read_sd**2
-            aux = 0.5 * gain - mu0
+            scale0 = noise.variance(mu0, gain, read_sd**2)
+            aux = _MIN_COUNTS * gain - mu0
             const_px = -0.5 * np.log(2.0 * np.pi * scale0) - 0.5 * r0 * r0 / scale0
             info = 1.0 / scale0
             kw.update(gain=gain, read2=read_sd**2)

@@ -99,33 +99,22 @@ def _per_frame_core(stats, valid, prior, mu0, tau0, tol, *, max_iter, n_blocks):
     return summ, mu, tau, it, converged, ev
 
 
-def fit_per_frame(stats: FrameStats, prior, *, max_iter: int = 1000, tol: float = 0.01,
-                  mu_tau: tuple[float, float] | None = None) -> PerFrameFit:  # fmt: skip
-    """Learn the population of log sigma (or take ``mu_tau``) and summarise every frame."""
+def fit_per_frame(stats: FrameStats, prior, *, max_iter: int = 1000,
+                  tol: float = 0.01) -> PerFrameFit:  # fmt: skip
+    """Learn the population of log sigma and summarise every frame."""
     rss = np.maximum(np.asarray(stats.rss, np.float64), np.finfo(np.float64).tiny)
     dof = np.maximum(np.asarray(stats.n, np.float64) - 1.0, 0.5)
     s_hat = 0.5 * np.log(rss / dof)
     mu0 = float(np.mean(s_hat))
     tau0 = float(np.sqrt(max(np.var(s_hat) - np.mean(1.0 / (2.0 * dof)), 1e-4)))
-    iters = int(max_iter)
-    if mu_tau is not None:
-        mu0, tau0 = (float(v) for v in mu_tau)
-        iters = 0
     n_frames = stats.n_frames
     size = bucket_size(n_frames)
     padded, valid = pad_stats(stats, size)
     with x64():
         prior_t = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), prior)
-        if iters == 0:
-            st = _with(jax.tree.map(jnp.asarray, padded), mu0, tau0)
-            summ = _in_blocks(lambda s: ScaleMixture.summary(s, None, prior_t), st,
-                              _n_blocks(size))  # fmt: skip
-            ev, _, _ = per_frame_log_evidence(st, prior_t)
-            out = (summ, mu0, tau0, 0, True, ev)
-        else:
-            out = _per_frame_core(padded, jnp.asarray(valid), prior_t, jnp.float64(mu0),
-                                  jnp.float64(tau0), jnp.float64(tol), max_iter=iters,
-                                  n_blocks=_n_blocks(size))  # fmt: skip
+        out = _per_frame_core(padded, jnp.asarray(valid), prior_t, jnp.float64(mu0),
+                              jnp.float64(tau0), jnp.float64(tol), max_iter=int(max_iter),
+                              n_blocks=_n_blocks(size))  # fmt: skip
         summ, mu, tau, it, conv, ev = jax.device_get(out)
     keep = slice(0, n_frames)
     summ = Summary(*(np.asarray(a[keep]) for a in summ[:4]),

@@ -514,10 +514,6 @@ class ScaleMixture:
     def mode(cls, stats, sigma2, prior):
         return cls.summary(stats, sigma2, prior).x
 
-    @staticmethod
-    def expected_sse(stats, sigma2, prior):
-        raise NotImplementedError("per-frame noise scales are integrated out, not learned by EM")
-
     @classmethod
     def quantiles(cls, stats, sigma2, prior, qs):
         _, p, m, sd, pp = cls._mixture(stats, prior)

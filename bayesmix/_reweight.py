@@ -51,8 +51,9 @@ class _Reweigher:
         self.dof_factor = n_pix / np.maximum(n_pix - n_terms, 1.0)
         self.sigma2 = float(res.sigma) ** 2
 
-    def base_weights(self, start, y, ok, mean):
-        return np.broadcast_to(self.base(start, y, ok, mean), y.shape)
+    def interval_sigma(self) -> float | None:
+        """The scale the final intervals use, where it is not the fitted sigma (None)."""
+        return None
 
 
 @_register(PoissonGaussian)
@@ -270,7 +271,7 @@ class _StudentT(_Reweigher):
     def sigma(self, sigma_user):
         return sigma_user
 
-    def sandwich_sigma(self) -> float:
+    def interval_sigma(self) -> float:
         """The scale that gives the weighted likelihood the spread of the estimator.
 
         The weights solve :math:`\\sum_p w(u_p) r_p \\phi_p = 0`; its sandwich covariance,

@@ -85,7 +85,7 @@ def _weighted_kernel(y2d, w2d, lw2d, design, theta, gram, rss, n, logw, ninf):
     shared = w2d.shape[0] == 1
     for i in nb.prange(m):
         wi = w2d[0] if shared else w2d[i]
-        li = lw2d[0] if shared else lw2d[i]
+        li = lw2d[0]  # log weights of a shared map (computed once); else logged here
         g = np.zeros((k, k))
         pr = np.zeros(k)
         cnt = 0
@@ -101,7 +101,7 @@ def _weighted_kernel(y2d, w2d, lw2d, design, theta, gram, rss, n, logw, ninf):
             if not (ww > 0.0 and ww < np.inf):
                 continue
             cnt += 1
-            lsum += li[q]
+            lsum += li[q] if shared else np.log(ww)
             for b in range(k):
                 t = ww * design[b, q]
                 pr[b] += t * v
@@ -141,8 +141,10 @@ def _solve_block(y, w, design, n_bg):
     m = len(y)
     k = design.shape[0]
     w = np.ascontiguousarray(w, np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lw = np.log(w)
+    lw = np.zeros((1, 0))
+    if w.shape[0] == 1:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lw = np.log(w)
     theta, gram = np.empty((m, k)), np.empty((m, k, k))
     rss, logw = np.empty(m), np.empty(m)
     n, ninf = np.empty(m, np.int64), np.empty(m, np.int64)

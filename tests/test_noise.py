@@ -116,7 +116,6 @@ def test_per_frame_posterior_equals_two_dimensional_quadrature():
     mu, tau = res.noise_params["log_sigma_mu"], res.noise_params["log_sigma_tau"]
     st = res.stats
     i = 7
-    prior = res.prior
 
     def joint(s, xv):
         sse = st.rss[i] + st.dd[i] * (xv - st.xhat[i]) ** 2
@@ -126,7 +125,6 @@ def test_per_frame_posterior_equals_two_dimensional_quadrature():
     def prior_log(xv):
         return -0.5 * ((xv - 0.55) / 0.15) ** 2
 
-    shift = 0.0
     s0 = np.log(np.sqrt(st.rss[i] / (st.n[i] - 1)))
     shift = st.n[i] * s0 + 0.5 * (st.n[i] - 1)
     lo, hi = s0 - 4, s0 + 4
@@ -139,7 +137,6 @@ def test_per_frame_posterior_equals_two_dimensional_quadrature():
     q05 = res.quantiles([0.05])[i, 0]
     cdf = scipy.integrate.dblquad(joint, 0, q05, lo, hi, epsrel=1e-10)[0] / z
     assert abs(cdf - 0.05) < 1e-6
-    del prior
 
 
 def test_gaussian_evidence_equals_quadrature():
