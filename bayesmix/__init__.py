@@ -6,7 +6,7 @@ inference path only through four per-frame statistics computed in one pass
 posterior of every weight given the learned noise scale.
 """
 
-from bayesmix import noise, priors
+from bayesmix import noise, priors, temporal
 from bayesmix._arviz import Diagnostics, diagnose, read_idata
 from bayesmix._compare import compare
 from bayesmix._map import fit_map, fit_map_stats
@@ -15,7 +15,7 @@ from bayesmix._nuts import sample, sample_stats
 from bayesmix._readers import Frames, read_frames, read_reference
 from bayesmix._report import report
 from bayesmix._results import MapResult
-from bayesmix._simulate import Simulation, sample_references, simulate
+from bayesmix._simulate import Simulation, sample_references, simulate, simulate_walk
 from bayesmix._stats import BasisStats, FrameStats, GainStats, SimplexStats, frame_stats
 from bayesmix._version import __version__
 from bayesmix._writers import read_results, write_idata, write_results
@@ -55,6 +55,8 @@ __all__ = [
     "sample_references",
     "sample_stats",
     "simulate",
+    "simulate_walk",
+    "temporal",
     "write_idata",
     "write_results",
 ]

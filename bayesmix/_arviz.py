@@ -54,12 +54,15 @@ def to_inference_data(
     attrs: dict[str, Any],
     gain: np.ndarray | None = None,
     background: np.ndarray | None = None,
+    q: np.ndarray | None = None,
 ) -> az.InferenceData:
     """Assemble the InferenceData of a NUTS run (arrays of shape (chain, draw, ...)).
 
     ``observed_data`` holds the statistics the model ran on (:func:`bayesmix._schema.
     stats_columns`), ``constant_data`` the fast path's MAP it started from and, with a
-    background, the posterior mean of the background coefficients.
+    background, the posterior mean of the background coefficients. With a temporal model
+    (``fit.temporal`` set) ``q`` holds the draws of the walk's step (posterior ``q``) and
+    ``constant_data`` each frame's ``time`` and ``sequence`` label.
     """
     import arviz as az
 
@@ -88,6 +91,14 @@ def to_inference_data(
         dims["x"] = dims["x_map"] = ["frame", "reference"]
         constant["at_bound"] = np.asarray(fit.at_bound, bool)
         dims["at_bound"] = ["frame"]
+    if q is not None:
+        posterior["q"] = q
+    if fit.temporal is not None:
+        constant["time"] = np.asarray(fit.temporal.times, np.float64)
+        seq = np.asarray(fit.temporal.sequence)
+        # netCDF holds numbers and strings; other labels (objects) as their strings.
+        constant["sequence"] = seq if seq.dtype.kind in "iub" else seq.astype(str)
+        dims["time"] = dims["sequence"] = ["frame"]
     if background is not None:
         constant["background_mean"] = background
         dims["background_mean"] = ["frame", "background_term"]
@@ -127,7 +138,8 @@ class Diagnostics:
     reasons : tuple of str
         What failed, in words, with what to do.
     rhat_max, ess_bulk_min, ess_tail_min : float
-        Worst values over ``sigma`` and every ``x``.
+        Worst values over ``sigma``, every ``x`` and the other sampled parameters (``q``,
+        the noise model's).
     divergences : int
         Divergent transitions after warm-up.
     bfmi : ndarray, shape (chain,)
@@ -169,7 +181,8 @@ def diagnose(idata: az.InferenceData) -> Diagnostics:
     ----------
     idata : arviz.InferenceData
         With ``posterior`` (``x``, ``sigma``; a noise model's ``sigma_frame``,
-        ``log_sigma_mu``, ``log_sigma_tau``, ``df`` are checked too) and ``sample_stats``.
+        ``log_sigma_mu``, ``log_sigma_tau``, ``df`` and a random walk's step ``q`` are checked
+        too, when sampled) and ``sample_stats``.
 
     Returns
     -------
@@ -183,7 +196,7 @@ def diagnose(idata: az.InferenceData) -> Diagnostics:
         raise ValueError("diagnose needs the InferenceData of bayesmix.sample (posterior 'x')")
     full = idata.posterior
     # The noise model's parameters too (sigma fixed at 1 for Poisson counts is not a variable).
-    scalars = [v for v in ("sigma", "log_sigma_mu", "log_sigma_tau", "df")
+    scalars = [v for v in ("sigma", "log_sigma_mu", "log_sigma_tau", "df", "q")
                if v in full and np.ptp(full[v].values) > 0]  # fmt: skip
     per_frame = ["sigma_frame"] if "sigma_frame" in full else []
     post = full[["x", *per_frame, *scalars]]

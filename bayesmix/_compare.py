@@ -1,5 +1,8 @@
 """Choosing between models of the same frames: expected log predictive density per frame.
 
+(For a random walk along the frames, each frame's one-step-ahead density instead; see
+:func:`compare`.)
+
 Frames are conditionally independent given the shared noise parameters, so leaving frame i out
 changes only what is learned about its own weights (and its own noise scale). Its leave-one-
 frame-out predictive density is then the frame's marginal likelihood, its weights integrated
@@ -49,8 +52,13 @@ def _(result: MapResult) -> tuple[np.ndarray, str]:
     # The shared parameters were learned with frame i in: TIC's correction, one nat per shared
     # parameter in all, spread over the frames (what the frame's own weights cost is exact).
     n = len(result.loglik)
-    return (np.asarray(result.loglik, np.float64) - shared_params(result) / n,
-            "exact leave-one-frame-out")
+    # Along a random walk a frame's density given all the others is not a per-frame closed
+    # form; each frame's density given the frames before it is (the Kalman filter's), and the
+    # sum is the log marginal likelihood. For independent frames the two scores coincide, so
+    # both kinds of fit are on one scale.
+    method = ("one-step-ahead (Kalman filter)" if result.temporal is not None
+              else "exact leave-one-frame-out")  # fmt: skip
+    return np.asarray(result.loglik, np.float64) - shared_params(result) / n, method
 
 
 def shared_params(result: MapResult) -> int:
@@ -61,6 +69,8 @@ def shared_params(result: MapResult) -> int:
     if isinstance(noise, PerFrame):
         return 2  # mu and tau of log sigma
     k = 0 if result.sigma_fixed else 1
+    if result.temporal is not None:
+        k += not result.temporal.q_fixed
     if isinstance(noise, PoissonGaussian):
         k += (noise.gain is None) + (noise.read_sd is None)
     if isinstance(noise, StudentT):
@@ -106,6 +116,10 @@ def compare(*results: Any, names: Any = None) -> pd.DataFrame:
         \\mathrm{dse}_m = \\sqrt{N \\,\\mathrm{Var}_i(\\ell_{mi} - \\ell_{bi})},
 
     b the best model. A difference of several dse is a clear preference.
+
+    A fit with ``temporal='random_walk'`` is scored by each frame's density given the frames
+    before it (its terms sum to the log marginal likelihood); for a fit of independent frames
+    that is the same number as leaving the frame out, so the two compare directly.
 
     Examples
     --------

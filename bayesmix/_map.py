@@ -52,6 +52,7 @@ from bayesmix._stats import (
 )
 from bayesmix.noise import PerFrame, PoissonGaussian, noise_spec
 from bayesmix.priors import Beta, Jeffreys, SigmaPrior, TruncatedNormal, Uniform, XPrior
+from bayesmix.temporal import Independent, temporal_spec
 
 __all__ = ["fit_map", "fit_map_stats"]
 
@@ -179,14 +180,18 @@ def fit_map_stats(
     draws: int = 400,
     seed: int = 0,
     noise: Any = "gaussian",
+    temporal: Any = None,
+    times: Any = None,
+    sequence_id: Any = None,
 ) -> MapResult:
     """:func:`fit_map` on precomputed per-frame statistics.
 
     ``stats`` is a :class:`FrameStats` (from :func:`frame_stats`: the two-reference model) or a
     :class:`BasisStats` (from :func:`frame_stats` with ``background=`` or ``gain=``; pass the
     same options here). ``noise`` may be 'gaussian' or 'per_frame' (the models whose
-    likelihood the statistics hold). ``model`` (a :class:`MixingModel`) replaces the model options;
-    ``map_shape`` makes the results a map (spectrum images).
+    likelihood the statistics hold). ``temporal``, ``times`` and ``sequence_id`` relate the frames
+    along sequences (see :func:`fit_map`). ``model`` (a :class:`MixingModel`) replaces the model
+    options; ``map_shape`` makes the results a map (spectrum images).
 
     Examples
     --------
@@ -200,8 +205,11 @@ def fit_map_stats(
     if model is None:
         k = int(np.shape(stats.w)[1]) if isinstance(stats, (BasisStats, SimplexStats)) else 2
         model = make_model(prior=prior, sigma_prior=sigma_prior, background=background,
-                           gain=gain, n_refs=k, ref_names=ref_names, noise=noise)  # fmt: skip
+                           gain=gain, n_refs=k, ref_names=ref_names, noise=noise,
+                           temporal=temporal)  # fmt: skip
     _check_options(model, sigma, sigma_method, max_iter, tol)
+    times, sequence_id = _check_sequence_options(model, times, sequence_id,
+                                                 np.empty((stats.n_frames, 0)))  # fmt: skip
     if model.noise.reweights:
         raise ValueError(
             f"noise={noise_spec(model.noise)!r} re-weights every pixel from the current fit, "
@@ -220,7 +228,7 @@ def fit_map_stats(
             )
     return _fit(stats, model=model, sigma=sigma, sigma_method=sigma_method, max_iter=max_iter,
                 tol=tol, frame=frame, device=device, map_shape=map_shape, draws=draws,
-                seed=seed)  # fmt: skip
+                seed=seed, times=times, sequence_id=sequence_id)  # fmt: skip
 
 
 def _check_stats(stats: Any) -> None:
@@ -316,7 +324,7 @@ def _check_sampler(draws: Any, seed: Any) -> None:
 
 
 def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map_shape=None,
-         draws=400, seed=0, offset=None):  # fmt: skip
+         draws=400, seed=0, offset=None, times=None, sequence_id=None):  # fmt: skip
     """The fast path on the statistics; its warnings point at the caller of a public function.
 
     ``offset`` (per frame, or a number) is added to each frame's log marginal likelihood: the
@@ -324,7 +332,7 @@ def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map
     """
     res = _fit_stats(stats, model=model, sigma=sigma, sigma_method=sigma_method,
                      max_iter=max_iter, tol=tol, frame=frame, device=device, map_shape=map_shape,
-                     draws=draws, seed=seed)  # fmt: skip
+                     draws=draws, seed=seed, times=times, sequence_id=sequence_id)  # fmt: skip
     if res.loglik is None and _has_evidence(res):
         with x64():
             prior_t = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), res.prior)
@@ -333,7 +341,11 @@ def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map
             ev = np.asarray(ev)[: res.n_frames]
         res = dataclasses.replace(res, loglik=ev)
     if res.loglik is not None and offset is not None:
-        res = dataclasses.replace(res, loglik=res.loglik + np.asarray(offset, np.float64))
+        extra = np.broadcast_to(np.asarray(offset, np.float64), res.loglik.shape)
+        res = dataclasses.replace(res, loglik=res.loglik + extra)
+        if res.temporal is not None:  # the walk's log marginal likelihood, on the same footing
+            res = dataclasses.replace(res, temporal=dataclasses.replace(
+                res.temporal, log_evidence=res.temporal.log_evidence + float(extra.sum())))
     return res
 
 
@@ -343,9 +355,13 @@ def _has_evidence(res: MapResult) -> bool:
 
 
 def _fit_stats(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map_shape,
-               draws, seed):  # fmt: skip
+               draws, seed, times=None, sequence_id=None):  # fmt: skip
     _check_stats(stats)
     _check_sampler(draws, seed)
+    if not isinstance(model.temporal, Independent):
+        return _fit_temporal(stats, model=model, sigma=sigma, sigma_method=sigma_method,
+                             max_iter=max_iter, tol=tol, frame=frame, device=device,
+                             map_shape=map_shape, times=times, sequence_id=sequence_id)
     prior, sigma_prior = model.prior, model.sigma_prior
     basis = stats if isinstance(stats, BasisStats) else None
     if basis is not None:
@@ -450,6 +466,40 @@ def _fit_stats(stats, *, model, sigma, sigma_method, max_iter, tol, frame, devic
         background=background,
         map_shape=None if map_shape is None else tuple(int(v) for v in map_shape),
     )
+
+
+def _fit_temporal(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map_shape,
+                  times, sequence_id) -> MapResult:  # fmt: skip
+    """A random walk along the frames (:mod:`bayesmix._temporal`), started from each frame's
+    own fit."""
+    from bayesmix._temporal import check_sequence, fit_sequence
+
+    if sigma_method != "marginal":
+        raise ValueError(
+            f"sigma_method={sigma_method!r} is not available with temporal="
+            f"{temporal_spec(model.temporal)!r}: sigma is learned with the weights integrated "
+            "out along the walk (sigma_method='marginal')"
+        )
+    n = stats.n_frames
+    times, sequence_id = check_sequence(times, sequence_id, n)
+    alone = _fit_stats(stats, model=dataclasses.replace(model, temporal=Independent()),
+                       sigma=sigma, sigma_method=sigma_method, max_iter=max_iter, tol=tol,
+                       frame=frame, device=device, map_shape=map_shape, draws=400, seed=0)
+    out = fit_sequence(alone.stats, alone.prior, alone.sigma_prior, q=model.temporal.q,
+                       sigma=alone.sigma, sigma_fixed=sigma is not None, times=times,
+                       sequence_id=sequence_id, mean_alone=alone.mean, sd_alone=alone.sd,
+                       tol=tol, max_iter=max_iter)  # fmt: skip
+    background = alone.background
+    if isinstance(stats, BasisStats) and stats.n_background:
+        ew = np.stack([out["mean"], 1.0 - out["mean"]], axis=1)
+        background = stats.bg + np.einsum("kpi,ki->kp", stats.bg_sens, ew - stats.w)
+    lo, hi = alone.prior.bounds
+    return dataclasses.replace(
+        alone, x=out["x"], mean=out["mean"], sd=out["sd"], sigma=out["sigma"],
+        at_bound=(out["x"] <= lo) | (out["x"] >= hi), n_iter=out["n_iter"],
+        converged=out["converged"], loglik=out["loglik"], temporal=out["fit"],
+        background=background, model=model,
+    )  # fmt: skip
 
 
 def _fit_per_frame_noise(stats, *, model, sigma, frame, map_shape, basis, max_iter) -> MapResult:
@@ -580,12 +630,16 @@ def _fit_noise(stack, model, variance, *, fit_kw, chunk_size, memory_limit) -> M
     stats, offset = weighted_stats(stack, design, n_bg, base, **pass_kw)
     sigma_user = fit_kw.pop("sigma")
     first_sigma = sigma_user if not noise.reweights else None
-    res, caught = _quiet(_fit, stats, model=model, sigma=first_sigma, offset=offset, **fit_kw)
+    res, caught = _quiet(_fit, stats, model=model if not noise.reweights else
+                         dataclasses.replace(model, temporal=Independent()),
+                         sigma=first_sigma, offset=offset, **fit_kw)  # fmt: skip
     if not noise.reweights:
         for w in caught:
             warnings.warn(w.message, w.category, stacklevel=3)
         return res
     rw = reweigher(noise, base, int(stack.frames.shape[0]))
+    # The passes fit each frame alone; a walk along the frames comes in the final fit.
+    final_model, model = model, dataclasses.replace(model, temporal=Independent())
     passes, converged = 0, False
     while passes < _MAX_PASSES:
         passes += 1
@@ -611,18 +665,39 @@ def _fit_noise(stack, model, variance, *, fit_kw, chunk_size, memory_limit) -> M
             RuntimeWarning,
             stacklevel=3,
         )
-    loglik = None if res.loglik is None else rw.loglik(res.loglik)
     params = {**rw.params(), "noise_passes": passes}
     interval_sigma = rw.interval_sigma() if sigma_user is None else None
+    if not isinstance(final_model.temporal, Independent):
+        res, caught = _quiet(_fit, stats, model=final_model, offset=offset,
+                             sigma=interval_sigma or rw.sigma(sigma_user), **fit_kw)
+    loglik = None if res.loglik is None else rw.loglik(res.loglik)
     if interval_sigma is not None:
         # Intervals from the converged weights, at the scale that makes them honest even when
         # the pixels are not exactly of the model's family.
         params["noise_scale"] = res.sigma
-        res, caught = _quiet(_fit, stats, model=model, sigma=interval_sigma, **fit_kw)
+        if isinstance(final_model.temporal, Independent):
+            res, caught = _quiet(_fit, stats, model=model, sigma=interval_sigma, **fit_kw)
     for w in caught:  # the final fit's warnings, for the caller of fit_map
         warnings.warn(w.message, w.category, stacklevel=3)
     return dataclasses.replace(res, noise_params=params, loglik=loglik,
                                sigma_fixed=sigma_user is not None)  # fmt: skip
+
+
+def _check_sequence_options(model: MixingModel, times: Any, sequence_id: Any,
+                            frames: Any = None) -> tuple[Any, Any]:  # fmt: skip
+    """``times`` and ``sequence_id`` belong to a temporal model; checked before any work."""
+    from bayesmix._temporal import check_sequence
+
+    if isinstance(model.temporal, Independent):
+        if times is not None or sequence_id is not None:
+            raise ValueError(
+                "times= and sequence_id= order the frames of a temporal model; pass "
+                "temporal='random_walk' as well (frames are independent by default)"
+            )
+        return None, None
+    shape = getattr(frames, "shape", None)
+    n = int(shape[0]) if shape is not None and len(shape) > 0 else None
+    return check_sequence(times, sequence_id, n)
 
 
 def fit_map(
@@ -648,6 +723,9 @@ def fit_map(
     seed: int = 0,
     noise: Any = "gaussian",
     variance: Any = None,
+    temporal: Any = None,
+    times: Any = None,
+    sequence_id: Any = None,
 ) -> MapResult:
     """Estimate every frame's mixing weight: MAP with exact per-frame posterior given sigma.
 
@@ -728,6 +806,21 @@ def fit_map(
         Each pixel's noise variance (one map for all frames, or one per frame; +inf leaves a
         pixel out): the statistics are weighted by its inverse in the same single pass, and
         sigma scales the map (``sigma=1.0``: the map is the variance).
+    temporal : {'independent', 'random_walk'} or bayesmix.temporal model
+        How the frames' weights are related (:mod:`bayesmix.temporal`). 'independent'
+        (default): each frame on its own under the prior. 'random_walk' or
+        ``RandomWalk(q)``: :math:`x_t = x_{t-1} + \\varepsilon_t`,
+        :math:`\\varepsilon_t \\sim \\mathcal N(0, q^2 \\Delta_t)` along each sequence,
+        within the bounds, q learned unless given; the frames share strength with their
+        neighbours (see Notes). Needs a likelihood Gaussian in x: two references, no gain,
+        not ``noise='per_frame'``, a truncated-normal or uniform prior.
+    times : array, shape (N,), optional
+        With a random walk: each frame's time (numbers or datetime64), for unevenly spaced
+        frames (the step's variance grows with the gap); default the frame index. Frames are
+        ordered by time within each sequence.
+    sequence_id : array, shape (N,), optional
+        With a random walk: a label per frame; frames with different labels are independent
+        runs, each starting from the prior.
 
     Returns
     -------
@@ -780,17 +873,19 @@ def fit_map(
     True
     """
     model = make_model(prior=prior, sigma_prior=sigma_prior, background=background, gain=gain,
-                       n_refs=2 + len(more_refs), ref_names=ref_names, noise=noise)  # fmt: skip
+                       n_refs=2 + len(more_refs), ref_names=ref_names, noise=noise,
+                       temporal=temporal)  # fmt: skip
     _check_options(model, sigma, sigma_method, max_iter, tol)
     _check_sampler(draws, seed)
     if variance is not None and spectral_axis is not None and np.ndim(variance) == np.ndim(frames):
         # A variance per pixel of the spectrum image: laid out as its frames are.
         variance, _ = spectral_frames(variance, spectral_axis, ref_a)
     frames, map_shape = spectral_frames(frames, spectral_axis, ref_a)
+    times, sequence_id = _check_sequence_options(model, times, sequence_id, frames)
     stack = prepare(frames, ref_a, ref_b, mask, more_refs)
     fit_kw = {"sigma": sigma, "sigma_method": sigma_method, "max_iter": max_iter, "tol": tol,
               "frame": None, "device": device, "map_shape": map_shape, "draws": draws,
-              "seed": seed}  # fmt: skip
+              "seed": seed, "times": times, "sequence_id": sequence_id}  # fmt: skip
     if variance is not None or model.noise.reweights:
         return _fit_noise(stack, model, variance, fit_kw=fit_kw, chunk_size=chunk_size,
                           memory_limit=memory_limit)  # fmt: skip

@@ -31,6 +31,7 @@ import numpy as np
 
 from bayesmix.noise import NOISES, Gaussian, NoiseModel, PerFrame, check_noise, noise_spec
 from bayesmix.priors import SigmaPrior, XPrior, check_prior, check_sigma_prior
+from bayesmix.temporal import Independent, TemporalModel, check_temporal, temporal_spec
 
 __all__ = ["BACKGROUNDS", "NOISES", "MixingModel", "make_model"]
 
@@ -71,6 +72,9 @@ class MixingModel:
     noise : Gaussian, PerFrame, PoissonGaussian or StudentT
         The pixel noise model (:mod:`bayesmix.noise`); default i.i.d. Gaussian with one scale
         sigma.
+    temporal : Independent or RandomWalk
+        How the weights of frames along a sequence are related (:mod:`bayesmix.temporal`);
+        default independent frames.
     prior, sigma_prior
         Priors on each weight and on sigma (defaults as in :func:`bayesmix.fit_map`).
 
@@ -87,6 +91,7 @@ class MixingModel:
     background: str | np.ndarray = "none"
     gain: bool = False
     noise: NoiseModel = field(default_factory=Gaussian)
+    temporal: TemporalModel = field(default_factory=Independent)
     prior: XPrior = field(default=None)  # type: ignore[assignment]
     sigma_prior: SigmaPrior = field(default=None)  # type: ignore[assignment]
     n_refs: int = 2
@@ -136,7 +141,8 @@ class MixingModel:
         """The model in words and numbers, for provenance (results files, reports)."""
         bg = self.background if isinstance(self.background, str) else "custom"
         out: dict[str, Any] = {
-            "background": bg, "gain": bool(self.gain), "noise": noise_spec(self.noise)}
+            "background": bg, "gain": bool(self.gain), "noise": noise_spec(self.noise),
+            "temporal": temporal_spec(self.temporal)}
         if not isinstance(self.background, str):
             out["background_terms"] = int(self.background.shape[0])
         if self.is_simplex:
@@ -157,6 +163,8 @@ class MixingModel:
             parts.insert(0, f"{self.n_refs} references")
         if not isinstance(self.noise, Gaussian):
             parts.append(f"{noise_spec(self.noise)} noise")
+        if not isinstance(self.temporal, Independent):
+            parts.append(temporal_spec(self.temporal).replace("_", " "))
         return " + ".join(parts) if parts else "two references"
 
 
@@ -193,6 +201,7 @@ def make_model(
     background: Any = None,
     gain: bool = False,
     noise: Any = "gaussian",
+    temporal: Any = None,
     prior: XPrior | None = None,
     sigma_prior: SigmaPrior | None = None,
     n_refs: int = 2,
@@ -202,6 +211,7 @@ def make_model(
     if not isinstance(gain, (bool, np.bool_)):
         raise ValueError(f"gain must be True or False, got {gain!r}")
     noise = check_noise(noise)
+    temporal = check_temporal(temporal)
     n_refs = int(n_refs)
     names = ref_names_for(n_refs, ref_names)
     prior = check_prior(prior, n_refs)
@@ -215,15 +225,40 @@ def make_model(
                 f" prior {prior!r}. Use noise='gaussian' with a variance map, or fit groups of "
                 "frames of similar quality separately"
             )
+    if not isinstance(temporal, Independent):
+        _check_temporal_model(temporal, gain=bool(gain), n_refs=n_refs, noise=noise, prior=prior)
     return MixingModel(
         background=_check_background(background),
         gain=bool(gain),
         noise=noise,
+        temporal=temporal,
         prior=prior,
         sigma_prior=check_sigma_prior(sigma_prior),
         n_refs=n_refs,
         ref_names=names,
     )
+
+
+def _check_temporal_model(temporal, *, gain, n_refs, noise, prior) -> None:
+    """A random walk on x needs each frame's likelihood Gaussian in x and a Gaussian start."""
+    from bayesmix.priors import TruncatedNormal, Uniform
+
+    why = None
+    if n_refs > 2:
+        why = f"{n_refs} references (the weights are a point of the simplex, not one number)"
+    elif gain:
+        why = "gain=True (integrating the gain out leaves a likelihood that is not Gaussian in x)"
+    elif isinstance(noise, PerFrame):
+        why = ("noise='per_frame' (integrating each frame's sigma out leaves a Student-t in x, "
+               "not a Gaussian)")
+    elif not isinstance(prior, (TruncatedNormal, Uniform)):
+        why = f"the prior {prior!r} (the walk starts from a truncated-normal or uniform prior)"
+    if why is not None:
+        raise ValueError(
+            f"temporal={temporal_spec(temporal)!r} needs each frame's likelihood Gaussian in one "
+            f"weight x; it is not supported with {why}. Fit with temporal='independent', or "
+            "without that option"
+        )
 
 
 def check_nuts(model: MixingModel) -> None:

@@ -11,6 +11,10 @@ model; per-frame noise scales are sampled on the statistics with a non-centred h
 prior (:func:`_per_frame_model`); Poisson and Student-t pixels are sampled on the pixel-level
 likelihood (:func:`_pixel_model`), which needs the pixels in memory (a size guard,
 :data:`MAX_PIXEL_VALUES`).
+
+A random walk along the frames (``temporal='random_walk'``) is sampled on the statistics too,
+in non-centred coordinates that are exact within the bounds and whitened given the walk's step q
+(:func:`_walk_model`); q and sigma are sampled with the weights.
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ from bayesmix._devices import on_device
 from bayesmix._io import prepare, spectral_frames
 from bayesmix._likelihood import centred_reference, centred_total, gain_terms
 from bayesmix._likelihood import loglik as loglik_fn
-from bayesmix._map import _check_options, _fit, _stats_for
+from bayesmix._map import _check_options, _check_sequence_options, _fit, _stats_for
 from bayesmix._model import MixingModel, check_nuts, make_model
 from bayesmix._precision import x64
 from bayesmix._results import MapResult
 from bayesmix._stats import BasisStats, FrameStats, GainStats, SimplexStats
 from bayesmix.noise import PerFrame, PoissonGaussian, StudentT, noise_spec
 from bayesmix.priors import Dirichlet, SigmaPrior, XPrior
+from bayesmix.temporal import Independent, check_temporal, temporal_spec
 
 __all__ = ["sample", "sample_stats"]
 
@@ -282,6 +287,382 @@ def _standardise(fit: MapResult) -> tuple[np.ndarray, np.ndarray]:
     return logit((xm - lo) / span), np.clip(fit.sd * jac, 1e-3, 1e3)
 
 
+# --------------------------------------------------------------------------------------------
+# The random walk along the frames (temporal='random_walk'): a non-centred, exact sampler.
+
+
+class _WalkData(NamedTuple):
+    """The walk's inputs in (sequence, time) order: the walk itself (the start's Gaussian
+    factor ``(mu0, s0)``; a flat start has ``s0 = 0`` and the logistic map for its first
+    frames) and the terms of the whitening (:func:`_walk_w_of`)."""
+
+    reset: jnp.ndarray  #: 1 at the first frame of a sequence
+    gap: jnp.ndarray  #: the time since the previous frame (normalised time; 1 at a start)
+    lo: jnp.ndarray
+    hi: jnp.ndarray
+    mu0: jnp.ndarray
+    s0: jnp.ndarray
+    p_lik: jnp.ndarray  #: each frame's likelihood precision dd / sigma_hat^2
+    rhs: jnp.ndarray  #: p_lik * xhat + start_prec * start_centre
+    start_prec: jnp.ndarray  #: the start's precision in x (0 after a start)
+    start_centre: jnp.ndarray  #: w at a start is (x_lin - start_centre) / start_scale
+    start_scale: jnp.ndarray  #: (1 after a start)
+
+
+class _QScale(NamedTuple):
+    """log q (normalised time) = lq_lo + (lq_hi - lq_lo) * sigmoid(t0 + t_scale * v_q); with
+    q fixed, log q = t0 (and the rest is unused)."""
+
+    t0: jnp.ndarray
+    t_scale: jnp.ndarray
+    lq_lo: jnp.ndarray
+    lq_hi: jnp.ndarray
+
+
+@jax.custom_jvp
+def _tn_quantile(w, a, b, logs):
+    """``d = F^-1(Phi(w))``, F the CDF of N(0, 1) truncated to (a, b) (a <= 0 <= b), in the
+    lower tail of w (the upper reflected), so neither tail loses precision: the probability
+    inverted is at most 3/4 and, in float64, above 1e-300 for |w| < 37 (Z >= Phi(0.005) - 1/2
+    over q's range). ``logs`` = (log Phi(a), log Phi(-b), log Phi(-|w|), log Z), computed once
+    by the caller; their tangents are not used (d's derivatives in w, a, b are complete)."""
+    from jax.scipy.special import ndtri
+
+    la, lnb, lw, log_z = logs
+    upper = w >= 0
+    near = jnp.where(upper, lnb, la)  # the bound on w's side, reflected for w >= 0
+    dd = ndtri(jnp.exp(jnp.logaddexp(near, log_z + lw)))
+    return jnp.clip(jnp.where(upper, -dd, dd), a, b)
+
+
+@_tn_quantile.defjvp
+def _tn_quantile_jvp(primals, tangents):
+    # From Phi(d) = Phi(a) (1 - Phi(w)) + Phi(b) Phi(w), in logs (the inverse's own
+    # operations are not differentiated).
+    from bayesmix._truncnorm import _log1mexp
+
+    w, a, b, logs = primals
+    dw, da, db, _ = tangents
+    _, _, lw, log_z = logs
+    d = _tn_quantile(w, a, b, logs)
+    lw_other = _log1mexp(lw)  # log Phi(|w|)
+    upper = w >= 0
+    log_lower = jnp.where(upper, lw_other, lw)  # log Phi(w)
+    log_upper = jnp.where(upper, lw, lw_other)  # log Phi(-w)
+    h = 0.5 * d * d
+    gw = jnp.exp(log_z - 0.5 * w * w + h)
+    ga = jnp.exp(-0.5 * a * a + log_upper + h)
+    gb = jnp.exp(-0.5 * b * b + log_lower + h)
+    return d, gw * dw + ga * da + gb * db
+
+
+def _tn_step(w, a, b):
+    """The step ``d`` in (a, b) (a <= 0 <= b) of the standard coordinate ``w``:
+    ``d = F^-1(Phi(w))`` with F the CDF of N(0, 1) truncated to (a, b), and ``log Z``,
+    ``Z = Phi(b) - Phi(a)``.
+
+    A standard-normal w maps to the truncated normal, so the density of w that gives d the
+    un-normalised density ``phi(d) 1[a < d < b]`` is ``phi(w) Z``: smooth in (a, b), with w's
+    scale 1 even when the previous weight sits at a bound (a -> 0), where a map with
+    ``f'(0) = 1`` (``c tanh(w / c)``, ``c = -a``) squeezes w's range on that side to the
+    width |a| and makes a funnel (measured: hundreds of divergences near a bound). Far from
+    the bounds d = w.
+    """
+    from bayesmix._truncnorm import log_ndtr
+
+    la, lnb = log_ndtr(a), log_ndtr(-b)
+    # Z = 1 - Phi(a) - Phi(-b), both at most 1/2: Z >= 0.004 over q's range, no cancellation.
+    log_z = jnp.log1p(-(jnp.exp(la) + jnp.exp(lnb)))
+    lw = log_ndtr(-jnp.abs(w))
+    return _tn_quantile(w, a, b, (la, lnb, lw, log_z)), log_z
+
+
+def _walk_w_of(z, q, data: _WalkData):
+    """The standard coordinates ``w`` of the sampler's ``z`` (sorted order) at step sd ``q``,
+    and the log Jacobian ``log |det dw/dz|`` (up to a constant).
+
+    ``x_lin = m(q) + R(q)^-1 z`` with ``Q(q) = R^T R`` (``R`` lower bidiagonal) the precision
+    of x in the walk's Gaussian posterior without the bounds (at the fast path's sigma) and
+    ``m(q)`` its mean; w are the steps of ``x_lin`` in standard units,
+    ``w_t = (x_lin_t - x_lin_{t-1}) / (q sqrt(gap_t))`` (``(x_lin_t - centre) / scale`` at a
+    sequence's start). Without the bounds this is the exact posterior of w given q whitened:
+    z is then a standard normal independent of q, so neither the strong correlation of w
+    along a sequence (each x_t is a sum of them, and the frames pin slow drifts far better
+    than the walk does) nor q's scale of them slows the sampler. The map is affine in z given
+    q; its Jacobian depends on q and is included.
+
+    ``Q`` is tridiagonal; one backward pass factors it and solves ``R^T u = rhs``, one forward
+    pass ``x_lin = R^-1 (u + z)``.
+    """
+    k = jnp.where(data.reset > 0, 0.0, 1.0 / (q * q * data.gap))
+    k_next = jnp.concatenate([k[1:], jnp.zeros_like(k[:1])])
+    diag = data.p_lik + data.start_prec + k + k_next
+    tiny = jnp.finfo(z.dtype).tiny
+
+    def back(carry, inp):
+        a_next, u_next = carry
+        d, e, r = inp  # e = Q[i + 1, i]
+        b_next = e / a_next
+        a = jnp.sqrt(jnp.maximum(d - b_next * b_next, tiny))
+        u = (r - b_next * u_next) / a
+        return (a, u), (a, b_next, u)
+
+    one = jnp.ones((), z.dtype)
+    _, (a, b_next, u) = jax.lax.scan(back, (one, 0.0 * one), (diag, -k_next, data.rhs),
+                                     reverse=True)  # fmt: skip
+    b = jnp.concatenate([jnp.zeros_like(b_next[:1]), b_next[:-1]])  # R[i, i - 1]
+
+    def fwd(y_prev, inp):
+        zt, at, bt, ut = inp
+        y = (ut + zt - bt * y_prev) / at
+        return y, (y, y - y_prev)
+
+    _, (y, dy) = jax.lax.scan(fwd, 0.0 * one, (z, a, b, u))
+    first = data.reset > 0
+    step = jnp.where(first, data.start_scale, q * jnp.sqrt(data.gap))
+    w = jnp.where(first, y - data.start_centre, dy) / step
+    return w, -jnp.sum(jnp.log(a)) - jnp.sum(jnp.log(step))
+
+
+def _walk_x(w, q, data: _WalkData, *, flat_start: bool):
+    """The weights (sorted order) of the standard coordinates ``w`` at step sd ``q`` (per unit
+    normalised time), and the log density of ``w`` summed: exactly the globally truncated walk
+    in x, mapped to w (see :func:`_walk_model`).
+
+    Each step: ``x_t = centre + scale * d_t`` with ``d_t`` the image of ``w_t`` in
+    ``((lo - centre) / scale, (hi - centre) / scale)`` (:func:`_tn_step`), ``(centre, scale)``
+    the previous weight and ``q sqrt(gap)`` along a sequence, the prior's ``(mu0, s0)`` at its
+    start; the density of ``w_t`` is ``phi(w_t) Z_t``. A flat start is
+    ``x = lo + (hi - lo) sigmoid(w)`` with its log Jacobian.
+    """
+    lo, hi = data.lo, data.hi
+
+    def step(x_prev, inp):
+        wt, reset, sg = inp
+        first = reset > 0
+        if flat_start:
+            centre = jnp.where(first, 0.5 * (lo + hi), x_prev)
+            scale = jnp.where(first, 1.0, q * sg)
+        else:
+            centre = jnp.where(first, data.mu0, x_prev)
+            scale = jnp.where(first, data.s0, q * sg)
+        d, log_z = _tn_step(wt, (lo - centre) / scale, (hi - centre) / scale)
+        x = centre + scale * d
+        ld = -0.5 * wt * wt + log_z
+        if flat_start:
+            log_s = jax.nn.log_sigmoid(wt)
+            x = jnp.where(first, lo + (hi - lo) * jnp.exp(log_s), x)
+            ld = jnp.where(first, log_s + (log_s - wt), ld)  # log s + log(1 - s)
+        # Round-off cannot leave the interval (the next step's room stays >= 0).
+        x = jnp.clip(x, lo, hi)
+        return x, (x, ld)
+
+    init = jnp.asarray(0.5, w.dtype) * (lo + hi)
+    _, (x, ld) = jax.lax.scan(step, init, (w, data.reset, jnp.sqrt(data.gap)))
+    return x, jnp.sum(ld)
+
+
+def _flat_start_w(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The standard coordinate of a flat start's weight ``x = lo + (hi - lo) sigmoid(w)``."""
+    from scipy.special import logit
+
+    return logit(np.clip((x - lo) / (hi - lo), 1e-12, 1.0 - 1e-12))
+
+
+def _walk_model(stats, x_ref, sse_ref, sigma_ref, ig, u_scale, data, qs, *, flat_start: bool,
+                learn_q: bool, learn_sigma: bool):  # fmt: skip
+    """NumPyro model of the random walk, non-centred and exact within the bounds.
+
+    The walk's standard coordinates ``w`` (one per frame, in (sequence, time) order;
+    :func:`_walk_x`): each step ``d_t = (x_t - x_{t-1}) / (q sqrt(gap_t))`` is the image of
+    ``w_t`` under the truncated normal's quantile map onto the range that keeps ``x_t`` within
+    the bounds, and the density of ``w`` is ``prod_t phi(w_t) Z_t``, ``Z_t`` the mass of that
+    range: mapped to x (the Jacobian ``q sqrt(gap_t) Z_t phi(w_t) / phi(d_t)`` of each step),
+    it is the walk ``N(x_1; mu0, s0^2) prod_t N(x_t; x_{t-1}, q^2 gap_t)`` times the
+    indicator of the bounds, with no per-step normaliser (the ``Z_t`` cancel them). q enters
+    only the map, not the density: the coordinates are non-centred. The sampler's ``z`` whiten
+    w given q (:func:`_walk_w_of`, an affine map given q with its Jacobian).
+
+    q has a log-uniform prior on the fast path's search range (``lq_lo, lq_hi``), sampled
+    through ``log q = lq_lo + (lq_hi - lq_lo) sigmoid(t0 + t_scale v_q)`` (its Jacobian
+    included) centred on the fast path's estimate; the normaliser of the truncation,
+    ``P(walk within the bounds | q)``, is not divided out: the bounds condition (q, x) jointly,
+    and q's posterior is that of the fast path's marginal likelihood (which leaves the bounds
+    out) wherever the trajectory does not press against them. sigma as in :func:`_model`.
+    """
+    import numpyro
+    import numpyro.distributions as dist
+
+    z = numpyro.sample("z", dist.ImproperUniform(dist.constraints.real, (), data.reset.shape))
+    if learn_q:
+        vq = numpyro.sample("v_q", dist.ImproperUniform(dist.constraints.real, (), ()))
+        t = qs.t0 + qs.t_scale * vq
+        log_s = jax.nn.log_sigmoid(t)
+        log_q = qs.lq_lo + (qs.lq_hi - qs.lq_lo) * jnp.exp(log_s)
+        # Flat in log q; the Jacobian of log q in t (its constant factor dropped).
+        numpyro.factor("q_prior", log_s + (log_s - t))
+    else:
+        log_q = qs.t0
+    q = jnp.exp(log_q)
+    numpyro.deterministic("q", q)
+    # (z, v_q) -> (w, t) is triangular: the Jacobian is that of z -> w given q.
+    w, log_jac = _walk_w_of(z, q, data)
+    x, log_w = _walk_x(w, q, data, flat_start=flat_start)
+    numpyro.deterministic("x", x)
+    numpyro.factor("walk", log_w + log_jac)
+    if learn_sigma:
+        v = numpyro.sample("v", dist.ImproperUniform(dist.constraints.real, (), ()))
+        u = u_scale * v
+        numpyro.factor("sigma_prior", -2.0 * ig[0] * u - ig[1] * jnp.exp(-2.0 * u) / sigma_ref**2)
+    else:
+        u = jnp.zeros((), w.dtype)
+    numpyro.deterministic("sigma", sigma_ref * jnp.exp(u))
+    numpyro.factor("loglik", centred_total(stats, x, u, x_ref, sse_ref, sigma_ref))
+
+
+#: Bounds of the sd of log q that scales q's sampled coordinate (the fast path's curvature
+#: estimate, which is infinite when the marginal likelihood is flat in q).
+_LOG_Q_SD = (0.02, 1.0)
+
+
+def _walk_setup(fit: MapResult, times: Any, sequence_id: Any):
+    """From the fast path's fit: the frame order, the walk's inputs with the sampler's
+    whitening (:func:`_walk_w_of`), q's scaling and the sorted statistics."""
+    from scipy.special import logit
+
+    from bayesmix._temporal import _LOG_Q_RANGE, _order
+    from bayesmix.priors import Uniform
+
+    red = fit.stats
+    if not isinstance(red, FrameStats):  # make_model refuses the other models already
+        raise ValueError("temporal='random_walk' on the NUTS path needs two references")
+    n = fit.n_frames
+    od = _order(n, times, sequence_id)
+    prior = fit.prior
+    lo, hi = (float(b) for b in prior.bounds)
+    span = hi - lo
+    flat = isinstance(prior, Uniform)
+    mu0, prec = prior.gaussian_params()
+    mu0 = 0.5 * (lo + hi) if flat else float(mu0)
+    s0 = 0.0 if flat else 1.0 / math.sqrt(prec)
+    seq = fit.temporal
+    root_unit = math.sqrt(od.unit)
+    q_hat = float(seq.q) * root_unit  # per unit normalised time
+    lq_lo, lq_hi = (v + math.log(span) for v in _LOG_Q_RANGE)
+    p = min(max((math.log(q_hat) - lq_lo) / (lq_hi - lq_lo), 1e-4), 1.0 - 1e-4)
+    lq_slope = (lq_hi - lq_lo) * p * (1.0 - p)  # d log q / dt at t0
+    if seq.q_fixed:
+        qs = _QScale(math.log(q_hat), 1.0, lq_lo, lq_hi)
+    else:
+        rel = float(seq.q_sd) / float(seq.q) if seq.q > 0 else math.inf
+        sd = min(max(rel, _LOG_Q_SD[0]), _LOG_Q_SD[1]) if math.isfinite(rel) else _LOG_Q_SD[1]
+        qs = _QScale(float(logit(p)), sd / lq_slope, lq_lo, lq_hi)
+    qs = _QScale(*(np.float64(v) for v in qs))
+    o = od.order
+    st = FrameStats(*(np.asarray(a, np.float64)[o] for a in red))
+    eps = 1e-6 * span
+    x0 = np.clip(np.asarray(fit.mean, np.float64)[o], lo + eps, hi - eps)
+    reset = od.reset
+    gap = np.where(reset, 1.0, od.gap)
+    walk = _WalkData(reset=reset.astype(np.float64), gap=gap, lo=np.float64(lo),
+                     hi=np.float64(hi), mu0=np.float64(mu0), s0=np.float64(s0),
+                     p_lik=np.zeros(n), rhs=np.zeros(n), start_prec=np.zeros(n),
+                     start_centre=np.zeros(n), start_scale=np.ones(n))  # fmt: skip
+    # The whitening: the walk's Gaussian posterior in x without the bounds, at sigma_hat. A
+    # flat start is linearised at the fast path's mean: the logistic map's slope there, and
+    # the curvature of its log Jacobian as the start's precision.
+    p_lik = np.asarray(st.dd) / float(fit.sigma) ** 2
+    xhat = np.where(p_lik > 0, np.asarray(st.xhat), 0.0)
+    if flat:
+        ps = (x0 - lo) / span
+        scale = span * ps * (1.0 - ps)
+        w_start = _flat_start_w(x0, lo, hi)
+        centre = x0 - scale * w_start
+        prec = 2.0 * ps * (1.0 - ps) / scale**2
+        mean = x0
+    else:
+        scale, centre, prec, mean = s0, mu0, 1.0 / s0**2, mu0
+    start_prec = np.where(reset, prec, 0.0)
+    data = walk._replace(
+        p_lik=p_lik, rhs=p_lik * xhat + start_prec * mean, start_prec=start_prec,
+        start_centre=np.where(reset, centre, 0.0), start_scale=np.where(reset, scale, 1.0),
+    )  # fmt: skip
+    return od, data, qs, st, x0, flat, root_unit
+
+
+#: Precision of the random walk's sampler, whatever ``dtype`` asks (see :func:`_sample_walk`).
+WALK_DTYPE = "float64"
+
+#: The chains start at draws of the whitened coordinates' approximation, N(0, JITTER^2).
+_WALK_JITTER = 1.0
+
+
+def _sample_walk(fit: MapResult, *, times, sequence_id, num_chains, num_warmup, num_samples,
+                 seed, progress, method, dtype, target_accept, log_likelihood, offset,
+                 stats):  # fmt: skip
+    """NUTS for ``temporal='random_walk'`` (:func:`_walk_model`), started from the fast path's
+    fit (its sigma, q and smoothed means). sigma is held at the fit's when the fit held it
+    (``fit.sigma_fixed``), q when the temporal model gives it. ``dtype`` is not used: the walk
+    runs in :data:`WALK_DTYPE`."""
+    from bayesmix._arviz import to_inference_data
+
+    od, data, qs, st, x0, flat, root_unit = _walk_setup(fit, times, sequence_id)
+    n = fit.n_frames
+    sigma_ref = float(fit.sigma)
+    st_c, ref, sse_ref = centred_reference(st, x0, sigma_ref)
+    u_scale = 1.0 / math.sqrt(2.0 * float(np.sum(st.n)))
+    learn_q = not fit.temporal.q_fixed
+    learn_sigma = not fit.sigma_fixed
+    rng = np.random.default_rng(seed)
+    init = {"z": _WALK_JITTER * rng.standard_normal((num_chains, n))}
+    if learn_sigma:
+        init["v"] = 0.5 * rng.standard_normal(num_chains)
+    if learn_q:
+        init["v_q"] = 0.5 * rng.standard_normal(num_chains)
+    ig = np.asarray(fit.sigma_prior.ig_params, np.float64)
+    args = (st_c, ref, np.float64(sse_ref), np.float64(sigma_ref), ig, np.float64(u_scale), data,
+            qs)  # fmt: skip
+    model_fn = partial(_walk_model, flat_start=flat, learn_q=learn_q, learn_sigma=learn_sigma)
+    # Always float64 (WALK_DTYPE): the whitening factors Q(q), whose walk part (1 / q^2) dwarfs
+    # the frames' precision at small q; float32 loses it there (measured: a chain stuck with a
+    # step size of 1e-7 at q = 1e-4 on 60 frames), for ~20% more time at 300 frames.
+    draws, extra, seconds = _run_nuts(
+        model_fn, args, init, num_chains=num_chains, num_warmup=num_warmup,
+        num_samples=num_samples, method=method, dtype=WALK_DTYPE, target_accept=target_accept,
+        progress=progress, seed=seed,
+    )  # fmt: skip
+    back = np.empty(n, np.int64)
+    back[od.order] = np.arange(n)
+    x = draws["x"][..., back]  # input order
+    sigma = draws["sigma"]
+    q = draws["q"] / root_unit  # per unit of the caller's time
+    loglik = None
+    if log_likelihood:
+        with x64():
+            ll = jax.jit(loglik_fn)(_as_f64(fit.stats), jnp.asarray(x),
+                                    jnp.asarray(sigma)[..., None])  # fmt: skip
+            loglik = np.asarray(ll)
+        if offset is not None:
+            loglik = loglik + np.asarray(offset, np.float64)
+    background = None
+    if isinstance(stats, BasisStats) and stats.n_background:
+        ew = np.stack([x.mean(axis=(0, 1)), 1.0 - x.mean(axis=(0, 1))], axis=1)
+        background = stats.bg + np.einsum("kpi,ki->kp", stats.bg_sens, ew - stats.w)
+    return to_inference_data(
+        x=x, sigma=sigma, extra=extra, log_likelihood=loglik, fit=fit, background=background,
+        q=q,
+        attrs={
+            "sampling_time": seconds, "num_warmup": int(num_warmup), "seed": int(seed),
+            "chain_method": method, "dtype": WALK_DTYPE, "target_accept": float(target_accept),
+            "q_prior": (f"fixed({float(fit.temporal.q):.6g})" if not learn_q else
+                        f"log_uniform({math.exp(float(qs.lq_lo)) / root_unit:.6g}, "
+                        f"{math.exp(float(qs.lq_hi)) / root_unit:.6g})"),
+            "q_map": float(fit.temporal.q), "q_map_sd": float(fit.temporal.q_sd),
+            "sigma_fixed": bool(fit.sigma_fixed),
+        },
+    )  # fmt: skip
+
+
 def sample_stats(
     stats: FrameStats | BasisStats,
     *,
@@ -303,6 +684,9 @@ def sample_stats(
     map_shape: tuple[int, ...] | None = None,
     ref_names: Any = None,
     noise: Any = "gaussian",
+    temporal: Any = None,
+    times: Any = None,
+    sequence_id: Any = None,
 ):
     """:func:`sample` on precomputed per-frame statistics (see :func:`bayesmix.frame_stats`,
     and :func:`bayesmix.fit_map_stats` for the :class:`BasisStats` of a model with background or
@@ -310,11 +694,17 @@ def sample_stats(
 
     ``noise`` may be 'gaussian' or 'per_frame' (the models whose likelihood the statistics
     hold; see :func:`sample`); Poisson and Student-t noise need the pixels: call
-    :func:`sample` on the frames."""
+    :func:`sample` on the frames. ``temporal``, ``times`` and ``sequence_id`` relate the frames
+    along sequences, as in :func:`sample` (one entry per frame of ``stats``)."""
     if model is None:
         k = int(np.shape(stats.w)[1]) if isinstance(stats, (BasisStats, SimplexStats)) else 2
         model = make_model(prior=prior, sigma_prior=sigma_prior, gain=gain, n_refs=k,
-                           ref_names=ref_names, noise=noise)  # fmt: skip
+                           ref_names=ref_names, noise=noise, temporal=temporal)  # fmt: skip
+    elif temporal is not None and check_temporal(temporal) != model.temporal:
+        raise ValueError(
+            f"temporal={temporal!r} differs from the model's temporal="
+            f"{temporal_spec(model.temporal)!r}; give it in one place"
+        )
     check_nuts(model)
     if model.noise.reweights:
         raise ValueError(
@@ -322,12 +712,15 @@ def sample_stats(
             "per-frame statistics do not hold: call bayesmix.sample(frames, ref_a, ref_b, "
             "noise=...) instead"
         )
+    n_frames = int(np.shape(stats.n)[0])
+    times, sequence_id = _check_sequence_options(model, times, sequence_id,
+                                                 np.broadcast_to(0, (n_frames,)))  # fmt: skip
     _check_run(num_chains, num_warmup, num_samples, dtype, target_accept, seed)
     return _sample_stats(stats, model=model, num_chains=num_chains, num_warmup=num_warmup,
                          num_samples=num_samples, seed=seed, progress=progress,
                          chain_method=chain_method, dtype=dtype, target_accept=target_accept,
                          log_likelihood=log_likelihood, frame=frame, device=device,
-                         map_shape=map_shape)  # fmt: skip
+                         map_shape=map_shape, times=times, sequence_id=sequence_id)  # fmt: skip
 
 
 def _check_run(num_chains, num_warmup, num_samples, dtype, target_accept, seed) -> None:
@@ -343,7 +736,7 @@ def _check_run(num_chains, num_warmup, num_samples, dtype, target_accept, seed) 
 
 def _sample_stats(stats, *, model, num_chains, num_warmup, num_samples, seed, progress,
                   chain_method, dtype, target_accept, log_likelihood, frame, device, map_shape,
-                  offset=None):  # fmt: skip
+                  offset=None, times=None, sequence_id=None):  # fmt: skip
     """NUTS on the statistics; ``offset`` (per frame) is added to the pointwise
     log-likelihood: the whitening's Jacobian of a weighted (variance map) pass."""
     from bayesmix._arviz import to_inference_data
@@ -352,7 +745,15 @@ def _sample_stats(stats, *, model, num_chains, num_warmup, num_samples, seed, pr
         method = _chain_method(chain_method, num_chains, len(devices))
 
         fit = _fit(stats, model=model, sigma=None, sigma_method="marginal", max_iter=1000,
-                   tol=1e-8, frame=frame, device=device, map_shape=map_shape)  # fmt: skip
+                   tol=1e-8, frame=frame, device=device, map_shape=map_shape, times=times,
+                   sequence_id=sequence_id)  # fmt: skip
+        if not isinstance(model.temporal, Independent):
+            return _sample_walk(
+                fit, times=times, sequence_id=sequence_id, num_chains=num_chains,
+                num_warmup=num_warmup, num_samples=num_samples, seed=seed, progress=progress,
+                method=method, dtype=dtype, target_accept=target_accept,
+                log_likelihood=log_likelihood, offset=offset, stats=stats,
+            )  # fmt: skip
         if isinstance(model.noise, PerFrame):
             return _sample_per_frame(
                 fit, num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples,
@@ -1073,6 +1474,9 @@ def sample(
     ref_names: Any = None,
     noise: Any = "gaussian",
     variance: Any = None,
+    temporal: Any = None,
+    times: Any = None,
+    sequence_id: Any = None,
 ):
     """Sample the joint posterior of all weights and the noise scale with NUTS.
 
@@ -1151,15 +1555,32 @@ def sample(
         ``+inf`` leaves a pixel out), with ``'gaussian'``, ``'per_frame'`` or Student-t noise:
         the statistics are weighted by its inverse, as in :func:`bayesmix.fit_map`. Not with
         Poisson noise (its variance comes from the mean).
+    temporal : {'independent', 'random_walk'} or bayesmix.temporal model
+        How the frames' weights are related (:mod:`bayesmix.temporal`), as in
+        :func:`bayesmix.fit_map`. 'independent' (default): each weight has the prior on its
+        own. 'random_walk' (or ``RandomWalk(q)``): a Gaussian random walk along each sequence,
+        kept within the prior's bounds, sampled jointly with sigma and the step q (log-uniform
+        prior over the fast path's search range, ``posterior["q"]`` per unit of ``times``), or
+        with q fixed when given. Two references, a truncated-normal or uniform prior, no gain,
+        and Gaussian noise on the statistics (``'gaussian'``, with a background or a variance
+        map if wanted); not with the pixel-level noise models (Poisson, Student-t). The walk's
+        sampler always runs in float64 (``dtype`` is not used for it).
+    times : array, shape (N,), optional
+        Each frame's time (numbers or datetime64; default the frame index): the walk's step
+        over a gap is ``q * sqrt(gap)``. Only with a temporal model.
+    sequence_id : array, shape (N,), optional
+        Each frame's sequence label: independent walks, one per label. Only with a temporal
+        model.
 
     Returns
     -------
     arviz.InferenceData
         ``posterior`` (``x`` with dims (chain, draw, frame), or (chain, draw, frame,
-        reference) for K >= 3 references, ``sigma``, and the noise model's parameters),
-        ``sample_stats``, ``log_likelihood`` (``y``, per frame: the log density of the frame's
-        pixels, with a variance map's Jacobian included), ``observed_data`` (the per-frame
-        statistics) and ``constant_data`` (the MAP it started from).
+        reference) for K >= 3 references, ``sigma``, and the noise model's parameters; ``q``
+        with a random walk), ``sample_stats``, ``log_likelihood`` (``y``, per frame: the log
+        density of the frame's pixels, with a variance map's Jacobian included),
+        ``observed_data`` (the per-frame statistics) and ``constant_data`` (the MAP it started
+        from; with a random walk also each frame's ``time`` and ``sequence``).
 
     Notes
     -----
@@ -1179,6 +1600,13 @@ def sample(
     likelihood (float32 then stays accurate: every term is of the size of a change from the
     fit).
 
+    With ``temporal='random_walk'`` the frames are sorted by (sequence, time) and the walk is
+    sampled in non-centred coordinates: each step, scaled by ``q sqrt(gap)``, is the image of a
+    standard coordinate under a tanh map onto the range that keeps the weight within the
+    bounds, so the sampled density is the bounded walk exactly (no approximation at the
+    bounds) and q enters only the map. The chains start around the fast path's fit
+    (``fit_map(..., temporal='random_walk')``: its sigma, q and smoothed means).
+
     Examples
     --------
     >>> import bayesmix
@@ -1189,10 +1617,20 @@ def sample(
     ('chain', 'draw', 'frame')
     """
     model = make_model(prior=prior, sigma_prior=sigma_prior, background=background, gain=gain,
-                       n_refs=2 + len(more_refs), ref_names=ref_names, noise=noise)  # fmt: skip
+                       n_refs=2 + len(more_refs), ref_names=ref_names, noise=noise,
+                       temporal=temporal)  # fmt: skip
     check_nuts(model)
     _check_options(model, None, "marginal", 1000, 1e-8)
     _check_run(num_chains, num_warmup, num_samples, dtype, target_accept, seed)
+    if not isinstance(model.temporal, Independent) and model.noise.reweights:
+        raise ValueError(
+            f"temporal={temporal_spec(model.temporal)!r} on the NUTS path samples the walk on "
+            f"the per-frame statistics, which hold a Gaussian likelihood only; "
+            f"noise={noise_spec(model.noise)!r} needs the pixel-level likelihood. Use "
+            "noise='gaussian' (optionally with variance=) for the walk under NUTS, or "
+            f"bayesmix.fit_map(..., temporal='random_walk', noise={noise_spec(model.noise)!r})"
+        )
+    times, sequence_id = _check_sequence_options(model, times, sequence_id, frames)
     if variance is not None and isinstance(model.noise, PoissonGaussian):
         raise ValueError(
             "variance= and a Poisson noise model both set each pixel's variance; give one: "
@@ -1209,6 +1647,7 @@ def sample(
            "seed": seed, "progress": progress, "chain_method": chain_method, "dtype": dtype,
            "target_accept": target_accept, "log_likelihood": log_likelihood, "device": device,
            "map_shape": map_shape}  # fmt: skip
+    walk = {"times": times, "sequence_id": sequence_id}
     if pixel_level:
         from bayesmix._weighted import check_passes
 
@@ -1232,4 +1671,4 @@ def sample(
     else:
         stats = _stats_for(stack, model, chunk_size=chunk_size, memory_limit=memory_limit,
                            stacklevel=2)  # fmt: skip
-    return _sample_stats(stats, model=model, frame=None, offset=offset, **run)
+    return _sample_stats(stats, model=model, frame=None, offset=offset, **run, **walk)

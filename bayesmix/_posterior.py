@@ -30,7 +30,14 @@ from jax.scipy.special import xlog1py, xlogy
 
 from bayesmix._likelihood import gain_profile, x_precision
 from bayesmix._precision import x64
-from bayesmix._stats import FrameStats, GainStats, PerFrameStats, bucket_size, pad_stats
+from bayesmix._stats import (
+    FrameStats,
+    GainStats,
+    PerFrameStats,
+    SmoothedStats,
+    bucket_size,
+    pad_stats,
+)
 from bayesmix._truncnorm import log_diff_ndtr, log_ndtr, tn_moments, tn_quantile
 from bayesmix.priors import Beta, TruncatedNormal, Uniform, XPrior
 
@@ -529,6 +536,24 @@ class ScaleMixture:
         hi = jnp.zeros_like(target) + pp.hi
         (lo, hi), _ = jax.lax.scan(bisect, (lo, hi), None, length=48)
         return 0.5 * (lo + hi)
+
+
+@register((TruncatedNormal, Uniform), SmoothedStats)
+class TruncatedMarginal:
+    """A frame's marginal along a sequence: a Gaussian truncated to the prior's bounds (the
+    prior's own Gaussian factor is already in it, at the start of the walk)."""
+
+    @staticmethod
+    def summary(stats, sigma2, prior) -> Summary:
+        pp = prior_params(prior)
+        mean, sd = tn_moments(stats.m, stats.sd, pp.lo, pp.hi)
+        x = jnp.clip(stats.m, pp.lo, pp.hi)
+        return Summary(x, mean, sd, (x <= pp.lo) | (x >= pp.hi), {})
+
+    @staticmethod
+    def quantiles(stats, sigma2, prior, qs):
+        pp = prior_params(prior)
+        return tn_quantile(qs[None, :], stats.m[:, None], stats.sd[:, None], pp.lo, pp.hi)
 
 
 @jax.jit

@@ -207,7 +207,10 @@ def _summary_html(v: _View, result: Any) -> str:
         )
     loglik = getattr(result, "loglik", None)
     if loglik is not None:
-        rows["elpd (exact leave-one-frame-out)"] = f"{float(np.sum(loglik)):.6g}"
+        what = ("log evidence (prequential, along the random walk)"
+                if getattr(result, "temporal", None) is not None
+                else "elpd (exact leave-one-frame-out)")  # fmt: skip
+        rows[what] = f"{float(np.sum(loglik)):.6g}"
     table = pd.DataFrame({"value": rows}).to_html(border=0)
     if v.idata is not None:
         from bayesmix._arviz import summary_table
@@ -356,6 +359,200 @@ def _noise_html(result: Any, variance: Any, compare: Any) -> str:
         )
     if compare:
         out.append(_compare_html(result, compare))
+    return "".join(out)
+
+
+#: At most this many sequences get a panel; at most this many frames get an error bar each.
+_MAX_PANELS, _MAX_BARS, _MAX_LINE = 4, 300, 4000
+
+
+class _Walk:
+    """A temporal fit's numbers for the "Sequence" section, from a MapResult (its
+    ``temporal``) or a NUTS InferenceData (``posterior['q']``, ``constant_data['time']`` and
+    ``['sequence']``)."""
+
+    def __init__(self, v: _View, result: Any, prob: float) -> None:
+        from scipy.stats import norm
+
+        z = float(norm.ppf(0.5 + 0.5 * prob))
+        n = v.center.size
+        self.q_draws: np.ndarray | None = None
+        if isinstance(result, MapResult):
+            t = result.temporal
+            self.q, self.q_sd, self.q_fixed, self.q_limit = t.q, t.q_sd, t.q_fixed, t.q_limit
+            self.times, self.sequence = np.asarray(t.times), np.asarray(t.sequence)
+            self.alone = np.asarray(t.mean_alone, np.float64)
+            half = z * np.asarray(t.sd_alone, np.float64)
+            self.alone_what = f"each frame on its own (posterior mean +/- {z:.3g} sd)"
+            self.log_evidence: float | None = t.log_evidence
+        else:
+            idata = v.idata
+            post, const = idata.posterior, getattr(idata, "constant_data", None)
+            self.q_fixed = "q" not in post
+            if self.q_fixed:
+                self.q = float(_parse_q(str(idata.attrs.get("temporal", ""))) or np.nan)
+                self.q_sd = 0.0
+            else:
+                self.q_draws = np.asarray(post["q"], np.float64)
+                self.q, self.q_sd = float(self.q_draws.mean()), float(self.q_draws.std())
+            self.q_limit = ""
+
+            def const_var(name: str, default: np.ndarray) -> np.ndarray:
+                if const is not None and name in const:
+                    return np.asarray(const[name])
+                return default
+
+            self.times = const_var("time", np.arange(n, dtype=np.float64))
+            self.sequence = const_var("sequence", np.zeros(n, np.int64))
+            # The frame's own least-squares estimate and its sd at the fitted sigma.
+            df = v.table
+            self.alone = df["xhat"].to_numpy(np.float64)
+            half = z * v.sigma / np.sqrt(df["dd"].to_numpy(np.float64))
+            self.alone_what = f"least squares per frame (+/- {z:.3g} sigma/||A-B||)"
+            self.log_evidence = None
+        lo, hi = v.bounds
+        self.alone_lo = np.clip(self.alone - half, lo, hi)
+        self.alone_hi = np.clip(self.alone + half, lo, hi)
+        self.labels, self.codes = np.unique(self.sequence, return_inverse=True)
+
+    @property
+    def n_sequences(self) -> int:
+        return int(self.labels.size)
+
+
+def _parse_q(spec: str) -> float | None:
+    """q of a spec 'random_walk:q=0.01' (None when it is learned)."""
+    from bayesmix.temporal import RandomWalk, check_temporal
+
+    try:
+        model = check_temporal(spec)
+    except ValueError:
+        return None
+    return model.q if isinstance(model, RandomWalk) else None
+
+
+def _is_temporal(v: _View, result: Any) -> bool:
+    if isinstance(result, MapResult):
+        return getattr(result, "temporal", None) is not None
+    if v.idata is None:
+        return False
+    spec = str(v.idata.attrs.get("temporal", "independent") or "independent")
+    return spec.split(":")[0].strip() not in ("", "independent") or "q" in v.idata.posterior
+
+
+def _thin(n: int, most: int) -> np.ndarray:
+    """Indices of at most ``most`` evenly spaced items of ``n`` (all when n <= most)."""
+    if n <= most:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, most).round().astype(np.int64))
+
+
+def _sequence_plot(v: _View, w: _Walk, prob: float) -> tuple[str, int]:
+    """One panel per sequence (the first few): the trajectory's posterior mean and its
+    interval band over time, the frame-by-frame estimates with error bars beside it."""
+    sizes = np.bincount(w.codes, minlength=w.n_sequences)
+    shown = np.arange(min(w.n_sequences, _MAX_PANELS))
+    fig = _figure(10, 2.6 * shown.size + 0.6)
+    axes = fig.subplots(shown.size, 1, squeeze=False)[:, 0]
+    notes = []
+    for ax, k in zip(axes, shown, strict=True):
+        idx = np.flatnonzero(w.codes == k)
+        idx = idx[np.argsort(w.times[idx], kind="stable")]
+        t = w.times[idx]
+        line = idx[_thin(idx.size, _MAX_LINE)]
+        bars = idx[_thin(idx.size, _MAX_BARS)]
+        tb = w.times[bars]
+        ax.errorbar(tb, w.alone[bars], yerr=[w.alone[bars] - w.alone_lo[bars],
+                                             w.alone_hi[bars] - w.alone[bars]],
+                    fmt="o", ms=2.5, lw=0.6, color="0.55", alpha=0.7,
+                    label=w.alone_what)  # fmt: skip
+        tl = w.times[line]
+        ax.fill_between(tl, v.lo[line], v.hi[line], color="tab:blue", alpha=0.3, lw=0,
+                        label=f"{prob:.0%} interval (random walk)")  # fmt: skip
+        ax.plot(tl, v.center[line], color="tab:blue", lw=1.0, label="posterior mean")
+        ax.set_ylim(v.bounds[0] - 0.02, v.bounds[1] + 0.02)
+        ax.set_xlim(t.min() - 0.5 if t.size == 1 else t.min(), t.max() + 0.5 if t.size == 1
+                    else t.max())  # fmt: skip
+        ax.set_ylabel("x")
+        thinned = "" if bars.size == idx.size else f"; error bars on {bars.size} of them"
+        ax.set_title(f"sequence {w.labels[k]}: {sizes[k]} frames{thinned}", fontsize=10)
+        if bars.size < idx.size:
+            notes.append(k)
+    axes[-1].set_xlabel("time")
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    fig.tight_layout()
+    return _png(fig), len(notes)
+
+
+def _q_plot(w: _Walk) -> str:
+    """NUTS: the posterior of q, one histogram per chain."""
+    draws = w.q_draws
+    if draws is None:
+        return ""
+    fig = _figure(6, 3.0)
+    ax = fig.add_subplot()
+    draws = draws.reshape(-1, draws.shape[-1]) if draws.ndim > 1 else draws[None]
+    for c, chain in enumerate(draws):
+        ax.hist(chain, bins=40, density=True, histtype="step", lw=1.0, label=f"chain {c}")
+    ax.axvline(w.q, color="k", lw=0.8, ls="--", label="posterior mean")
+    ax.set_xlabel("q (step sd per unit of time)")
+    ax.set_ylabel("density")
+    ax.set_title("Posterior of the random walk's step q")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _sequence_html(v: _View, result: Any, prob: float) -> str:
+    """A temporal fit: the learned step q, the sequences, and each trajectory over time beside
+    the frame-by-frame estimates; empty for independent frames."""
+    import pandas as pd
+
+    if v.names is not None or not _is_temporal(v, result):
+        return ""
+    w = _Walk(v, result, prob)
+    if w.q_fixed:
+        q_text = f"{w.q:.4g} (given)"
+    elif w.q_draws is not None:
+        q_text = f"{w.q:.4g} +/- {w.q_sd:.2g} (posterior mean +/- sd, NUTS)"
+    else:
+        q_text = f"{w.q:.4g} +/- {w.q_sd:.2g} (maximum marginal likelihood +/- its sd)"
+    sd = v.table["sd"].to_numpy(np.float64)
+    sizes = np.bincount(w.codes, minlength=w.n_sequences)
+    half = np.median(0.5 * (w.alone_hi - w.alone_lo))
+    rows = {
+        "random walk step q (per unit of time)": q_text,
+        "sequences": w.n_sequences,
+        "frames per sequence: median [min, max]": f"{int(np.median(sizes))} "
+        f"[{sizes.min()}, {sizes.max()}]",
+        "posterior sd of x along the walk: median": f"{np.median(sd):.4g}",
+        "half-width of the frame-by-frame error bars: median": f"{half:.4g}",
+    }
+    if w.log_evidence is not None:
+        rows["log marginal likelihood p(y | sigma, q)"] = f"{w.log_evidence:.6g}"
+    attrs = {} if v.idata is None else dict(v.idata.attrs)
+    if attrs.get("q_map") is not None and not w.q_fixed:
+        rows["q of the fast path (start of the chains)"] = (
+            f"{float(attrs['q_map']):.4g} +/- {float(attrs.get('q_map_sd', np.nan)):.2g}")
+    out = [pd.DataFrame({"value": rows}).to_html(border=0)]
+    if w.q_limit == "upper":
+        out.append('<p class="warn">q reached the top of its search range: the frames look '
+                   "independent; temporal='independent' gives the frame-by-frame answer.</p>")
+    elif w.q_limit == "lower":
+        out.append('<p class="warn">q reached the bottom of its search range: the frames look '
+                   "like one weight for the whole sequence.</p>")
+    plot, _ = _sequence_plot(v, w, prob)
+    out.append(plot)
+    left = w.n_sequences - min(w.n_sequences, _MAX_PANELS)
+    text = (f"Each panel is one sequence over time: the posterior mean of x along the random "
+            f"walk with its {prob:.0%} interval (blue), and {html.escape(w.alone_what)} (grey).")
+    if left:
+        text += f" The first {_MAX_PANELS} sequences are drawn; {left} more are not shown."
+    if np.bincount(w.codes).max() > _MAX_BARS:
+        text += (f" Long sequences are thinned: at most {_MAX_BARS} evenly spaced frames get an "
+                 f"error bar and {_MAX_LINE} a point of the band.")
+    out.append(f"<p>{text}</p>")
+    out.append(_q_plot(w))
     return "".join(out)
 
 
@@ -778,6 +975,7 @@ def report(
     body = {
         "Maps": _maps_html(v),
         "Weights per frame": _weights_plot(v, prob),
+        "Sequence": _sequence_html(v, result, prob),
         "Summary": _summary_html(v, result),
         "Diagnostics": diag_html,
         "Trace and rank plots": _trace_html(v, diag),
@@ -786,6 +984,9 @@ def report(
         "Flagged frames": _flagged_html(v),
     }
     names = (("Maps",) if body["Maps"] else ()) + SECTIONS
+    if body["Sequence"]:  # a temporal fit: its trajectory right after the weights per frame
+        at = names.index("Weights per frame") + 1
+        names = (*names[:at], "Sequence", *names[at:])
     if noise:
         body["Noise model"] = noise
         at = names.index("Diagnostics") + 1

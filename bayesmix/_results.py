@@ -90,6 +90,11 @@ class MapResult:
         K >= 3 references: the sampler's output behind ``mean``, ``sd`` and the quantiles;
         ``x``, ``mean`` and ``sd`` then have shape (N, K), one column per reference, and
         ``mc_se`` (N, K) is the Monte Carlo error of ``mean``.
+    temporal : SequenceFit or None
+        With ``temporal='random_walk'``: the learned step q (``temporal.q``, ``temporal.q_sd``),
+        each frame's time and sequence, and its estimate on its own (``mean_alone``,
+        ``sd_alone``); ``x`` is then the joint MAP of the sequence and ``mean``, ``sd`` and
+        the intervals are each frame's marginal along it.
     """
 
     x: np.ndarray
@@ -118,6 +123,7 @@ class MapResult:
     sigma_frame: np.ndarray | None = field(default=None, repr=False)
     sigma_frame_sd: np.ndarray | None = field(default=None, repr=False)
     loglik: np.ndarray | None = field(default=None, repr=False)
+    temporal: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.frame is None:
@@ -184,6 +190,8 @@ class MapResult:
     def posterior_stats(self) -> Any:
         """The statistics x's posterior is computed from (with per-frame noise scales, the
         frames' statistics with the population of log sigma)."""
+        if self.temporal is not None:
+            return self.temporal.cavity
         if "log_sigma_mu" in self.noise_params:
             from bayesmix._stats import PerFrameStats
 
@@ -262,6 +270,11 @@ class MapResult:
             out["sigma_frame_sd"] = np.asarray(self.sigma_frame_sd)
         if self.loglik is not None:
             out["loglik"] = np.asarray(self.loglik)
+        if self.temporal is not None:
+            t = self.temporal
+            out.update({"time": t.times, "sequence": t.sequence, "mean_alone": t.mean_alone,
+                        "sd_alone": t.sd_alone, "cavity_mean": np.asarray(t.cavity.m),
+                        "cavity_sd": np.asarray(t.cavity.sd)})  # fmt: skip
         return out
 
     @property
@@ -367,11 +380,18 @@ class MapResult:
             "device": self.device,
             **self.model.describe(),
             **self.noise_params,
+            **({} if self.temporal is None else self._temporal_attrs()),
             "n_background": self.n_background,
             **({} if self.map_shape is None else {"map_shape": list(self.map_shape)}),
             **({} if self.simplex is None else {"draws": self.n_draws, "seed": self.seed}),
             "bayesmix_version": __version__,
         }
+
+    def _temporal_attrs(self) -> dict[str, Any]:
+        t = self.temporal
+        return {"temporal_q": t.q, "temporal_q_sd": t.q_sd, "temporal_q_fixed": t.q_fixed,
+                "temporal_q_limit": t.q_limit, "temporal_log_evidence": t.log_evidence,
+                "temporal_ep_iter": t.ep_iter, "temporal_map_iter": t.map_iter}  # fmt: skip
 
     def summary(self) -> str:
         """A few lines for a terminal: sigma, the range of x, the flags."""
@@ -406,4 +426,9 @@ class MapResult:
         ]
         if self.gain is not None:
             lines.insert(3, f"  gain: median {np.median(self.gain):.4g}")
+        if self.temporal is not None:
+            t = self.temporal
+            lines.insert(3, f"  random walk: q = {t.q:.4g}" + (" (given)" if t.q_fixed else
+                         f" +/- {t.q_sd:.2g}") + f" per time unit, {t.n_sequences} sequence(s);"
+                         f" sd alone median {np.median(t.sd_alone):.4g}")  # fmt: skip
         return "\n".join(lines)

@@ -24,12 +24,14 @@ if TYPE_CHECKING:
 __all__ = [
     "MAP_DIMS",
     "REF_VARS",
+    "TEMPORAL_COLUMNS",
     "frame_table",
     "label",
     "map_coords",
     "model_attrs",
     "stats_columns",
     "stats_from_columns",
+    "temporal_from_columns",
 ]
 
 #: Names of the map axes of a spectrum image's results (2-D maps: rows, columns).
@@ -218,3 +220,50 @@ def model_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
         "n_background": int(parse(attrs.get("n_background", 0))),
         "map_shape": None if shape is None else tuple(int(v) for v in np.ravel(shape)),
     }
+
+
+#: Per-frame columns of a temporal fit (``temporal='random_walk'``), after the statistics.
+TEMPORAL_COLUMNS = ("time", "sequence", "mean_alone", "sd_alone", "cavity_mean", "cavity_sd")
+
+
+def _flag(value: Any) -> bool:
+    """A boolean attribute as any format stored it: bool, 0/1, or text."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true")
+    return bool(value)
+
+
+def temporal_from_columns(cols: Mapping[str, Any], attrs: Mapping[str, Any]) -> Any:
+    """The :class:`~bayesmix._temporal.SequenceFit` of a temporal results table: its columns
+    (:data:`TEMPORAL_COLUMNS`) and its ``temporal_*`` attributes; None for a table without a
+    temporal model."""
+    from bayesmix._stats import SmoothedStats
+    from bayesmix._temporal import SequenceFit
+
+    spec = str(attrs.get("temporal", "independent") or "independent")
+    if spec.split(":")[0].strip() == "independent":
+        return None
+    missing = [c for c in TEMPORAL_COLUMNS if c not in cols]
+    missing += [k for k in ("temporal_q", "temporal_log_evidence") if attrs.get(k) is None]
+    if missing:
+        raise ValueError(f"the temporal fit's columns/attributes {missing} are missing")
+
+    def col(name: str) -> np.ndarray:
+        return np.asarray(cols[name], np.float64)
+
+    sequence = np.asarray(cols["sequence"])
+    if sequence.dtype.kind in "OSU":
+        sequence = sequence.astype(str)
+    elif sequence.dtype.kind == "f" and np.all(sequence == np.round(sequence)):
+        sequence = sequence.astype(np.int64)  # integers a format widened to float
+    limit = attrs.get("temporal_q_limit", "")
+    limit = "" if limit is None or str(limit) in ("nan", "None") else str(limit)
+    return SequenceFit(
+        q=float(attrs["temporal_q"]), q_sd=float(attrs.get("temporal_q_sd", 0.0)),
+        q_fixed=_flag(attrs.get("temporal_q_fixed", False)), q_limit=limit,
+        times=col("time"), sequence=sequence, mean_alone=col("mean_alone"),
+        sd_alone=col("sd_alone"), log_evidence=float(attrs["temporal_log_evidence"]),
+        ep_iter=int(attrs.get("temporal_ep_iter", 0)),
+        map_iter=int(attrs.get("temporal_map_iter", 0)),
+        cavity=SmoothedStats(col("cavity_mean"), col("cavity_sd")),
+    )  # fmt: skip

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from bayesmix.priors import XPrior, check_prior
 
-__all__ = ["Simulation", "simulate", "sample_references"]
+__all__ = ["Simulation", "sample_references", "simulate", "simulate_walk"]
 
 
 class Simulation(NamedTuple):
@@ -135,3 +136,57 @@ def simulate(
     frames += b
     frames += x.astype(np.float32)[:, None] * d
     return Simulation(frames.reshape((n_frames, *ref_a.shape)), ref_a, ref_b, x, float(noise))
+
+
+def simulate_walk(
+    n_frames: int,
+    q: float,
+    *,
+    start: float = 0.5,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    seed: int = 0,
+) -> np.ndarray:
+    """Weights along a sequence: a Gaussian random walk of step sd ``q``, reflected at the
+    bounds (pass it as ``x=`` to :func:`simulate`).
+
+    Parameters
+    ----------
+    n_frames : int
+        N, the number of frames.
+    q : float
+        The step's sd per frame (>= 0).
+    start : float
+        The first frame's weight, within ``bounds``.
+    bounds : (float, float)
+        The walk is reflected back inside (lo, hi) whenever a step leaves it.
+    seed : int
+        Seed of the numpy generator.
+
+    Returns
+    -------
+    ndarray, shape (N,)
+
+    Examples
+    --------
+    >>> from bayesmix import simulate, simulate_walk
+    >>> x = simulate_walk(100, 0.01, seed=0)
+    >>> sim = simulate(100, shape=(8, 8), x=x)
+    >>> bool(abs(x[1] - x[0]) < 0.05), bool(((x > 0) & (x < 1)).all())
+    (True, True)
+    """
+    if int(n_frames) != n_frames or n_frames < 1:
+        raise ValueError(f"n_frames must be a positive integer, got {n_frames!r}")
+    lo, hi = (float(v) for v in bounds)
+    if not (math.isfinite(q) and q >= 0):
+        raise ValueError(f"q must be a finite step sd >= 0, got {q!r}")
+    if not lo < start < hi:
+        raise ValueError(f"start must lie inside bounds {bounds}, got {start!r}")
+    steps = np.random.default_rng(seed).standard_normal(int(n_frames) - 1) * q
+    x = np.empty(int(n_frames))
+    x[0] = start
+    span = hi - lo
+    for t, step in enumerate(steps, 1):
+        # Reflect (folding the line onto [lo, hi]): a bounded walk with the same local steps.
+        v = (x[t - 1] + step - lo) % (2.0 * span)
+        x[t] = lo + (v if v <= span else 2.0 * span - v)
+    return x

@@ -202,6 +202,20 @@ class PerFrameStats(NamedTuple):
                    np.full(n, float(tau)))  # fmt: skip
 
 
+class SmoothedStats(NamedTuple):
+    """Each frame's posterior along a sequence, before the frame's own bounds: x_i's marginal
+    is :math:`\\mathcal N(m_i, \\mathrm{sd}_i^2)` truncated to the prior's bounds (the
+    cavity of expectation propagation; see :mod:`bayesmix._temporal`). Arrays of shape (N,)."""
+
+    m: np.ndarray
+    sd: np.ndarray
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames N."""
+        return int(np.shape(self.m)[0])
+
+
 class BasisStats(NamedTuple):
     """The statistics pass on a basis [background, A, B]: per frame, shape (N, ...).
 
@@ -933,6 +947,7 @@ _INERT = {
     # that keep every per-frame formula finite.
     "FrameStats": {"xhat": 0.5, "rss": 0.0, "dd": 1.0, "n": 0.0},
     "GainStats": {"z": 0.0, "m0": (1.0, 0.0), "m1": (0.0, 1.0), "rss": 0.0, "n": 0.0},
+    "SmoothedStats": {"m": 0.5, "sd": 1.0},
     "PerFrameStats": {"xhat": 0.5, "rss": 1.0, "dd": 1.0, "n": 3.0, "s_mu": 0.0, "s_tau": 1.0},
     "SimplexStats": {
         "w": lambda shape: np.full(shape, 1.0 / shape[-1]),

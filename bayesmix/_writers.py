@@ -46,6 +46,7 @@ def results_table(
         df = result.to_dataframe(prob)
     elif is_inference_data(result):
         df = nuts_table(result, prob)
+        _nuts_temporal(result, df)
     else:
         raise ValueError(
             "expected a MapResult (fit_map) or the InferenceData of bayesmix.sample, "
@@ -68,6 +69,21 @@ def results_table(
         df.insert(i, name, values)
     df.attrs["prob"] = prob
     return df
+
+
+def _nuts_temporal(idata: Any, df: pd.DataFrame) -> None:
+    """A NUTS run of a temporal model: each frame's ``time`` and ``sequence`` (its constant
+    data) as columns, q's posterior mean and sd as ``temporal_q``, ``temporal_q_sd``."""
+    const = getattr(idata, "constant_data", None)
+    for name in ("time", "sequence"):
+        if const is not None and name in const and name not in df.columns:
+            values = np.asarray(const[name])
+            if values.shape == (len(df),):
+                df[name] = values
+    post = getattr(idata, "posterior", None)
+    if post is not None and "q" in post:
+        q = np.asarray(post["q"], np.float64)
+        df.attrs.update({"temporal_q": float(q.mean()), "temporal_q_sd": float(q.std())})
 
 
 def write_results(
@@ -248,10 +264,11 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
     from bayesmix._model import make_model
     from bayesmix._precision import x64
     from bayesmix._results import MapResult
-    from bayesmix._schema import model_attrs, stats_from_columns
+    from bayesmix._schema import model_attrs, stats_from_columns, temporal_from_columns
     from bayesmix._simplex import fit_simplex, fit_simplex_gain
     from bayesmix.noise import NOISE_PARAMS, parse_noise
     from bayesmix.priors import parse_prior, parse_sigma_prior
+    from bayesmix.temporal import check_temporal
 
     attrs = df.attrs
     if attrs.get("method") != "map":
@@ -297,6 +314,17 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
     )  # fmt: skip
     noise = parse_noise(str(attrs.get("noise", "gaussian")))
     model = dataclasses.replace(model, noise=noise)
+    # A temporal fit: its model from the spec, the walk's numbers from the columns and attrs
+    # (the frames' marginals are their cavities truncated to the bounds: interval() needs them).
+    temporal = check_temporal(str(attrs.get("temporal", "independent") or "independent"))
+    try:
+        sequence_fit = temporal_from_columns({c: df[c].to_numpy() for c in df.columns}, attrs)
+    except ValueError as exc:
+        raise ValueError(
+            f"results table: {exc}; write it with bayesmix.write_results (or bayesmix fit --out)"
+        ) from None
+    if sequence_fit is not None:
+        model = dataclasses.replace(model, temporal=temporal)
     noise_params = {k: int(attrs[k]) if k == "noise_passes" else float(attrs[k])
                     for k in NOISE_PARAMS if attrs.get(k) is not None}  # fmt: skip
     noise_cols = {c: df[c].to_numpy(np.float64) for c in ("sigma_frame", "sigma_frame_sd",
@@ -320,6 +348,7 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
         gain_sd=df["gain_sd"].to_numpy(np.float64) if "gain_sd" in df else None,
         background=df[bg_cols].to_numpy(np.float64) if bg_cols else None,
         map_shape=info["map_shape"], noise_params=noise_params, **noise_cols, **simplex,
+        temporal=sequence_fit, device=str(attrs.get("device", "") or ""),
     )  # fmt: skip
 
 

@@ -34,6 +34,8 @@ FIT_EPILOG = """examples:
   bayesmix fit stack.npy --ref fe.npy --ref fe2o3.npy --ref fe3o4.npy --prior dirichlet:1
   bayesmix fit counts.tif --ref-a a.tif --ref-b b.tif --noise poisson_gaussian:gain=2,read_sd=1
   bayesmix fit stack.npy --ref-a a.npy --ref-b b.npy --noise per_frame --variance var.npy
+  bayesmix fit run1.npy run2.npy --ref-a a.npy --ref-b b.npy --temporal random_walk \
+      --times times.csv --report report.html
 
 references: --ref-a A --ref-b B (two references, x is the weight of A), or --ref FILE once per
         reference in order (K >= 2; weights on the simplex, one column per reference named after
@@ -48,6 +50,10 @@ noise:  --noise gaussian (default), per_frame (a sigma per frame), poisson (coun
         not given is learned), student_t[:df=NU] (heavy tails: hot pixels, cosmic rays);
         --variance FILE: each pixel's noise variance, shape S (all frames) or (N, *S) (a map
         per frame), sigma then scales it
+temporal: --temporal independent (default) or random_walk[:q=Q] (the weight walks along each
+        sequence, step sd Q per time unit, learned unless given); --times FILE (.npy, .csv or
+        .txt, one time per frame); several FRAMES stacks are fitted together, each its own
+        sequence (the table's 'sequence' column is the stack's index, 'source' its file)
 formats: .tif/.tiff (one frame per page), a folder or glob of PNG/TIFF, .npy, .npz[:NAME],
          .h5/.hdf5[:/DATASET], .zarr[:ARRAY]; outputs .csv, .parquet or .nc
 """
@@ -129,7 +135,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=FIT_EPILOG,
         formatter_class=raw,
     )
-    fit.add_argument("frames", metavar="FRAMES", help="stack file, folder or glob of images")
+    fit.add_argument("frames", metavar="FRAMES", nargs="+",
+                     help="stack file, folder or glob of images; several stacks are fitted "
+                     "together (with --temporal, each is its own sequence)")  # fmt: skip
     fit.add_argument("--ref-a", metavar="A", help="reference A (x is its weight)")
     fit.add_argument("--ref-b", metavar="B", help="reference B")
     fit.add_argument("--ref", action="append", dest="refs", default=[], metavar="FILE",
@@ -161,6 +169,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="each pixel's noise variance, read like a reference (shape S, one map "
                      "for every frame) or a stack (shape (N, *S), a map per frame); sigma "
                      "scales it")  # fmt: skip
+    fit.add_argument("--temporal", default="independent", metavar="SPEC",
+                     help="how the frames' weights are related: independent, or random_walk"
+                     "[:q=Q] along each sequence (step sd Q per time unit; learned unless "
+                     "given) (default: %(default)s)")  # fmt: skip
+    fit.add_argument("--times", metavar="PATH",
+                     help="with --temporal random_walk: each frame's time, one number per "
+                     "frame in a .npy, .csv or .txt file (default: the frame index)")  # fmt: skip
     fit.add_argument("--chains", type=_positive_int, default=4, help="NUTS chains (default 4)")
     fit.add_argument("--warmup", type=_positive_int, default=500, help="NUTS warm-up draws")
     fit.add_argument("--samples", type=_positive_int, default=500, help="NUTS draws per chain")
@@ -318,6 +333,9 @@ def _fit(args: argparse.Namespace) -> int:
             raise UserError(f"--draws must be at least 100, got {args.draws}")
         if args.seed < 0:
             raise UserError(f"--seed must be >= 0 with {n_refs} references, got {args.seed}")
+    temporal = _parse_temporal(args.temporal)
+    times = _read_times(args.times, temporal)
+    stacks = _stack_sources(args.frames)
     _free(outputs, args.overwrite)
     from bayesmix._runs import parts_dir
 
@@ -361,17 +379,21 @@ def _fit(args: argparse.Namespace) -> int:
     # Two references keep the names A, B of the x columns; K >= 3 name theirs after the files.
     names = reference_names(ref_files) if n_refs > 2 else None
     model = make_model(prior=prior, sigma_prior=sigma_prior, background=background,
-                       gain=args.gain, n_refs=n_refs, ref_names=names, noise=noise)  # fmt: skip
+                       gain=args.gain, n_refs=n_refs, ref_names=names, noise=noise,
+                       temporal=temporal)  # fmt: skip
     if args.method == "nuts":
         check_nuts(model)
     # True: the fit reads the frames itself, not their checkpointed statistics (pixel weights
     # from a variance map or re-made from the fit; or a noise model passed to the sampler).
     direct = _check_noise(args, model.noise)
+    direct = _check_temporal_nuts(args, temporal) or direct
     with on_device(args.device):  # checked before any work
         t0 = time.perf_counter()
         with _bar(args.quiet, None, "reading") as bar:
-            frames = read_frames(args.frames, progress=bar.update,
-                                 spectral_axis=args.spectral_axis)  # fmt: skip
+            frames, sequence_id = _read_stacks(stacks, read_frames, bar.update,
+                                               args.spectral_axis)  # fmt: skip
+        if times is not None or sequence_id is not None:
+            times, sequence_id = _check_order(times, sequence_id, frames)
         refs = [read_reference(f) for f in ref_files]
         if args.ref_a is not None and refs[1].shape != refs[0].shape:
             raise UserError(f"ref_a and ref_b must have the same shape, got {refs[0].shape} and "
@@ -392,7 +414,7 @@ def _fit(args: argparse.Namespace) -> int:
         work = parts_dir(args.out)
         if args.overwrite and not args.resume:
             finish(work)
-        options = {"frames": _describe(args.frames), "mask": args.mask,
+        options = {"frames": [d for f in stacks for d in _describe(f)], "mask": args.mask,
                    "spectral_axis": args.spectral_axis}  # fmt: skip
         if more_refs:  # the fingerprint holds A and B; the other references' values go here
             import hashlib
@@ -401,12 +423,13 @@ def _fit(args: argparse.Namespace) -> int:
         key = fingerprint(stack, options, model)
         labels = frames.source
         common = {"model": model, "map_shape": frames.map_shape, "device": args.device}
+        order = {"times": times, "sequence_id": sequence_id}
         sampler = {"draws": args.draws, "seed": args.seed} if more_refs else {}
         if direct:
             # No checkpointed statistics: the fit reads the frames itself (a weighted pass, or
             # several to re-weight the pixels from the current fit).
             result = _fit_direct(args, frames.data, (ref_a, ref_b, *more_refs), model, variance,
-                                 mask, frames.map_shape, sampler)  # fmt: skip
+                                 mask, frames.map_shape, sampler, order)  # fmt: skip
             n = int(stack.frames.shape[0])
         else:
             with _bar(args.quiet, stack.frames.shape[0], "statistics") as bar:
@@ -416,13 +439,15 @@ def _fit(args: argparse.Namespace) -> int:
                                            model=model)  # fmt: skip
             n = stats.n_frames
             if args.method == "map":
-                result = fit_map_stats(stats, **common, **sampler)
+                result = _fit_map_stats(fit_map_stats, stats, order, **common, **sampler)
             else:
                 result = sample_stats(
                     stats, **common, num_chains=args.chains, num_warmup=args.warmup,
                     num_samples=args.samples, seed=args.seed, progress=_show(args.quiet),
+                    **_temporal_kw(model, order),
                 )  # fmt: skip
-        meta = {"frames": str(args.frames), "ref_a": str(ref_files[0]),
+        meta = {"frames": str(stacks[0]) if len(stacks) == 1 else [str(f) for f in stacks],
+                "ref_a": str(ref_files[0]),
                 "ref_b": str(ref_files[1]), "mask": str(args.mask), "seed": args.seed,
                 "background_source": str(args.background)}  # fmt: skip
         if more_refs:
@@ -430,6 +455,8 @@ def _fit(args: argparse.Namespace) -> int:
         meta["noise"] = noise_spec(model.noise)
         if args.variance is not None:
             meta["variance"] = str(args.variance)
+        if args.times is not None:
+            meta["times"] = str(args.times)
         written = [write_results(result, args.out, prob=args.prob, source=labels,
                                  overwrite=args.overwrite, meta=meta)]  # fmt: skip
         if args.idata is not None:
@@ -511,6 +538,15 @@ def _sampler_takes(*names: str) -> bool:
     return all(n in inspect.signature(sample).parameters for n in names)
 
 
+def _stats_sampler_takes(*names: str) -> bool:
+    """``bayesmix._nuts.sample_stats`` accepts these keywords."""
+    import inspect
+
+    from bayesmix._nuts import sample_stats
+
+    return all(n in inspect.signature(sample_stats).parameters for n in names)
+
+
 def _check_noise(args: argparse.Namespace, noise: Any) -> bool:
     """Refuse --noise/--variance combinations the run cannot honour, before any work.
 
@@ -556,6 +592,217 @@ def _check_noise(args: argparse.Namespace, noise: Any) -> bool:
     return direct
 
 
+def _parse_temporal(spec: str) -> Any:
+    """--temporal SPEC as a temporal model (:func:`bayesmix.temporal.check_temporal`)."""
+    from bayesmix.temporal import check_temporal
+
+    try:
+        return check_temporal(spec)
+    except ValueError as exc:
+        raise UserError(f"--temporal {spec!r}: {exc}") from None
+
+
+def _is_walk(temporal: Any) -> bool:
+    from bayesmix.temporal import Independent
+
+    return not isinstance(temporal, Independent)
+
+
+TIMES_FORMATS = (".npy", ".csv", ".txt")
+
+
+def _read_times(source: str | None, temporal: Any) -> Any:
+    """--times FILE: one time per frame (.npy, or .csv/.txt: one number per line or separated
+    by commas/whitespace, an optional header line, '#' comments), checked before any work."""
+    import numpy as np
+
+    if source is None:
+        return None
+    if not _is_walk(temporal):
+        raise UserError(
+            "--times orders the frames of a temporal model: add --temporal random_walk (frames "
+            "are independent by default)"
+        )
+    path = Path(source)
+    if path.suffix.lower() not in TIMES_FORMATS:
+        raise UserError(
+            f"--times {source}: cannot tell its format from the extension "
+            f"{path.suffix or '(none)'!r}; use one of {', '.join(TIMES_FORMATS)}"
+        )
+    if not path.is_file():
+        raise UserError(f"--times: no such file: {path}")
+    try:
+        if path.suffix.lower() == ".npy":
+            values = np.load(path, allow_pickle=False)
+        else:
+            values = _times_text(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"--times {source}: cannot read it: {' '.join(str(exc).split())}") from None
+    if values.ndim == 2 and 1 in values.shape:
+        values = values.ravel()  # one row or one column
+    from bayesmix._temporal import check_sequence
+
+    try:
+        values, _ = check_sequence(values, None, None)
+    except ValueError as exc:
+        raise UserError(f"--times {source}: {' '.join(str(exc).split())}") from None
+    if values.size == 0:
+        raise UserError(f"--times {source}: the file holds no times")
+    return values
+
+
+def _times_text(text: str) -> Any:
+    """The numbers of a .csv/.txt times file (datetimes as ISO text are taken too)."""
+    import re
+
+    import numpy as np
+
+    rows = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    cells = [[c for c in re.split(r"[,;\s]+", r) if c] for r in rows if r]
+    if not cells:
+        return np.zeros(0)
+    if len(cells) > 1 and not any(_number(c) or _datetime(c) for c in cells[0]):
+        cells = cells[1:]  # a header line, e.g. 'time'
+    widths = {len(r) for r in cells}
+    if len(cells) > 1 and widths != {1}:
+        raise ValueError(
+            f"expected one time per line (one column), got rows of {sorted(widths)} values"
+        )
+    return _as_times([c for r in cells for c in r])
+
+
+def _as_times(values: list[str]) -> Any:
+    import numpy as np
+
+    try:
+        return np.array([float(v) for v in values])
+    except ValueError:
+        pass
+    try:
+        return np.array(values, dtype="datetime64[ns]")
+    except ValueError:
+        bad = next(v for v in values if not _number(v))
+        raise ValueError(f"{bad!r} is not a number (nor an ISO date-time)") from None
+
+
+def _datetime(text: str) -> bool:
+    import numpy as np
+
+    try:
+        np.datetime64(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _stack_sources(sources: Sequence[str]) -> list[str]:
+    """The FRAMES arguments: one stack, or several fitted together (each its own sequence)."""
+    stacks = [str(s) for s in sources]
+    seen = set()
+    for s in stacks:
+        if s in seen:
+            raise UserError(f"FRAMES {s} is given twice; give each stack once")
+        seen.add(s)
+    return stacks
+
+
+def _read_stacks(stacks: list[str], read: Any, progress: Any, spectral_axis: Any
+                 ) -> tuple[Any, Any]:  # fmt: skip
+    """The frames of one stack, or of several concatenated in order (lazily with dask when it
+    is installed) with each frame's sequence label: the index of its stack."""
+    import numpy as np
+
+    from bayesmix._readers import Frames
+
+    if len(stacks) == 1:
+        return read(stacks[0], progress=progress, spectral_axis=spectral_axis), None
+    parts = [read(s, progress=progress, spectral_axis=spectral_axis) for s in stacks]
+    shapes = {tuple(p.data.shape[1:]) for p in parts}
+    if len(shapes) > 1:
+        desc = ", ".join(f"{s} has {tuple(p.data.shape[1:])}" for s, p in
+                         zip(stacks, parts, strict=True))  # fmt: skip
+        raise UserError(f"the FRAMES stacks must have frames of one shape: {desc}")
+    sizes = [int(p.data.shape[0]) for p in parts]
+    try:
+        import dask.array as da
+
+        data: Any = da.concatenate([da.from_array(p.data, chunks=(min(1024, max(n, 1)), -1)
+                                    if p.data.ndim == 2 else "auto")
+                                    if not isinstance(p.data, da.Array) else p.data
+                                    for p, n in zip(parts, sizes, strict=True)])  # fmt: skip
+    except ImportError:
+        data = np.concatenate([np.asarray(p.data) for p in parts])
+    source = np.concatenate([
+        np.asarray(p.source).astype(str) if p.source is not None else np.full(n, s)
+        for s, p, n in zip(stacks, parts, sizes, strict=True)])  # fmt: skip
+    sequence = np.repeat(np.arange(len(stacks)), sizes)
+    # One map shape does not describe several stacks: their pixels are a list of frames.
+    return Frames(data, source, None), sequence
+
+
+def _check_order(times: Any, sequence_id: Any, frames: Any) -> tuple[Any, Any]:
+    """--times against the frames (one per frame, distinct within a sequence): before the
+    statistics pass."""
+    from bayesmix._temporal import _order, check_sequence
+
+    n = int(frames.data.shape[0])
+    if times is not None and times.size != n:
+        raise UserError(f"--times must hold one time per frame ({n}), got {times.size}")
+    times, sequence_id = check_sequence(times, sequence_id, n)
+    _order(n, times, sequence_id)  # tied times within a sequence: one line, before the work
+    return times, sequence_id
+
+
+def _temporal_kw(model: Any, order: dict[str, Any] | None) -> dict[str, Any]:
+    """``temporal=``, ``times=``, ``sequence_id=`` for fit_map/sample (only when temporal)."""
+    if not _is_walk(model.temporal):
+        return {}
+    return {"temporal": model.temporal, **(order or {})}
+
+
+def _check_temporal_nuts(args: argparse.Namespace, temporal: Any) -> bool:
+    """--method nuts with a temporal model: the sampler must take it (it reads the frames
+    itself then). Returns True when the fit must read the frames itself."""
+    if args.method != "nuts" or not _is_walk(temporal):
+        return False
+    if _stats_sampler_takes("temporal", "times", "sequence_id"):
+        return False  # on the checkpointed statistics, as without --temporal
+    if not _sampler_takes("temporal", "times", "sequence_id"):
+        raise UserError(
+            f"--method nuts does not take --temporal {args.temporal} yet; use --method map "
+            "(the exact Kalman-smoother path)"
+        )
+    if args.resume:
+        raise UserError(
+            "--resume does not apply to --method nuts with --temporal: that fit reads the "
+            "frames itself and keeps no checkpoint; run it again without --resume"
+        )
+    return True
+
+
+def _fit_map_stats(fit_map_stats: Any, stats: Any, order: dict[str, Any], **kw: Any) -> Any:
+    """``fit_map_stats`` with the frames' times and sequences of a temporal model."""
+    import inspect
+
+    if order["times"] is None and order["sequence_id"] is None:
+        return fit_map_stats(stats, **kw)
+    if {"times", "sequence_id"} <= set(inspect.signature(fit_map_stats).parameters):
+        return fit_map_stats(stats, **order, **kw)
+    # fit_map_stats does not pass times= and sequence_id= on (yet): its fit does.
+    from bayesmix._map import _fit
+
+    return _fit(stats, sigma=None, sigma_method="marginal", max_iter=1000, tol=1e-8,
+                frame=None, **kw, **order)  # fmt: skip
+
+
 def _read_variance(source: str, stack: Any, map_shape: Any, spectral_axis: Any) -> Any:
     """--variance FILE, read as a stack is (lazily where the format allows): shape S (one map
     for every frame) or (N, *S); a spectrum image's variance of the image's shape is laid out
@@ -587,6 +834,7 @@ def _fit_direct(
     mask: Any,
     map_shape: Any,
     sampler: dict[str, Any],
+    order: dict[str, Any] | None = None,
 ) -> Any:
     """The fit on the frames themselves: ``fit_map`` (or ``sample``) with the model's noise and
     the variance map; a spectrum image's frames arrive laid out, so the map shape is set here."""
@@ -599,7 +847,8 @@ def _fit_direct(
     if args.method == "map":
         from bayesmix._map import fit_map
 
-        res = fit_map(frames, *refs, noise=model.noise, variance=variance, **options, **sampler)
+        res = fit_map(frames, *refs, noise=model.noise, variance=variance, **options, **sampler,
+                      **_temporal_kw(model, order))  # fmt: skip
         return res if map_shape is None else dataclasses.replace(res, map_shape=tuple(map_shape))
     from bayesmix._nuts import sample
 
@@ -608,6 +857,7 @@ def _fit_direct(
         noise_kw["noise"] = model.noise
     if variance is not None:
         noise_kw["variance"] = variance
+    noise_kw.update(_temporal_kw(model, order))
     idata = sample(frames, *refs, num_chains=args.chains, num_warmup=args.warmup,
                    num_samples=args.samples, seed=args.seed, progress=_show(args.quiet),
                    **options, **noise_kw)  # fmt: skip
@@ -627,7 +877,10 @@ def _noise_lines(result: Any) -> str:
         lines.append(f"  noise parameters: {text}")
     loglik = getattr(result, "loglik", None)
     if loglik is not None:
-        lines.append(f"  elpd (exact leave-one-frame-out): {float(sum(loglik)):.6g}")
+        what = ("log evidence (prequential, along the random walk)"
+                if getattr(result, "temporal", None) is not None
+                else "elpd (exact leave-one-frame-out)")  # fmt: skip
+        lines.append(f"  {what}: {float(sum(loglik)):.6g}")
     return "\n".join(lines)
 
 

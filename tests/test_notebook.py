@@ -195,6 +195,12 @@ def test_real_data_notebook_runs(tmp_path):
     assert _number(text, "NOISE_DIFF_IN_DSE") > 20
     assert abs(_number(text, "PER_FRAME_MU") + 1.623) < 0.01
     assert _number(text, "SIGMA_I_POOR_MEDIAN") > _number(text, "SIGMA_I_RICH_MEDIAN")
+    # Rows as sequences (section 8): the walk wins by hundreds of dse (measured 290) with
+    # q = 0.0389 per pixel, and halves the posterior sd (measured 0.503).
+    assert "WALK_BEST=walk along rows" in text
+    assert _number(text, "WALK_DIFF_IN_DSE") > 100
+    assert abs(_number(text, "WALK_Q") - 0.0389) < 0.002
+    assert _number(text, "WALK_SD_RATIO") < 0.6
     assert _n_images(nb) >= 3  # overview, the four maps, the two scatter plots
     # Nothing written next to the notebook (it was the kernel's working directory).
     assert sorted(p.name for p in NOTEBOOKS.iterdir()) == before
