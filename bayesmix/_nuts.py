@@ -644,10 +644,7 @@ def _sample_walk(fit: MapResult, *, times, sequence_id, num_chains, num_warmup, 
             loglik = np.asarray(ll)
         if offset is not None:
             loglik = loglik + np.asarray(offset, np.float64)
-    background = None
-    if isinstance(stats, BasisStats) and stats.n_background:
-        ew = np.stack([x.mean(axis=(0, 1)), 1.0 - x.mean(axis=(0, 1))], axis=1)
-        background = stats.bg + np.einsum("kpi,ki->kp", stats.bg_sens, ew - stats.w)
+    background = _background_at_mean(stats, x)
     return to_inference_data(
         x=x, sigma=sigma, extra=extra, log_likelihood=loglik, fit=fit, background=background,
         q=q,
@@ -842,14 +839,7 @@ def _sample_stats(stats, *, model, num_chains, num_warmup, num_samples, seed, pr
             if loglik is not None and offset is not None:
                 loglik = loglik + np.asarray(offset, np.float64)
     gain_draws = _gain_draws(red, x, sigma, seed) if isinstance(red, GainStats) else None
-    background = None
-    if isinstance(stats, BasisStats) and stats.n_background:
-        if simplex:
-            ew = x.mean(axis=(0, 1))
-        else:
-            g = np.ones_like(x) if gain_draws is None else gain_draws
-            ew = np.stack([(g * x).mean(axis=(0, 1)), (g * (1.0 - x)).mean(axis=(0, 1))], axis=1)
-        background = stats.bg + np.einsum("kpi,ki->kp", stats.bg_sens, ew - stats.w)
+    background = _background_at_mean(stats, x, gain=gain_draws, simplex=simplex)
 
     return to_inference_data(
         x=x,
@@ -868,6 +858,24 @@ def _sample_stats(stats, *, model, num_chains, num_warmup, num_samples, seed, pr
             "target_accept": float(target_accept),
         },
     )
+
+
+def _background_at_mean(
+    stats: Any, x: np.ndarray, *, gain: np.ndarray | None = None, simplex: bool = False
+) -> np.ndarray | None:
+    """Each frame's background coefficients at the posterior-mean weights (None without one).
+
+    The background is profiled out of the statistics; it is linear in the (gain-scaled) weights,
+    so its value at their posterior mean is its posterior mean.
+    """
+    if not (isinstance(stats, BasisStats) and stats.n_background):
+        return None
+    if simplex:
+        ew = x.mean(axis=(0, 1))
+    else:
+        g = np.ones_like(x) if gain is None else gain
+        ew = np.stack([(g * x).mean(axis=(0, 1)), (g * (1.0 - x)).mean(axis=(0, 1))], axis=1)
+    return stats.bg + np.einsum("kpi,ki->kp", stats.bg_sens, ew - stats.w)
 
 
 def _gain_draws(stats: GainStats, x: np.ndarray, sigma: np.ndarray, seed: int) -> np.ndarray:
@@ -1091,10 +1099,7 @@ def _sample_per_frame(fit: MapResult, *, num_chains, num_warmup, num_samples, se
             loglik = np.asarray(ll)
         if offset is not None:
             loglik = loglik + np.asarray(offset, np.float64)
-    background = None
-    if isinstance(stats, BasisStats) and stats.n_background:
-        ew = np.stack([x.mean(axis=(0, 1)), 1.0 - x.mean(axis=(0, 1))], axis=1)
-        background = stats.bg + np.einsum("kpi,ki->kp", stats.bg_sens, ew - stats.w)
+    background = _background_at_mean(stats, x)
     idata = to_inference_data(
         x=x, sigma=draws["sigma"], extra=extra, log_likelihood=loglik, fit=fit,
         background=background,
