@@ -208,8 +208,7 @@ def fit_map_stats(
                            gain=gain, n_refs=k, ref_names=ref_names, noise=noise,
                            temporal=temporal)  # fmt: skip
     _check_options(model, sigma, sigma_method, max_iter, tol)
-    times, sequence_id = _check_sequence_options(model, times, sequence_id,
-                                                 np.empty((stats.n_frames, 0)))  # fmt: skip
+    times, sequence_id = _check_sequence_options(model, times, sequence_id, stats.n_frames)
     if model.noise.reweights:
         raise ValueError(
             f"noise={noise_spec(model.noise)!r} re-weights every pixel from the current fit, "
@@ -300,8 +299,7 @@ def _fit_simplex(stats: SimplexStats, *, model, sigma, sigma_method, max_iter, t
                               sampler=sampler)  # fmt: skip
     background = None
     if basis is not None and basis.n_background:
-        ew = fit.mean if fit.w_mean is None else fit.w_mean
-        background = basis.bg + np.einsum("kpi,ki->kp", basis.bg_sens, ew - basis.w)
+        background = basis.background_at(fit.mean if fit.w_mean is None else fit.w_mean)
     return MapResult(
         x=fit.x, mean=fit.mean, sd=fit.sd, sigma=float(np.sqrt(s2)), r2=stats.r2,
         at_bound=fit.at_bound, stats=stats, prior=model.prior, sigma_prior=model.sigma_prior,
@@ -443,8 +441,7 @@ def _fit_stats(stats, *, model, sigma, sigma_method, max_iter, tol, frame, devic
         # E[w] = (E[g x], E[g] - E[g x]) (with gain the two are correlated: not E[g] E[x]).
         g = extra.get("gain", np.ones(n_frames))
         gx = extra.get("gain_x", mean)
-        ew = np.stack([gx, g - gx], axis=1)
-        background = basis.bg + np.einsum("kpi,ki->kp", basis.bg_sens, ew - basis.w)
+        background = basis.background_at(np.stack([gx, g - gx], axis=1))
     return MapResult(
         x=np.asarray(summ.x[keep]),
         mean=mean,
@@ -491,8 +488,7 @@ def _fit_temporal(stats, *, model, sigma, sigma_method, max_iter, tol, frame, de
                        tol=tol, max_iter=max_iter)  # fmt: skip
     background = alone.background
     if isinstance(stats, BasisStats) and stats.n_background:
-        ew = np.stack([out["mean"], 1.0 - out["mean"]], axis=1)
-        background = stats.bg + np.einsum("kpi,ki->kp", stats.bg_sens, ew - stats.w)
+        background = stats.background_at(np.stack([out["mean"], 1.0 - out["mean"]], axis=1))
     lo, hi = alone.prior.bounds
     return dataclasses.replace(
         alone, x=out["x"], mean=out["mean"], sd=out["sd"], sigma=out["sigma"],
@@ -527,8 +523,7 @@ def _fit_per_frame_noise(stats, *, model, sigma, frame, map_shape, basis, max_it
     summ = fit.summary
     background = None
     if basis is not None and basis.n_background:
-        ew = np.stack([summ.mean, 1.0 - summ.mean], axis=1)
-        background = basis.bg + np.einsum("kpi,ki->kp", basis.bg_sens, ew - basis.w)
+        background = basis.background_at(np.stack([summ.mean, 1.0 - summ.mean], axis=1))
     return MapResult(
         x=summ.x, mean=summ.mean, sd=summ.sd, sigma=float(np.exp(fit.mu)), r2=stats.r2,
         at_bound=summ.at_bound, stats=stats, prior=model.prior, sigma_prior=model.sigma_prior,
@@ -575,7 +570,7 @@ def _model_ls_theta(stats: BasisStats, gain: bool) -> np.ndarray:
         s1 = s_inv.sum(axis=2)  # S^-1 1
         step = (1.0 - w.sum(axis=1)) / s1.sum(axis=1)
         w_plane = w + s1 * step[:, None]
-        bg = bg + np.einsum("npk,nk->np", np.asarray(stats.bg_sens), w_plane - w)
+        bg = stats.background_at(w_plane)
         w = w_plane
     return np.hstack([bg, w])
 
@@ -666,17 +661,17 @@ def _fit_noise(stack, model, variance, *, fit_kw, chunk_size, memory_limit) -> M
             stacklevel=3,
         )
     params = {**rw.params(), "noise_passes": passes}
-    interval_sigma = rw.interval_sigma() if sigma_user is None else None
-    if not isinstance(final_model.temporal, Independent):
-        res, caught = _quiet(_fit, stats, model=final_model, offset=offset,
-                             sigma=interval_sigma or rw.sigma(sigma_user), **fit_kw)
+    if not isinstance(final_model.temporal, Independent):  # the walk, on the final weights
+        res, caught = _quiet(_fit, stats, model=final_model, sigma=rw.sigma(sigma_user),
+                             offset=offset, **fit_kw)  # fmt: skip
     loglik = None if res.loglik is None else rw.loglik(res.loglik)
+    interval_sigma = rw.interval_sigma() if sigma_user is None else None
     if interval_sigma is not None:
         # Intervals from the converged weights, at the scale that makes them honest even when
         # the pixels are not exactly of the model's family.
         params["noise_scale"] = res.sigma
-        if isinstance(final_model.temporal, Independent):
-            res, caught = _quiet(_fit, stats, model=model, sigma=interval_sigma, **fit_kw)
+        res, caught = _quiet(_fit, stats, model=final_model, sigma=interval_sigma,
+                             offset=offset, **fit_kw)  # fmt: skip
     for w in caught:  # the final fit's warnings, for the caller of fit_map
         warnings.warn(w.message, w.category, stacklevel=3)
     return dataclasses.replace(res, noise_params=params, loglik=loglik,
@@ -684,8 +679,9 @@ def _fit_noise(stack, model, variance, *, fit_kw, chunk_size, memory_limit) -> M
 
 
 def _check_sequence_options(model: MixingModel, times: Any, sequence_id: Any,
-                            frames: Any = None) -> tuple[Any, Any]:  # fmt: skip
-    """``times`` and ``sequence_id`` belong to a temporal model; checked before any work."""
+                            n_frames: int | None) -> tuple[Any, Any]:  # fmt: skip
+    """``times`` and ``sequence_id`` belong to a temporal model; checked before any work
+    (their lengths against ``n_frames`` when it is known)."""
     from bayesmix._temporal import check_sequence
 
     if isinstance(model.temporal, Independent):
@@ -695,9 +691,13 @@ def _check_sequence_options(model: MixingModel, times: Any, sequence_id: Any,
                 "temporal='random_walk' as well (frames are independent by default)"
             )
         return None, None
+    return check_sequence(times, sequence_id, n_frames)
+
+
+def _leading(frames: Any) -> int | None:
+    """The number of frames of an array-like stack (None for other inputs: checked later)."""
     shape = getattr(frames, "shape", None)
-    n = int(shape[0]) if shape is not None and len(shape) > 0 else None
-    return check_sequence(times, sequence_id, n)
+    return int(shape[0]) if shape is not None and len(shape) > 0 else None
 
 
 def fit_map(
@@ -881,7 +881,7 @@ def fit_map(
         # A variance per pixel of the spectrum image: laid out as its frames are.
         variance, _ = spectral_frames(variance, spectral_axis, ref_a)
     frames, map_shape = spectral_frames(frames, spectral_axis, ref_a)
-    times, sequence_id = _check_sequence_options(model, times, sequence_id, frames)
+    times, sequence_id = _check_sequence_options(model, times, sequence_id, _leading(frames))
     stack = prepare(frames, ref_a, ref_b, mask, more_refs)
     fit_kw = {"sigma": sigma, "sigma_method": sigma_method, "max_iter": max_iter, "tol": tol,
               "frame": None, "device": device, "map_shape": map_shape, "draws": draws,

@@ -268,6 +268,14 @@ def check_nuts(model: MixingModel) -> None:
             f"NUTS with gain=True and {model.n_refs} references is not supported yet: use "
             "bayesmix.fit_map (exact sampler on the positive orthant), or fit without gain"
         )
+    if not isinstance(model.temporal, Independent) and model.noise.reweights:
+        raise ValueError(
+            f"temporal={temporal_spec(model.temporal)!r} on the NUTS path samples the walk on "
+            f"the per-frame statistics, which hold a Gaussian likelihood only; "
+            f"noise={noise_spec(model.noise)!r} needs the pixel-level likelihood. Use "
+            "noise='gaussian' (optionally with variance=) for the walk under NUTS, or "
+            f"bayesmix.fit_map(..., temporal='random_walk', noise={noise_spec(model.noise)!r})"
+        )
 
 
 def ref_names_for(n_refs: int, names: Any = None) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ from bayesmix._devices import on_device
 from bayesmix._io import prepare, spectral_frames
 from bayesmix._likelihood import centred_reference, centred_total, gain_terms
 from bayesmix._likelihood import loglik as loglik_fn
-from bayesmix._map import _check_options, _check_sequence_options, _fit, _stats_for
+from bayesmix._map import _check_options, _check_sequence_options, _fit, _leading, _stats_for
 from bayesmix._model import MixingModel, check_nuts, make_model
 from bayesmix._precision import x64
 from bayesmix._results import MapResult
@@ -563,11 +563,6 @@ def _walk_setup(fit: MapResult, times: Any, sequence_id: Any):
     eps = 1e-6 * span
     x0 = np.clip(np.asarray(fit.mean, np.float64)[o], lo + eps, hi - eps)
     reset = od.reset
-    gap = np.where(reset, 1.0, od.gap)
-    walk = _WalkData(reset=reset.astype(np.float64), gap=gap, lo=np.float64(lo),
-                     hi=np.float64(hi), mu0=np.float64(mu0), s0=np.float64(s0),
-                     p_lik=np.zeros(n), rhs=np.zeros(n), start_prec=np.zeros(n),
-                     start_centre=np.zeros(n), start_scale=np.ones(n))  # fmt: skip
     # The whitening: the walk's Gaussian posterior in x without the bounds, at sigma_hat. A
     # flat start is linearised at the fast path's mean: the logistic map's slope there, and
     # the curvature of its log Jacobian as the start's precision.
@@ -583,8 +578,10 @@ def _walk_setup(fit: MapResult, times: Any, sequence_id: Any):
     else:
         scale, centre, prec, mean = s0, mu0, 1.0 / s0**2, mu0
     start_prec = np.where(reset, prec, 0.0)
-    data = walk._replace(
-        p_lik=p_lik, rhs=p_lik * xhat + start_prec * mean, start_prec=start_prec,
+    data = _WalkData(
+        reset=reset.astype(np.float64), gap=np.where(reset, 1.0, od.gap), lo=np.float64(lo),
+        hi=np.float64(hi), mu0=np.float64(mu0), s0=np.float64(s0), p_lik=p_lik,
+        rhs=p_lik * xhat + start_prec * mean, start_prec=start_prec,
         start_centre=np.where(reset, centre, 0.0), start_scale=np.where(reset, scale, 1.0),
     )  # fmt: skip
     return od, data, qs, st, x0, flat, root_unit
@@ -709,9 +706,8 @@ def sample_stats(
             "per-frame statistics do not hold: call bayesmix.sample(frames, ref_a, ref_b, "
             "noise=...) instead"
         )
-    n_frames = int(np.shape(stats.n)[0])
     times, sequence_id = _check_sequence_options(model, times, sequence_id,
-                                                 np.broadcast_to(0, (n_frames,)))  # fmt: skip
+                                                 int(np.shape(stats.n)[0]))  # fmt: skip
     _check_run(num_chains, num_warmup, num_samples, dtype, target_accept, seed)
     return _sample_stats(stats, model=model, num_chains=num_chains, num_warmup=num_warmup,
                          num_samples=num_samples, seed=seed, progress=progress,
@@ -875,7 +871,7 @@ def _background_at_mean(
     else:
         g = np.ones_like(x) if gain is None else gain
         ew = np.stack([(g * x).mean(axis=(0, 1)), (g * (1.0 - x)).mean(axis=(0, 1))], axis=1)
-    return stats.bg + np.einsum("kpi,ki->kp", stats.bg_sens, ew - stats.w)
+    return stats.background_at(ew)
 
 
 def _gain_draws(stats: GainStats, x: np.ndarray, sigma: np.ndarray, seed: int) -> np.ndarray:
@@ -1607,10 +1603,11 @@ def sample(
 
     With ``temporal='random_walk'`` the frames are sorted by (sequence, time) and the walk is
     sampled in non-centred coordinates: each step, scaled by ``q sqrt(gap)``, is the image of a
-    standard coordinate under a tanh map onto the range that keeps the weight within the
-    bounds, so the sampled density is the bounded walk exactly (no approximation at the
-    bounds) and q enters only the map. The chains start around the fast path's fit
-    (``fit_map(..., temporal='random_walk')``: its sigma, q and smoothed means).
+    standard normal coordinate under the quantile map of the truncated normal onto the range
+    that keeps the weight within the bounds, so the sampled density is the bounded walk
+    exactly (no approximation at the bounds) and q enters only the map. The chains start
+    around the fast path's fit (``fit_map(..., temporal='random_walk')``: its sigma, q and
+    smoothed means).
 
     Examples
     --------
@@ -1627,15 +1624,7 @@ def sample(
     check_nuts(model)
     _check_options(model, None, "marginal", 1000, 1e-8)
     _check_run(num_chains, num_warmup, num_samples, dtype, target_accept, seed)
-    if not isinstance(model.temporal, Independent) and model.noise.reweights:
-        raise ValueError(
-            f"temporal={temporal_spec(model.temporal)!r} on the NUTS path samples the walk on "
-            f"the per-frame statistics, which hold a Gaussian likelihood only; "
-            f"noise={noise_spec(model.noise)!r} needs the pixel-level likelihood. Use "
-            "noise='gaussian' (optionally with variance=) for the walk under NUTS, or "
-            f"bayesmix.fit_map(..., temporal='random_walk', noise={noise_spec(model.noise)!r})"
-        )
-    times, sequence_id = _check_sequence_options(model, times, sequence_id, frames)
+    times, sequence_id = _check_sequence_options(model, times, sequence_id, _leading(frames))
     if variance is not None and isinstance(model.noise, PoissonGaussian):
         raise ValueError(
             "variance= and a Poisson noise model both set each pixel's variance; give one: "

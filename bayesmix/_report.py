@@ -447,14 +447,13 @@ def _thin(n: int, most: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, most).round().astype(np.int64))
 
 
-def _sequence_plot(v: _View, w: _Walk, prob: float) -> tuple[str, int]:
+def _sequence_plot(v: _View, w: _Walk, prob: float) -> str:
     """One panel per sequence (the first few): the trajectory's posterior mean and its
     interval band over time, the frame-by-frame estimates with error bars beside it."""
     sizes = np.bincount(w.codes, minlength=w.n_sequences)
     shown = np.arange(min(w.n_sequences, _MAX_PANELS))
     fig = _figure(10, 2.6 * shown.size + 0.6)
     axes = fig.subplots(shown.size, 1, squeeze=False)[:, 0]
-    notes = []
     for ax, k in zip(axes, shown, strict=True):
         idx = np.flatnonzero(w.codes == k)
         idx = idx[np.argsort(w.times[idx], kind="stable")]
@@ -476,12 +475,10 @@ def _sequence_plot(v: _View, w: _Walk, prob: float) -> tuple[str, int]:
         ax.set_ylabel("x")
         thinned = "" if bars.size == idx.size else f"; error bars on {bars.size} of them"
         ax.set_title(f"sequence {w.labels[k]}: {sizes[k]} frames{thinned}", fontsize=10)
-        if bars.size < idx.size:
-            notes.append(k)
     axes[-1].set_xlabel("time")
     axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
-    return _png(fig), len(notes)
+    return _png(fig)
 
 
 def _q_plot(w: _Walk) -> str:
@@ -541,8 +538,7 @@ def _sequence_html(v: _View, result: Any, prob: float) -> str:
     elif w.q_limit == "lower":
         out.append('<p class="warn">q reached the bottom of its search range: the frames look '
                    "like one weight for the whole sequence.</p>")
-    plot, _ = _sequence_plot(v, w, prob)
-    out.append(plot)
+    out.append(_sequence_plot(v, w, prob))
     left = w.n_sequences - min(w.n_sequences, _MAX_PANELS)
     text = (f"Each panel is one sequence over time: the posterior mean of x along the random "
             f"walk with its {prob:.0%} interval (blue), and {html.escape(w.alone_what)} (grey).")

@@ -249,6 +249,15 @@ class BasisStats(NamedTuple):
         """K, the number of references."""
         return int(np.shape(self.w)[1])
 
+    def background_at(self, w: np.ndarray) -> np.ndarray:
+        """The background's conditional mean, shape (N, P), at reference coefficients ``w``,
+        shape (N, K). It is linear in ``w``, so at :math:`E[w \\mid y]` it is
+        :math:`E[c \\mid y]`."""
+        sens = np.asarray(self.bg_sens, np.float64)
+        return np.asarray(self.bg, np.float64) + np.einsum(
+            "npk,nk->np", sens, np.asarray(w, np.float64) - np.asarray(self.w, np.float64)
+        )
+
 
 @nb.njit(fastmath=_FASTMATH, cache=True, inline="always")
 def _sweep(y, c, d):

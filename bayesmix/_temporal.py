@@ -12,9 +12,10 @@ numbers per frame):
 
 - q (and sigma) by maximising the marginal likelihood :math:`p(y \\mid \\sigma, q)` that the
   filter gives (the bounds left out there: they change it only for trajectories that press
-  against them). log q is found on a grid refined around its best point, many q values in
-  one vectorised pass; sigma by EM steps between (the expected squared error under the
-  smoothed posterior); q's sd from the curvature of the log marginal likelihood in log q.
+  against them). log q by Brent's method over a bounded range (its ends checked: the
+  likelihood flattens towards both limits); sigma by EM steps between (the expected squared
+  error under the smoothed posterior); q's sd from the curvature of the log marginal
+  likelihood in log q.
 - the joint MAP within the bounds, exactly: projected Newton on the tridiagonal system. Each
   Newton step is the smoother with the frames that sit at a bound (and are pushed outward by
   the gradient) clamped there, then an Armijo search along the projection arc.
@@ -434,11 +435,11 @@ def _bounded_map(walk: _Walk, p, q2, start: _Start, lo, hi, x0):
         if not done:
             break
         moved = np.max(np.abs(xn[:n] - x[:n]))
-        exact = alpha == 1.0 and np.array_equal(xn, np.clip(target, lo, hi)) and np.all(
-            (target[:n] >= lo) & (target[:n] <= hi))
+        # A full step to a target within the bounds: the exact minimiser with this clamped set.
+        exact = alpha == 1.0 and np.all((target[:n] >= lo) & (target[:n] <= hi))
         x, f, g = xn, fn, gn
-        # KKT: the step was the exact minimiser with this clamped set, and the clamped set
-        # at the new point is the same (every clamped frame still pushed outward).
+        # KKT: that minimiser, and the clamped set at the new point is the same (every
+        # clamped frame still pushed outward).
         same = np.array_equal(clamp[:n], ((x[:n] <= lo + eps) & (g > 0))
                               | ((x[:n] >= hi - eps) & (g < 0)))
         if (exact and same) or moved <= 1e-13 * (hi - lo):

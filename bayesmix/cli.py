@@ -386,7 +386,6 @@ def _fit(args: argparse.Namespace) -> int:
     # True: the fit reads the frames itself, not their checkpointed statistics (pixel weights
     # from a variance map or re-made from the fit; or a noise model passed to the sampler).
     direct = _check_noise(args, model.noise)
-    direct = _check_temporal_nuts(args, temporal) or direct
     with on_device(args.device):  # checked before any work
         t0 = time.perf_counter()
         with _bar(args.quiet, None, "reading") as bar:
@@ -439,7 +438,7 @@ def _fit(args: argparse.Namespace) -> int:
                                            model=model)  # fmt: skip
             n = stats.n_frames
             if args.method == "map":
-                result = _fit_map_stats(fit_map_stats, stats, order, **common, **sampler)
+                result = fit_map_stats(stats, **common, **sampler, **_temporal_kw(model, order))
             else:
                 result = sample_stats(
                     stats, **common, num_chains=args.chains, num_warmup=args.warmup,
@@ -536,15 +535,6 @@ def _sampler_takes(*names: str) -> bool:
     from bayesmix._nuts import sample
 
     return all(n in inspect.signature(sample).parameters for n in names)
-
-
-def _stats_sampler_takes(*names: str) -> bool:
-    """``bayesmix._nuts.sample_stats`` accepts these keywords."""
-    import inspect
-
-    from bayesmix._nuts import sample_stats
-
-    return all(n in inspect.signature(sample_stats).parameters for n in names)
 
 
 def _check_noise(args: argparse.Namespace, noise: Any) -> bool:
@@ -761,46 +751,11 @@ def _check_order(times: Any, sequence_id: Any, frames: Any) -> tuple[Any, Any]:
     return times, sequence_id
 
 
-def _temporal_kw(model: Any, order: dict[str, Any] | None) -> dict[str, Any]:
+def _temporal_kw(model: Any, order: dict[str, Any]) -> dict[str, Any]:
     """``temporal=``, ``times=``, ``sequence_id=`` for fit_map/sample (only when temporal)."""
     if not _is_walk(model.temporal):
         return {}
-    return {"temporal": model.temporal, **(order or {})}
-
-
-def _check_temporal_nuts(args: argparse.Namespace, temporal: Any) -> bool:
-    """--method nuts with a temporal model: the sampler must take it (it reads the frames
-    itself then). Returns True when the fit must read the frames itself."""
-    if args.method != "nuts" or not _is_walk(temporal):
-        return False
-    if _stats_sampler_takes("temporal", "times", "sequence_id"):
-        return False  # on the checkpointed statistics, as without --temporal
-    if not _sampler_takes("temporal", "times", "sequence_id"):
-        raise UserError(
-            f"--method nuts does not take --temporal {args.temporal} yet; use --method map "
-            "(the exact Kalman-smoother path)"
-        )
-    if args.resume:
-        raise UserError(
-            "--resume does not apply to --method nuts with --temporal: that fit reads the "
-            "frames itself and keeps no checkpoint; run it again without --resume"
-        )
-    return True
-
-
-def _fit_map_stats(fit_map_stats: Any, stats: Any, order: dict[str, Any], **kw: Any) -> Any:
-    """``fit_map_stats`` with the frames' times and sequences of a temporal model."""
-    import inspect
-
-    if order["times"] is None and order["sequence_id"] is None:
-        return fit_map_stats(stats, **kw)
-    if {"times", "sequence_id"} <= set(inspect.signature(fit_map_stats).parameters):
-        return fit_map_stats(stats, **order, **kw)
-    # fit_map_stats does not pass times= and sequence_id= on (yet): its fit does.
-    from bayesmix._map import _fit
-
-    return _fit(stats, sigma=None, sigma_method="marginal", max_iter=1000, tol=1e-8,
-                frame=None, **kw, **order)  # fmt: skip
+    return {"temporal": model.temporal, **order}
 
 
 def _read_variance(source: str, stack: Any, map_shape: Any, spectral_axis: Any) -> Any:
@@ -834,7 +789,7 @@ def _fit_direct(
     mask: Any,
     map_shape: Any,
     sampler: dict[str, Any],
-    order: dict[str, Any] | None = None,
+    order: dict[str, Any],
 ) -> Any:
     """The fit on the frames themselves: ``fit_map`` (or ``sample``) with the model's noise and
     the variance map; a spectrum image's frames arrive laid out, so the map shape is set here."""

@@ -164,6 +164,13 @@ def test_times_need_a_temporal_model_and_distinct_times(files, capsys):
     _one_line_exit_2([*base, "--temporal", "random_walk"], capsys, files, ["share the time"])
 
 
+def test_nuts_walk_with_pixel_level_noise_is_refused_before_work(files, capsys):
+    argv = ["fit", str(files / "s0.npy"), "--ref-a", str(files / "a.npy"), "--ref-b",
+            str(files / "b.npy"), "--temporal", "random_walk", "--method", "nuts",
+            "--noise", "student_t", "--out", str(files / "r.csv")]  # fmt: skip
+    _one_line_exit_2(argv, capsys, files, ["pixel-level likelihood"])
+
+
 def test_report_of_a_temporal_map_result_has_the_sequence_section(walk_result, tmp_path):
     path = bayesmix.report(walk_result, tmp_path / "r.html")
     html = path.read_text()
