@@ -15,16 +15,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/bayesmix demo --out demo-output --overwrite
 
+# Two workers (pytest-xdist), each test file on one worker: the suite is mostly compilation,
+# which is single-threaded.
 test: $(STAMP)
 	.ci/ensure-chromium
 	$(BIN)/ruff check bayesmix tests benchmarks notebooks docs
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
 slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	.ci/ensure-chromium
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m slow
 
 calibrate: $(STAMP)
 	$(BIN)/python benchmarks/calibrate.py --out calibration

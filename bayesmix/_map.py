@@ -787,7 +787,10 @@ def fit_map(
         :math:`\\sqrt{2/n}`.
     device : {'cpu', 'gpu'}, optional
         Where the inference runs; default JAX's default device. A GPU that JAX cannot see is an
-        error. With several devices of the platform, the frames are sharded across them.
+        error. With several devices of the platform, the frames are sharded across them. With
+        'gpu' the pass over the pixels runs on the GPU too (in JAX; on the CPU it is numba's).
+        Frames that are a ``jax.Array`` are read where they live, whatever ``device`` says:
+        the pass runs in JAX on their device and only O(N) statistics come to the host.
     ref_names : sequence of str, optional
         K >= 3: a name per reference for the results' columns (default A, B, C, ...).
     draws, seed : int
@@ -890,5 +893,5 @@ def fit_map(
         return _fit_noise(stack, model, variance, fit_kw=fit_kw, chunk_size=chunk_size,
                           memory_limit=memory_limit)  # fmt: skip
     stats = _stats_for(stack, model, chunk_size=chunk_size, memory_limit=memory_limit,
-                       stacklevel=2)  # fmt: skip
+                       stacklevel=2, device=device)  # fmt: skip
     return _fit(stats, model=model, offset=_offset_unweighted(stack, model), **fit_kw)

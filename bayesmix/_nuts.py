@@ -20,7 +20,6 @@ in non-centred coordinates that are exact within the bounds and whitened given t
 from __future__ import annotations
 
 import math
-import time
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmix._devices import on_device
+from bayesmix._hmc import run_nuts
 from bayesmix._io import prepare, spectral_frames
 from bayesmix._likelihood import centred_reference, centred_total, gain_terms
 from bayesmix._likelihood import loglik as loglik_fn
@@ -45,14 +45,6 @@ __all__ = ["sample", "sample_stats"]
 
 _CHAIN_METHODS = ("auto", "vectorized", "parallel", "sequential")
 _DTYPES = ("float32", "float64")
-_EXTRA_FIELDS = (
-    "diverging",
-    "num_steps",
-    "energy",
-    "accept_prob",
-    "adapt_state.step_size",
-    "potential_energy",
-)
 
 
 class _Frame(NamedTuple):
@@ -71,7 +63,7 @@ def _log_prior_x(prior: XPrior, x):
     return prior.log_prob(jnp.clip(x, lo + eps, hi - eps))
 
 
-def _model(stats, x_ref, sse_ref, sigma_ref, ig, affine, u_scale, *, prior):
+def _model(stats, x_ref, sse_ref, sigma_ref, ig, affine, u_scale, prior):
     """NumPyro model on the statistics, in standardised coordinates.
 
     ``w`` (one per frame) and ``v`` are the sampled coordinates; the weights are
@@ -252,27 +244,6 @@ def _check_counts(**counts: Any) -> None:
     for name, value in counts.items():
         if isinstance(value, bool) or int(value) != value or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _mcmc(prior, num_chains, num_warmup, num_samples, method, target_accept, progress):
-    """NumPyro's NUTS on the model with this prior baked in (the data are arguments);
-    ``prior=None`` is the K >= 3 simplex model (:func:`_simplex_model`, the Dirichlet an argument).
-
-    NumPyro compiles its sampling loop on every ``run`` (a few seconds); JAX's persistent
-    compilation cache, where the user enables it, makes repeated runs of one shape cheap.
-    """
-    from numpyro.infer import MCMC, NUTS
-
-    model = _simplex_model if prior is None else partial(_model, prior=prior)
-    kernel = NUTS(model, target_accept_prob=target_accept)
-    return MCMC(
-        kernel,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_chains,
-        chain_method=method,
-        progress_bar=progress,
-    )
 
 
 def _standardise(fit: MapResult) -> tuple[np.ndarray, np.ndarray]:
@@ -623,7 +594,7 @@ def _sample_walk(fit: MapResult, *, times, sequence_id, num_chains, num_warmup, 
     # Always float64 (WALK_DTYPE): the whitening factors Q(q), whose walk part (1 / q^2) dwarfs
     # the frames' precision at small q; float32 loses it there (measured: a chain stuck with a
     # step size of 1e-7 at q = 1e-4 on 60 frames), for ~20% more time at 300 frames.
-    draws, extra, seconds = _run_nuts(
+    draws, extra, seconds = run_nuts(
         model_fn, args, init, num_chains=num_chains, num_warmup=num_warmup,
         num_samples=num_samples, method=method, dtype=WALK_DTYPE, target_accept=target_accept,
         progress=progress, seed=seed,
@@ -780,60 +751,34 @@ def _sample_stats(stats, *, model, num_chains, num_warmup, num_samples, seed, pr
             loc, scale = _standardise(fit)
             # Chains start at independent draws of the standardised posterior: the typical set.
             init = {"w": rng.standard_normal((num_chains, n)), "v": rng.standard_normal(num_chains)}
-
-        scope = x64() if dtype == "float64" else _float32()
-        with scope:
-            ft = jnp.float64 if dtype == "float64" else jnp.float32
-
-            def cast(tree: Any) -> Any:
-                return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64), ft), tree)
-
-            ig = jnp.asarray(fit.sigma_prior.ig_params, ft)
-            if simplex:
-                # sse_ref is in units of sigma_ref^2 already; sigma_ref enters the sigma prior.
-                args = (
-                    cast(st_c), cast(x_ref), ft(sse_ref), ft(sigma_ref), ig,
-                    _SimplexFrame(jnp.asarray(loc, ft), jnp.asarray(root, ft)), ft(u_scale),
-                    cast(fit.prior),
-                )  # fmt: skip
-            else:
-                args = (
-                    cast(st_c), cast(ref), ft(sse_ref), ft(sigma_ref), ig,
-                    _Frame(jnp.asarray(loc, ft), jnp.asarray(scale, ft)), ft(u_scale),
-                )  # fmt: skip
-            mcmc = _mcmc(
-                None if simplex else fit.prior, int(num_chains), int(num_warmup),
-                int(num_samples), method, float(target_accept), bool(progress),
-            )  # fmt: skip
-            init_params = {k: jnp.asarray(v, ft) for k, v in init.items()}
-            if num_chains == 1:
-                init_params = {k: v[0] for k, v in init_params.items()}
-            t0 = time.perf_counter()
-            mcmc.run(
-                jax.random.PRNGKey(seed),
-                *args,
-                init_params=init_params,
-                extra_fields=_EXTRA_FIELDS,
-            )
-            draws = mcmc.get_samples(group_by_chain=True)
-            extra = mcmc.get_extra_fields(group_by_chain=True)
-            jax.block_until_ready(draws)
-            seconds = time.perf_counter() - t0
-            x = np.asarray(draws["x"], np.float64)
-            sigma = np.asarray(draws["sigma"], np.float64)
-            extra = {k: np.asarray(v) for k, v in extra.items()}
-            loglik = None
-            if log_likelihood and simplex:
-                loglik = _simplex_loglik(red, x, sigma)
-            elif log_likelihood:
-                # Per frame, from the one likelihood, in float64 (LOO needs differences of O(1)).
-                with x64():
-                    ll = jax.jit(loglik_fn)(
-                        _as_f64(red), jnp.asarray(x), jnp.asarray(sigma)[..., None]
-                    )
-                    loglik = np.asarray(ll)
-            if loglik is not None and offset is not None:
-                loglik = loglik + np.asarray(offset, np.float64)
+        if simplex:
+            # sse_ref is in units of sigma_ref^2 already; sigma_ref enters the sigma prior.
+            model_fn = _simplex_model
+            args = (st_c, x_ref, np.float64(sse_ref), np.float64(sigma_ref),
+                    np.asarray(fit.sigma_prior.ig_params, np.float64), _SimplexFrame(loc, root),
+                    np.float64(u_scale), fit.prior)  # fmt: skip
+        else:
+            model_fn = _model
+            args = (st_c, ref, np.float64(sse_ref), np.float64(sigma_ref),
+                    np.asarray(fit.sigma_prior.ig_params, np.float64), _Frame(loc, scale),
+                    np.float64(u_scale), fit.prior)  # fmt: skip
+        draws, extra, seconds = run_nuts(
+            model_fn, args, init, num_chains=num_chains, num_warmup=num_warmup,
+            num_samples=num_samples, method=method, dtype=dtype, target_accept=target_accept,
+            progress=progress, seed=seed,
+        )  # fmt: skip
+        x = draws["x"]
+        sigma = draws["sigma"]
+        loglik = None
+        if log_likelihood and simplex:
+            loglik = _simplex_loglik(red, x, sigma)
+        elif log_likelihood:
+            # Per frame, from the one likelihood, in float64 (LOO needs differences of O(1)).
+            with x64():
+                ll = jax.jit(loglik_fn)(_as_f64(red), jnp.asarray(x), jnp.asarray(sigma)[..., None])
+                loglik = np.asarray(ll)
+        if loglik is not None and offset is not None:
+            loglik = loglik + np.asarray(offset, np.float64)
     gain_draws = _gain_draws(red, x, sigma, seed) if isinstance(red, GainStats) else None
     background = _background_at_mean(stats, x, gain=gain_draws, simplex=simplex)
 
@@ -889,47 +834,6 @@ def _gain_draws(stats: GainStats, x: np.ndarray, sigma: np.ndarray, seed: int) -
 
 def _as_f64(stats: Any) -> Any:
     return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), stats)
-
-
-class _float32:
-    """A no-op scope: JAX's default precision (float32 unless the user enabled x64)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _run_nuts(model_fn, args, init, *, num_chains, num_warmup, num_samples, method, dtype,
-              target_accept, progress, seed):  # fmt: skip
-    """NUTS on ``model_fn(*args)`` from ``init`` (arrays with a leading chain axis); the
-    arguments' arrays are cast to ``dtype`` (the model's static options are in ``model_fn``).
-    Returns the draws and extra fields (float64 numpy, grouped by chain) and the seconds."""
-    from numpyro.infer import MCMC, NUTS
-
-    scope = x64() if dtype == "float64" else _float32()
-    with scope:
-        ft = jnp.float64 if dtype == "float64" else jnp.float32
-        args = jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64), ft), args)
-        mcmc = MCMC(
-            NUTS(model_fn, target_accept_prob=float(target_accept)),
-            num_warmup=int(num_warmup), num_samples=int(num_samples),
-            num_chains=int(num_chains), chain_method=method, progress_bar=bool(progress),
-        )  # fmt: skip
-        init_params = {k: jnp.asarray(v, ft) for k, v in init.items()}
-        if num_chains == 1:
-            init_params = {k: v[0] for k, v in init_params.items()}
-        t0 = time.perf_counter()
-        mcmc.run(jax.random.PRNGKey(seed), *args, init_params=init_params,
-                 extra_fields=_EXTRA_FIELDS)  # fmt: skip
-        draws = mcmc.get_samples(group_by_chain=True)
-        extra = mcmc.get_extra_fields(group_by_chain=True)
-        jax.block_until_ready(draws)
-        seconds = time.perf_counter() - t0
-        draws = {k: np.asarray(v, np.float64) for k, v in draws.items()}
-        extra = {k: np.asarray(v) for k, v in extra.items()}
-    return draws, extra, seconds
 
 
 def _x_of(w, affine, prior):
@@ -1081,7 +985,7 @@ def _sample_per_frame(fit: MapResult, *, num_chains, num_warmup, num_samples, se
         "v_tau": 0.5 * rng.standard_normal(num_chains),
     }
     args = (data, _Frame(loc, scale), pop, fit.prior)
-    draws, extra, seconds = _run_nuts(
+    draws, extra, seconds = run_nuts(
         _per_frame_model, args, init, num_chains=num_chains, num_warmup=num_warmup,
         num_samples=num_samples, method=method, dtype=dtype, target_accept=target_accept,
         progress=progress, seed=seed,
@@ -1422,7 +1326,7 @@ def _sample_pixels(stack, model: MixingModel, variance: Any, *, num_chains, num_
             init["v_df"] = 0.5 * rng.standard_normal(num_chains)
     with on_device(device) as devices:
         method = _chain_method(chain_method, num_chains, len(devices))
-        draws, extra, seconds = _run_nuts(
+        draws, extra, seconds = run_nuts(
             partial(_pixel_model, kind=kind, **kw), (data, _Frame(loc, scale), hyper, res.prior),
             init, num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples,
             method=method, dtype=dtype, target_accept=target_accept, progress=progress,
@@ -1664,5 +1568,5 @@ def sample(
         )  # fmt: skip
     else:
         stats = _stats_for(stack, model, chunk_size=chunk_size, memory_limit=memory_limit,
-                           stacklevel=2)  # fmt: skip
+                           stacklevel=2, device=device)  # fmt: skip
     return _sample_stats(stats, model=model, frame=None, offset=offset, **run, **walk)

@@ -8,7 +8,9 @@ through four numbers (see :mod:`bayesmix._likelihood`)::
     dd   = d . d                      over the frame's valid pixels
     n    = number of valid pixels
 
-The pass is a fused, multithreaded kernel (numba) that reads each frame once. It works on
+The pass is a fused, multithreaded kernel (numba) that reads each frame once; frames already on
+a JAX device (a ``jax.Array``), or any frames with ``device="gpu"``, take the same pass in JAX
+(:mod:`bayesmix._stats_jax`). It works on
 ``r' = y - c`` with ``c = (A + B) / 2``, which removes the frame's common level, and sums
 float32 data in short float32 blocks added into float64, so rounding stays at the level of the
 data's own precision. ``rss`` is taken as ``q - s^2/dd`` only when that subtraction loses less than
@@ -26,10 +28,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
+import jax
 import numba as nb
 import numpy as np
 
 from bayesmix._io import ChunkStream, Stack, prepare
+from bayesmix._stats_jax import basis_kernel as jax_basis_kernel
+from bayesmix._stats_jax import device_chunks, is_jax_array
+from bayesmix._stats_jax import frame_kernel as jax_frame_kernel
+from bayesmix._threads import quiet_blas_threads
 
 __all__ = [
     "BasisStats",
@@ -625,13 +632,26 @@ def _run_pass(
     chunk_size: int | None,
     memory_limit: int | None,
     progress: Callable[[int], object] | None,
+    on_device: Any = None,
 ) -> tuple[np.ndarray, ...]:
     """``fn`` (chunk of frames -> per-frame arrays) over the whole stack, chunk by chunk, the
-    next chunk read while one is computed; the per-frame arrays concatenated."""
+    next chunk read while one is computed; the per-frame arrays concatenated. With
+    ``on_device`` (a JAX device), ``fn`` is given device arrays (the JAX pass)."""
     memory_limit = _check_memory_limit(memory_limit)
     frames = stack.frames
-    if _is_dask(frames):
+    if on_device is None and _is_dask(frames):
         return _dask_pass(frames, fn, chunk_size, memory_limit)
+    if on_device is not None:
+        frame_bytes = int(np.prod(stack.frame_shape)) * np.dtype(frames.dtype).itemsize
+        step = _chunks(int(frames.shape[0]), frame_bytes, frame_bytes, chunk_size, memory_limit,
+                       True) if not isinstance(frames, ChunkStream) else 0  # fmt: skip
+        source = _stream_chunks(frames) if isinstance(frames, ChunkStream) else frames
+        parts = []
+        for chunk, k in device_chunks(source, step, on_device):
+            parts.append(tuple(a[:k] for a in fn(chunk)))  # the padding frames dropped
+            if progress is not None:
+                progress(k)
+        return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
     if isinstance(frames, ChunkStream):
         chunks: Iterator[np.ndarray] = _stream_chunks(frames)
     else:
@@ -641,12 +661,27 @@ def _run_pass(
         step = _chunks(int(frames.shape[0]), p_all * frames.dtype.itemsize,
                        p_all * stack.dtype.itemsize, chunk_size, memory_limit, copies)  # fmt: skip
         chunks = _array_chunks(frames, step)
+    # OpenBLAS threads still spinning after the user's last numpy call would halve the pass.
+    quiet_blas_threads(int(np.prod(stack.frame_shape)) * int(frames.shape[0] or 0)
+                       * np.dtype(frames.dtype).itemsize)  # fmt: skip
     parts = []
     for chunk in chunks:
         parts.append(fn(chunk))
         if progress is not None:
             progress(int(chunk.shape[0]))
     return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
+
+
+def pass_device(stack: Stack, device: str | None) -> Any:
+    """The JAX device of the statistics pass, or None for the numba pass on the host: frames
+    that are a ``jax.Array`` stay where they are; ``device="gpu"`` sends any frames to the GPU."""
+    if is_jax_array(stack.frames):
+        return next(iter(stack.frames.devices()))
+    if device == "gpu":
+        from bayesmix._devices import platform_devices
+
+        return platform_devices(device)[0]
+    return None
 
 
 def _check_pass(n: np.ndarray, ninf: np.ndarray, stacklevel: int) -> None:
@@ -675,11 +710,12 @@ def stats_from_stack(
     memory_limit: int | None = None,
     stacklevel: int = 2,
     progress: Callable[[int], object] | None = None,
+    device: str | None = None,
 ) -> FrameStats:
     """The statistics pass over a validated :class:`~bayesmix._io.Stack`.
 
     ``progress``, if given, is called with the number of frames of each chunk done (a progress
-    bar's ``update``).
+    bar's ``update``). ``device`` as in :func:`pass_device`.
     """
     dt = stack.dtype
     d_full = stack.ref_a - stack.ref_b
@@ -688,9 +724,11 @@ def stats_from_stack(
     dd = float(np.dot(d.astype(np.float64), d.astype(np.float64)))
     pixels = stack.pixels if stack.pixels is not None else np.empty(0, np.int64)
     pixels = np.ascontiguousarray(pixels, dtype=np.int64)
+    dev = pass_device(stack, device)
+    kernel = _chunk_stats if dev is None else jax_frame_kernel
     xhat, rss, ddo, n, ninf = _run_pass(
-        stack, lambda chunk: _chunk_stats(chunk, pixels, c, d, dd),
-        chunk_size=chunk_size, memory_limit=memory_limit, progress=progress,
+        stack, lambda chunk: kernel(chunk, pixels, c, d, dd),
+        chunk_size=chunk_size, memory_limit=memory_limit, progress=progress, on_device=dev,
     )  # fmt: skip
     _check_pass(n, ninf, stacklevel)
     flat = np.flatnonzero(~(ddo > 0))
@@ -752,15 +790,25 @@ def _reduce_rows(theta: np.ndarray, gram: np.ndarray, n_bg: int) -> tuple[np.nda
     return w, z, chol, bg, sens
 
 
-def _basis_chunk(chunk: np.ndarray, pixels: np.ndarray, basis: _Basis) -> tuple[np.ndarray, ...]:
+def _basis_chunk(chunk: Any, pixels: np.ndarray, basis: _Basis,
+                 jax_pass: bool = False) -> tuple[np.ndarray, ...]:  # fmt: skip
     """The basis kernel on one chunk: (w, z, chol, bg, bg_sens, rss, n, n_inf)."""
     m = int(chunk.shape[0])
-    rows = _as_rows(chunk, basis.c.dtype)
     nb_ = basis.q.shape[0]
     p = basis.n_bg
-    proj, rss = np.empty((m, nb_)), np.empty(m)
-    n, ninf = np.empty(m, np.int64), np.empty(m, np.int64)
-    _basis_kernel(rows, pixels, basis.c, basis.q, proj, rss, n, ninf)
+    if jax_pass:
+        proj, rss, n, ninf = jax_basis_kernel(chunk, pixels, basis.c, basis.q)
+
+        def row_of(i: int) -> np.ndarray:  # one row to the host, for the float64 masked path
+            return np.asarray(jax.device_get(chunk[i])).reshape(-1)
+    else:
+        rows = _as_rows(chunk, basis.c.dtype)
+        proj, rss = np.empty((m, nb_)), np.empty(m)
+        n, ninf = np.empty(m, np.int64), np.empty(m, np.int64)
+        _basis_kernel(rows, pixels, basis.c, basis.q, proj, rss, n, ninf)
+
+        def row_of(i: int) -> np.ndarray:
+            return rows[i]
     theta_c = np.zeros(nb_)
     theta_c[p:] = basis.centre
     r = basis.r
@@ -782,7 +830,7 @@ def _basis_chunk(chunk: np.ndarray, pixels: np.ndarray, basis: _Basis) -> tuple[
         bg[ok] = theta[:, :p]
         sens[ok] = -np.linalg.solve(r[:p, :p], r[:p, p:]) if p else np.zeros((p, kr))
     for i in np.flatnonzero(~ok):
-        row = rows[i] if pixels.size == 0 else rows[i, pixels]
+        row = row_of(i) if pixels.size == 0 else row_of(i)[pixels]
         coef, gram, rss_i, k, k_inf = _masked_basis_row(row, basis.c64, basis.design)
         n[i], ninf[i], rss[i] = k, k_inf, rss_i
         if coef is None:
@@ -806,6 +854,7 @@ def basis_stats_from_stack(
     memory_limit: int | None = None,
     stacklevel: int = 2,
     progress: Callable[[int], object] | None = None,
+    device: str | None = None,
 ) -> BasisStats:
     """The statistics pass on the model's basis [background, A, B] (see :class:`BasisStats`).
 
@@ -817,9 +866,10 @@ def basis_stats_from_stack(
     basis = _make_basis(stack, model)
     pixels = stack.pixels if stack.pixels is not None else np.empty(0, np.int64)
     pixels = np.ascontiguousarray(pixels, dtype=np.int64)
+    dev = pass_device(stack, device)
     w, z, chol, bg, sens, rss, n, ninf = _run_pass(
-        stack, lambda chunk: _basis_chunk(chunk, pixels, basis),
-        chunk_size=chunk_size, memory_limit=memory_limit, progress=progress,
+        stack, lambda chunk: _basis_chunk(chunk, pixels, basis, jax_pass=dev is not None),
+        chunk_size=chunk_size, memory_limit=memory_limit, progress=progress, on_device=dev,
     )  # fmt: skip
     _check_pass(n, ninf, stacklevel)
     few = np.flatnonzero(n < 0)
@@ -875,6 +925,7 @@ def frame_stats(
     background: Any = None,
     gain: bool = False,
     spectral_axis: int | None = None,
+    device: str | None = None,
 ) -> FrameStats | BasisStats:
     """Per-frame sufficient statistics of a frame stack, in one pass over the pixels.
 
@@ -906,6 +957,9 @@ def frame_stats(
         The model (see :func:`bayesmix.fit_map`). With a background or gain the pass projects
         each frame on the basis [background, A, B] and returns :class:`BasisStats`; pass the
         same ``background`` and ``gain`` to :func:`bayesmix.fit_map_stats`.
+    device : {'cpu', 'gpu'}, optional
+        'gpu' runs the pass on the GPU (in JAX). Frames that are a ``jax.Array`` are read on
+        their own device, in JAX, with no host copy; otherwise the pass is numba's on the CPU.
 
     Returns
     -------
@@ -937,8 +991,10 @@ def frame_stats(
     frames, _ = spectral_frames(frames, spectral_axis, ref_a)
     stack = prepare(frames, ref_a, ref_b, mask, more_refs)
     if model.is_plain:
-        return stats_from_stack(stack, chunk_size=chunk_size, memory_limit=memory_limit)
-    return basis_stats_from_stack(stack, model, chunk_size=chunk_size, memory_limit=memory_limit)
+        return stats_from_stack(stack, chunk_size=chunk_size, memory_limit=memory_limit,
+                                device=device)  # fmt: skip
+    return basis_stats_from_stack(stack, model, chunk_size=chunk_size, memory_limit=memory_limit,
+                                  device=device)  # fmt: skip
 
 
 def bucket_size(n: int) -> int:

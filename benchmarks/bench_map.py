@@ -12,6 +12,10 @@ On N frames of SxS float32 (default 20,000 of 64x64) it prints, in one run:
   memory-bandwidth floor), timed in alternation with it since these machines are noisy;
 - its ratio to the per-frame ``scipy.linalg.lstsq`` loop a user would otherwise write.
 
+- the statistics pass in JAX (frames as a ``jax.Array``) against the numba pass, on this CPU, or
+  with ``--device gpu`` on the GPU: frames resident there, frames fed from the host, and
+  ``fit_map``, each against ``jnp.dot`` over the same data on that device.
+
 Targets: warm fit_map <= 2x the matrix-vector product; >= 300x faster than the lstsq loop.
 """
 
@@ -84,6 +88,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=20_000)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--quick", action="store_true", help="2,000 frames")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                   help="where the JAX pass is timed (default: this CPU)")
     args = p.parse_args()
     n = 2000 if args.quick else args.frames
     sim = bayesmix.simulate(n, shape=(args.size, args.size), noise=0.3, seed=0)
@@ -165,7 +171,48 @@ def main() -> None:
     for label, (t_fit, t_pass) in t_models.items():
         print(f"  {label:22s} {1e3 * t_fit:8.1f} ms  {t_fit / t_fit_alone:6.2f}x the default; "
               f"its pixel pass {1e3 * t_pass:7.1f} ms = {t_pass / t_mv_alone:.2f}x the matvec")
+    jax_section(frames, a, b, args.device, t_stats)
     k_refs_section(n, args.size)
+
+
+def jax_section(frames: np.ndarray, a: np.ndarray, b: np.ndarray, device: str,
+                t_numba: float) -> None:  # fmt: skip
+    """The statistics pass in JAX on ``device`` (frames resident there, and fed from the host
+    on a GPU) against the numba pass and ``jnp.dot`` over the same data on that device."""
+    import jax
+    import jax.numpy as jnp
+
+    dev = jax.devices(device)[0]
+    n = len(frames)
+    fj = jax.device_put(frames, dev)
+    flat_j = fj.reshape(n, -1)
+    dj = jax.device_put((a - b).astype(np.float32).ravel(), dev)
+    mv = jax.jit(jnp.dot)
+
+    def run_mv():
+        mv(flat_j, dj).block_until_ready()
+
+    run_mv()
+    bayesmix.fit_map(fj, a, b)  # compile
+    pairs = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        run_mv()
+        t1 = time.perf_counter()
+        bayesmix.frame_stats(fj, a, b)
+        t2 = time.perf_counter()
+        pairs.append((t1 - t0, t2 - t1))
+    t_mv = min(p[0] for p in pairs)
+    t_pass = min(p[1] for p in pairs)
+    t_fit = best(lambda: bayesmix.fit_map(fj, a, b), 5)[0]
+    print(f"\nJAX pass on {dev.platform} (frames a jax.Array there; alternating with jnp.dot):")
+    print(f"  jnp.dot (frames @ d)  {1e3 * t_mv:8.1f} ms")
+    print(f"  frame_stats (JAX)     {1e3 * t_pass:8.1f} ms = {t_pass / t_mv:.2f}x jnp.dot; "
+          f"{t_pass / t_numba:.2f}x the numba pass ({1e3 * t_numba:.1f} ms, host frames)")
+    print(f"  fit_map (JAX pass)    {1e3 * t_fit:8.1f} ms = {t_fit / t_mv:.2f}x jnp.dot")
+    if device == "gpu":
+        t_fed = best(lambda: bayesmix.frame_stats(frames, a, b, device="gpu"), 5)[0]
+        print(f"  host frames, device='gpu': {1e3 * t_fed:8.1f} ms (includes the copy to the GPU)")
 
 
 def k_refs_section(n: int, size: int) -> None:

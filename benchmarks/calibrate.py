@@ -172,14 +172,8 @@ def _rank(draws: np.ndarray, truth: Any, rng: np.random.Generator) -> np.ndarray
     return below + rng.integers(0, ties + 1)
 
 
-#: ``bayesmix.sample`` calls in this process, and how often JAX's caches are dropped.
-_SAMPLE_CALLS = [0]
-CLEAR_EVERY = 40
-
-
 def _nuts_block(cfg: Config, reps: range, seed: int) -> dict[str, Any]:
     import arviz as az
-    import jax
 
     import bayesmix
 
@@ -211,12 +205,6 @@ def _nuts_block(cfg: Config, reps: range, seed: int) -> dict[str, Any]:
         ess = [az.ess(xs[None, :, j]) for j in range(cfg.frames)] + [az.ess(ss[None])]
         out["ess"].append(float(np.min(ess)) / DRAWS)
         out["divergences"] += int(idata.sample_stats["diverging"].values.sum())
-        _SAMPLE_CALLS[0] += 1
-        if _SAMPLE_CALLS[0] % CLEAR_EVERY == 0:
-            # Every `sample` call compiles a new NUTS program that JAX keeps cached (~400 memory
-            # maps each): a process dies after ~170 calls (vm.max_map_count 65530) unless the
-            # caches are dropped. Dropping them costs a few seconds of recompilation.
-            jax.clear_caches()
     return out
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +67,10 @@ _MAPS_BEFORE_CLEARING = 30_000
 
 @pytest.fixture(autouse=True, scope="module")
 def _drop_compiled_programs():
-    """Drop JAX's compiled programs after a test module once they hold many memory maps. Every
-    NumPyro run compiles a new program that JAX keeps (several hundred maps each): one process
-    running the whole suite would otherwise reach the kernel's map limit and crash."""
+    """Drop JAX's compiled programs after a test module once they hold many memory maps. NUTS
+    compiles once per model, options and shape (bayesmix._hmc), but the suite runs hundreds of
+    distinct ones (several hundred maps each): one process running it all could otherwise reach
+    the kernel's map limit."""
     yield
     try:
         with open("/proc/self/maps") as fh:
@@ -80,3 +84,39 @@ def _drop_compiled_programs():
 
         jax.clear_caches()
         gc.collect()
+
+
+# Test files, longest first (measured by `pytest --durations=0`, 2 workers): `make test` runs the
+# files on two workers (pytest-xdist, --dist loadfile), handed out in collection order, so the
+# long ones start first and the short ones fill in at the end. Order within a file is kept.
+_LONGEST_FIRST = (
+    "test_cli", "test_noise", "test_temporal", "test_nuts", "test_notebook", "test_map",
+    "test_temporal_cli", "test_truncnorm", "test_noise_nuts", "test_properties",
+    "test_noise_nuts_pixels", "test_model_paths", "test_runs", "test_model_quadrature",
+    "test_noise_cli", "test_simplex",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank)))
+
+
+# The two xdist workers share JAX's compiled programs through a persistent cache for this run
+# (a test process may set JAX's configuration; the library never does): a program one worker
+# compiled is read by the other instead of compiled again. The controller makes the folder
+# before it starts the workers (they inherit the variable) and removes it at the end.
+_CACHE_VAR = "BAYESMIX_TEST_JAX_CACHE"
+_OWN_CACHE = os.environ.get("PYTEST_XDIST_WORKER") is None and _CACHE_VAR not in os.environ
+if _OWN_CACHE:
+    os.environ[_CACHE_VAR] = tempfile.mkdtemp(prefix="bayesmix-test-jax-")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_VAR])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ.pop(_CACHE_VAR), ignore_errors=True)

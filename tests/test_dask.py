@@ -24,6 +24,7 @@ def test_dask_threads_equal_in_memory(sim, chunks):
     assert res.sigma == ref.sigma
 
 
+@pytest.mark.slow  # starts a cluster of processes; the threaded dask tests above run by default
 def test_dask_distributed_cluster_of_processes(sim):
     ref = bayesmix.fit_map(sim.frames, sim.ref_a, sim.ref_b)
     # Frames made on the workers (not shipped from here): a stack that lives on the cluster.

@@ -57,6 +57,7 @@ _CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a subprocess with 4 host devices; the other device tests run by default
 def test_frames_sharded_over_four_devices_agree(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     out = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "r.npy")], env=env,

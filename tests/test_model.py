@@ -79,6 +79,7 @@ def _sim_gain_offsets(n, *, seed, shape=(16, 16), noise=0.08):
     return frames, a, b, x, g, c
 
 
+@pytest.mark.slow  # calibration over many frames; the model's quadrature tests run by default
 def test_gain_and_offsets_intervals_are_calibrated_and_beat_the_plain_model():
     """Simulated images with per-frame gain in [0.7, 1.3] and offsets: the 90% intervals of the
     full model cover 88-92% of 6,000 true weights (binomial sd of the coverage 0.4%, so the band

@@ -253,6 +253,7 @@ def test_nuts_with_gain_and_constant_background_agrees_with_the_fast_path(sim, g
           "background")  # fmt: skip
 
 
+@pytest.mark.slow  # the gain + constant background NUTS test above runs by default
 def test_nuts_with_linear_background_without_gain_agrees_with_the_fast_path():
     """background='linear' (constant + slope) without gain: the likelihood in x is a Gaussian
     factor, so the fast path's posterior is a closed-form truncated normal; NUTS agrees within

@@ -36,7 +36,9 @@ def _done(work):
         return 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize(
+    "sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGINT]
+)
 def test_killed_run_resumes_to_the_same_file(tmp_path, big, sig):
     full = tmp_path / "full.parquet"
     assert main(_fit_args(big, full)) == 0

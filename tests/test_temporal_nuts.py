@@ -71,11 +71,8 @@ def _summaries(x):
     return out
 
 
-@pytest.mark.parametrize(
-    "prior",
-    [TruncatedNormal(), pytest.param(Uniform(), marks=pytest.mark.slow)],
-    ids=["truncnorm", "uniform"],
-)
+@pytest.mark.slow  # long NUTS runs; the end-to-end walk test and the temporal CLI run by default
+@pytest.mark.parametrize("prior", [TruncatedNormal(), Uniform()], ids=["truncnorm", "uniform"])
 def test_noncentred_walk_matches_a_centred_reference_near_a_bound(prior):
     stats = _near_bound()
     assert np.sum(stats.xhat < 0) >= 5
@@ -168,6 +165,7 @@ def test_sample_with_times_and_sequences_end_to_end(tmp_path):
     np.testing.assert_array_equal(back.constant_data["sequence"].values, seq)
 
 
+@pytest.mark.slow  # test_sample_with_times_and_sequences_end_to_end runs by default
 def test_sample_stats_walk_with_fixed_q():
     frames, a, b = _walk_frames(40, seed=4)
     stats = bayesmix.frame_stats(frames, a, b)
