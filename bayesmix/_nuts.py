@@ -15,6 +15,9 @@ likelihood (:func:`_pixel_model`), which needs the pixels in memory (a size guar
 A random walk along the frames (``temporal='random_walk'``) is sampled on the statistics too,
 in non-centred coordinates that are exact within the bounds and whitened given the walk's step q
 (:func:`_walk_model`); q and sigma are sampled with the weights.
+
+Every model runs through :func:`bayesmix._hmc.run_nuts`: one program per model, options and
+shape, compiled once and reused by later calls on new data.
 """
 
 from __future__ import annotations
@@ -751,17 +754,13 @@ def _sample_stats(stats, *, model, num_chains, num_warmup, num_samples, seed, pr
             loc, scale = _standardise(fit)
             # Chains start at independent draws of the standardised posterior: the typical set.
             init = {"w": rng.standard_normal((num_chains, n)), "v": rng.standard_normal(num_chains)}
-        if simplex:
-            # sse_ref is in units of sigma_ref^2 already; sigma_ref enters the sigma prior.
-            model_fn = _simplex_model
-            args = (st_c, x_ref, np.float64(sse_ref), np.float64(sigma_ref),
-                    np.asarray(fit.sigma_prior.ig_params, np.float64), _SimplexFrame(loc, root),
-                    np.float64(u_scale), fit.prior)  # fmt: skip
-        else:
-            model_fn = _model
-            args = (st_c, ref, np.float64(sse_ref), np.float64(sigma_ref),
-                    np.asarray(fit.sigma_prior.ig_params, np.float64), _Frame(loc, scale),
-                    np.float64(u_scale), fit.prior)  # fmt: skip
+        # The simplex's sse_ref is in units of sigma_ref^2 already; sigma_ref enters the sigma
+        # prior. The data, the starting point and the prior's parameters are all traced.
+        model_fn = _simplex_model if simplex else _model
+        args = (st_c, x_ref if simplex else ref, np.float64(sse_ref), np.float64(sigma_ref),
+                np.asarray(fit.sigma_prior.ig_params, np.float64),
+                _SimplexFrame(loc, root) if simplex else _Frame(loc, scale), np.float64(u_scale),
+                fit.prior)  # fmt: skip
         draws, extra, seconds = run_nuts(
             model_fn, args, init, num_chains=num_chains, num_warmup=num_warmup,
             num_samples=num_samples, method=method, dtype=dtype, target_accept=target_accept,
@@ -1409,7 +1408,9 @@ def sample(
     seed : int
         Seed: the same seed gives the same draws on the same machine.
     progress : bool
-        Show NumPyro's progress bar.
+        Show a progress bar (updated from inside the compiled sampler, about 50 times a
+        chain). Repeated calls with data of the same shape and the same options reuse the
+        compiled sampler: only the first pays the compilation.
     chain_method : {'auto', 'vectorized', 'parallel', 'sequential'}
         How chains run; 'auto' runs them in parallel when there is a device per chain (GPUs, or
         CPU host devices set up before JAX starts) and vectorised on one device otherwise.
