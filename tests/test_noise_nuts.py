@@ -264,6 +264,7 @@ def test_bad_run_option_checked_before_work(small):
         bayesmix.sample(frames, a, b, noise="poisson", dtype="float16")
 
 
+@pytest.mark.slow  # a wide population; test_sample_stats_per_frame runs by default
 def test_per_frame_auto_centring_mixes_a_wide_population(monkeypatch):
     # tau = 1 with 64 pixels per frame: each frame's data pin log sigma_i (sd ~0.09) far better
     # than the population does, where the non-centred form mixes slowly (measured ESS of tau

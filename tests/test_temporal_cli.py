@@ -190,6 +190,7 @@ def test_report_thins_long_sequences_and_names_the_left_out(refs, tmp_path):
     assert "<h2>Sequence</h2>" not in html
 
 
+@pytest.mark.slow  # a NUTS run from the CLI; the walk's NUTS path runs by default in test_temporal_nuts
 def test_report_of_a_temporal_nuts_run(refs, stacks, tmp_path):
     import inspect
 
