@@ -13,6 +13,7 @@ of the sampler, changing its adaptation and its draws.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -34,9 +35,6 @@ EXTRA_FIELDS = (
     "adapt_state.step_size",
     "potential_energy",
 )
-
-#: Chain methods: "vectorized" (one device), "sequential", "parallel" (one device per chain).
-CHAIN_METHODS = ("vectorized", "sequential", "parallel")
 
 #: Progress is reported about this many times per chain.
 _PROGRESS_UPDATES = 50
@@ -130,15 +128,14 @@ def run_nuts(model_fn: Callable, args: tuple, init: dict[str, np.ndarray], *, nu
 
     ``model_fn`` is a module-level NumPyro model or a ``functools.partial`` of one whose keywords
     are its static (hashable) options; the arrays of ``args`` are cast to ``dtype`` and traced.
+    ``method`` is 'vectorized', 'sequential' or 'parallel' (the caller resolves 'auto').
     Returns the draws and extra fields (numpy, (chain, draw, ...), draws in float64) and the
     seconds the run took (a first call of a shape includes its compilation).
     """
-    if method not in CHAIN_METHODS:
-        raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {method!r}")
     func, static = _static_parts(model_fn)
     run = _program(func, static, int(num_chains), int(num_warmup), int(num_samples), method,
                    float(target_accept))  # fmt: skip
-    scope = x64() if dtype == "float64" else _Default()
+    scope = x64() if dtype == "float64" else contextlib.nullcontext()
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -165,19 +162,3 @@ def run_nuts(model_fn: Callable, args: tuple, init: dict[str, np.ndarray], *, nu
         draws = {k: np.asarray(v, np.float64) for k, v in draws.items()}
         extra = {k: np.asarray(v) for k, v in extra.items()}
     return draws, extra, seconds
-
-
-class _Default:
-    """A no-op scope: JAX's default precision (float32 unless the user enabled x64)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def compiled_programs() -> int:
-    """How many NUTS programs are built (one per model, options and chain layout)."""
-    return _program.cache_info().currsize
-

@@ -646,29 +646,29 @@ def _run_pass(
         step = _chunks(int(frames.shape[0]), frame_bytes, frame_bytes, chunk_size, memory_limit,
                        True) if not isinstance(frames, ChunkStream) else 0  # fmt: skip
         source = _stream_chunks(frames) if isinstance(frames, ChunkStream) else frames
-        parts = []
-        for chunk, k in device_chunks(source, step, on_device):
-            parts.append(tuple(a[:k] for a in fn(chunk)))  # the padding frames dropped
-            if progress is not None:
-                progress(k)
-        return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
-    if isinstance(frames, ChunkStream):
-        chunks: Iterator[np.ndarray] = _stream_chunks(frames)
+        # (chunk, frames in it that are real): device chunks are padded, host ones are not.
+        chunks: Iterator[tuple[Any, int]] = device_chunks(source, step, on_device)
     else:
-        p_all = int(np.prod(stack.frame_shape))
-        native = isinstance(frames, np.ndarray) and frames.dtype in _NATIVE
-        copies = not (native and frames.flags.c_contiguous)
-        step = _chunks(int(frames.shape[0]), p_all * frames.dtype.itemsize,
-                       p_all * stack.dtype.itemsize, chunk_size, memory_limit, copies)  # fmt: skip
-        chunks = _array_chunks(frames, step)
-    # OpenBLAS threads still spinning after the user's last numpy call would halve the pass.
-    quiet_blas_threads(int(np.prod(stack.frame_shape)) * int(frames.shape[0] or 0)
-                       * np.dtype(frames.dtype).itemsize)  # fmt: skip
+        if isinstance(frames, ChunkStream):
+            host: Iterator[np.ndarray] = _stream_chunks(frames)
+        else:
+            p_all = int(np.prod(stack.frame_shape))
+            native = isinstance(frames, np.ndarray) and frames.dtype in _NATIVE
+            copies = not (native and frames.flags.c_contiguous)
+            step = _chunks(int(frames.shape[0]), p_all * frames.dtype.itemsize,
+                           p_all * stack.dtype.itemsize, chunk_size, memory_limit,
+                           copies)  # fmt: skip
+            host = _array_chunks(frames, step)
+        chunks = ((chunk, int(chunk.shape[0])) for chunk in host)
+        # OpenBLAS threads still spinning after the user's last numpy call would halve the pass.
+        quiet_blas_threads(int(np.prod(stack.frame_shape)) * int(frames.shape[0] or 0)
+                           * np.dtype(frames.dtype).itemsize)  # fmt: skip
     parts = []
-    for chunk in chunks:
-        parts.append(fn(chunk))
+    for chunk, k in chunks:
+        out = fn(chunk)
+        parts.append(out if k == len(out[0]) else tuple(a[:k] for a in out))
         if progress is not None:
-            progress(int(chunk.shape[0]))
+            progress(k)
     return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
 
 

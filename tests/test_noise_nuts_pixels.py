@@ -97,7 +97,9 @@ def test_student_t_nuts_learns_df_and_covers():
     assert idata.attrs["df_prior"] == "gamma(2, 0.1)"
 
 
-def test_student_t_nuts_not_dragged_by_hot_pixels():
+def _hot_pixel_data():
+    """300 frames with Gaussian noise 0.05 and 1% hot pixels (+1 to +5): (frames, a, b, x, CRLB)
+    with the clean data's Cramer-Rao bound sigma / ||A - B||."""
     rng = np.random.default_rng(5)
     a, b = _refs()
     n = 300
@@ -105,11 +107,14 @@ def test_student_t_nuts_not_dragged_by_hot_pixels():
     clean = x[:, None] * a + (1 - x[:, None]) * b + 0.05 * rng.normal(size=(n, P))
     hot = rng.random(clean.shape) < 0.01
     frames = clean + hot * rng.uniform(1.0, 5.0, clean.shape)
+    return frames, a, b, x, 0.05 / np.linalg.norm(a - b)
+
+
+def test_student_t_nuts_not_dragged_by_hot_pixels():
+    frames, a, b, x, crlb = _hot_pixel_data()
     idata = bayesmix.sample(frames, a, b, noise="student_t", **RUN)
     mean, _, _, _ = _summary(idata)
-    rmse = np.sqrt(np.mean((mean - x) ** 2))
-    # The clean data's error: the Cramer-Rao bound sigma / ||A - B|| (the prior helps a little).
-    crlb = 0.05 / np.linalg.norm(a - b)
+    rmse = np.sqrt(np.mean((mean - x) ** 2))  # the prior helps a little below the CRLB
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gauss = bayesmix.fit_map(frames, a, b)
@@ -121,13 +126,8 @@ def test_student_t_nuts_not_dragged_by_hot_pixels():
 
 @pytest.mark.slow  # a second NUTS program; the learned-df run above is the default check
 def test_student_t_nuts_with_fixed_df_not_dragged_by_hot_pixels():
-    rng = np.random.default_rng(5)
-    a, b = _refs()
-    n = 300
-    x = _x(rng, n)
-    clean = x[:, None] * a + (1 - x[:, None]) * b + 0.05 * rng.normal(size=(n, P))
-    frames = clean + (rng.random(clean.shape) < 0.01) * rng.uniform(1.0, 5.0, clean.shape)
+    frames, a, b, x, crlb = _hot_pixel_data()
     fixed = bayesmix.sample(frames, a, b, noise=StudentT(df=4), **RUN)
     assert "df" not in fixed.posterior
     mean4, _, _, _ = _summary(fixed)
-    assert np.sqrt(np.mean((mean4 - x) ** 2)) < 1.25 * 0.05 / np.linalg.norm(a - b)
+    assert np.sqrt(np.mean((mean4 - x) ** 2)) < 1.25 * crlb
