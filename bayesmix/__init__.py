@@ -9,6 +9,7 @@ posterior of every weight given the learned noise scale.
 from bayesmix import noise, priors, temporal
 from bayesmix._arviz import Diagnostics, diagnose, read_idata
 from bayesmix._compare import compare
+from bayesmix._errors import InputError
 from bayesmix._map import fit_map, fit_map_stats
 from bayesmix._model import MixingModel, make_model
 from bayesmix._nuts import sample, sample_stats
@@ -32,6 +33,7 @@ __all__ = [
     "Dirichlet",
     "FrameStats",
     "Frames",
+    "InputError",
     "InverseGamma",
     "Jeffreys",
     "MapResult",

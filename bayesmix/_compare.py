@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bayesmix._errors import InputError
 from bayesmix._results import MapResult
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def elpd(result: Any) -> tuple[np.ndarray, str]:
 
     if is_inference_data(result):
         return elpd_frames(result)
-    raise ValueError(
+    raise InputError(
         "compare takes results of bayesmix.fit_map or the InferenceData of bayesmix.sample, "
         f"got {type(result).__name__}"
     )
@@ -44,7 +45,7 @@ def elpd(result: Any) -> tuple[np.ndarray, str]:
 @elpd.register
 def _(result: MapResult) -> tuple[np.ndarray, str]:
     if result.loglik is None:
-        raise ValueError(
+        raise InputError(
             f"this fit ({result.model.name}, prior {result.prior!r}) has no per-frame marginal "
             "likelihood: compare needs two references without gain and a truncated-normal or "
             "uniform prior; fit the models to compare with those"
@@ -133,32 +134,32 @@ def compare(*results: Any, names: Any = None) -> pd.DataFrame:
     import pandas as pd
 
     if len(results) < 2:
-        raise ValueError(f"compare needs at least two fits of the same frames, got {len(results)}")
+        raise InputError(f"compare needs at least two fits of the same frames, got {len(results)}")
     if names is None:
         names = [str(_describe(r)["noise"] or f"model {k}") for k, r in enumerate(results)]
         if len(set(names)) < len(names):
             names = [f"{n} ({k})" for k, n in enumerate(names)]
     names = [str(n) for n in names]
     if len(names) != len(results) or len(set(names)) != len(names):
-        raise ValueError(f"names must be {len(results)} distinct strings, got {names!r}")
+        raise InputError(f"names must be {len(results)} distinct strings, got {names!r}")
     terms, methods = zip(*(elpd(r) for r in results), strict=True)
     sizes = {len(t) for t in terms}
     if len(sizes) > 1:
-        raise ValueError(
+        raise InputError(
             f"the fits hold different numbers of frames ({sorted(sizes)}); compare fits of the "
             "same frames"
         )
     info = [_describe(r) for r in results]
     for key in ("background", "n_refs", "gain"):
         if len({str(i[key]) for i in info}) > 1:
-            raise ValueError(
+            raise InputError(
                 f"the fits differ in {key} ({[i[key] for i in info]}): their likelihoods are not "
                 "on one scale (a flat prior on background coefficients or a gain is improper); "
                 "compare noise models with the same references, background and gain"
             )
     stack = np.stack(terms)  # (M, N)
     if not np.all(np.isfinite(stack)):
-        raise ValueError("a fit's per-frame log predictive density is not finite")
+        raise InputError("a fit's per-frame log predictive density is not finite")
     n = stack.shape[1]
     total = stack.sum(axis=1)
     se = np.sqrt(n * stack.var(axis=1))

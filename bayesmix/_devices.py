@@ -14,6 +14,8 @@ from typing import Any
 
 import jax
 
+from bayesmix._errors import InputError
+
 __all__ = ["DEVICES", "on_device", "platform_devices"]
 
 DEVICES = ("cpu", "gpu")
@@ -24,12 +26,12 @@ def platform_devices(device: str | None) -> list[Any]:
     if device is None:
         return list(jax.devices())
     if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES} or None, got {device!r}")
+        raise InputError(f"device must be one of {DEVICES} or None, got {device!r}")
     try:
         return list(jax.devices(device))
     except RuntimeError:
         seen = sorted({d.platform for d in jax.devices()})
-        raise ValueError(
+        raise InputError(
             f"device={device!r}: JAX sees no {device.upper()} (it has: {', '.join(seen)}); "
             "install a GPU build of JAX (pip install 'jax[cuda12]') or use device='cpu'"
         ) from None

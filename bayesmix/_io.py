@@ -10,16 +10,19 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from bayesmix._errors import InputError
+
 __all__ = [
     "ChunkStream",
     "Stack",
     "atomic_write",
+    "atomic_write_all",
     "check_variance",
     "prepare",
     "spectral_frames",
@@ -38,7 +41,7 @@ class ChunkStream:
         self._it = iter(chunks)
         first = next(self._it, None)
         if first is None:
-            raise ValueError("frames is an empty iterator (no chunk); nothing to fit")
+            raise InputError("frames is an empty iterator (no chunk); nothing to fit")
         self._first: Any = self._check(first, None)
         self.dtype = self._first.dtype
         self.shape = (None, *self._first.shape[1:])  # N unknown until the end
@@ -48,11 +51,11 @@ class ChunkStream:
         chunk = np.asarray(_as_array("a chunk of frames", chunk))
         _check_numeric("a chunk of frames", chunk.dtype)
         if chunk.ndim < 2 or chunk.shape[0] == 0:
-            raise ValueError(
+            raise InputError(
                 f"each chunk of frames must have shape (k, *S) with k >= 1, got {chunk.shape}"
             )
         if like is not None and (chunk.shape[1:] != like.shape[1:] or chunk.dtype != like.dtype):
-            raise ValueError(
+            raise InputError(
                 f"chunks of frames must share shape and dtype: the first is "
                 f"{like.shape[1:]} {like.dtype}, a later one {chunk.shape[1:]} {chunk.dtype}"
             )
@@ -60,7 +63,7 @@ class ChunkStream:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         if self._used:
-            raise ValueError("this iterator of frames was already consumed; pass a new one")
+            raise InputError("this iterator of frames was already consumed; pass a new one")
         self._used = True
         yield self._first
         for chunk in self._it:
@@ -104,13 +107,13 @@ def _as_array(name: str, value: Any) -> Any:
     try:
         return np.asarray(value)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be an array, got {type(value).__name__}: {exc}") from None
+        raise InputError(f"{name} must be an array, got {type(value).__name__}: {exc}") from None
 
 
 def _check_numeric(name: str, dtype: Any) -> None:
     dtype = np.dtype(dtype)
     if dtype.kind not in "fiu":
-        raise ValueError(
+        raise InputError(
             f"{name} must hold real numbers (float or integer), got dtype {dtype}; "
             "convert it with np.asarray(..., dtype=float)"
         )
@@ -120,11 +123,11 @@ def _reference(name: str, value: Any) -> np.ndarray:
     ref = np.asarray(_as_array(name, value))
     _check_numeric(name, ref.dtype)
     if ref.size == 0:
-        raise ValueError(f"{name} is empty (shape {ref.shape}); a reference frame needs pixels")
+        raise InputError(f"{name} is empty (shape {ref.shape}); a reference frame needs pixels")
     ref = ref.astype(np.float64)
     bad = ~np.isfinite(ref)
     if bad.any():
-        raise ValueError(
+        raise InputError(
             f"{name} has {int(bad.sum())} non-finite pixel(s) (NaN or Inf); references must be "
             "finite: fill them, or exclude those pixels with mask="
         )
@@ -134,7 +137,7 @@ def _reference(name: str, value: Any) -> np.ndarray:
 def _check_variance_values(name: str, v: np.ndarray) -> None:
     if np.any(np.isnan(v)) or np.any(v <= 0) or np.any(v == -np.inf):
         bad = int(np.count_nonzero(~(v > 0)))
-        raise ValueError(
+        raise InputError(
             f"{name} must be > 0 at every pixel (+inf leaves a pixel out), got {bad} pixel(s) "
             "that are <= 0 or NaN; a variance map holds each pixel's noise variance"
         )
@@ -155,12 +158,12 @@ def check_variance(variance: Any, stack: Stack) -> np.ndarray | Any:
             v = v[stack.pixels]
         _check_variance_values("variance", v)
         if not np.any(np.isfinite(v)):
-            raise ValueError("variance is +inf at every pixel: no pixel is left to fit")
+            raise InputError("variance is +inf at every pixel: no pixel is left to fit")
         return v
     n = stack.frames.shape[0]
     if n is not None and shape == (n, *stack.frame_shape):
         return arr
-    raise ValueError(
+    raise InputError(
         f"variance must have the frame shape {stack.frame_shape} (one map for every frame) or "
         f"the stack's shape {(n, *stack.frame_shape)} (a map per frame), got {shape}"
     )
@@ -172,16 +175,17 @@ def prepare(
     """Validate the inputs of a fit and return a :class:`Stack`.
 
     ``more_refs`` are the references beyond ``ref_a`` and ``ref_b`` (K >= 3).
-    Raises ``ValueError`` with what was expected, what was received and how to fix it.
+    Raises :class:`bayesmix.InputError` (a ``ValueError``) with what was expected, what was
+    received and how to fix it.
     """
     a = _reference("ref_a", ref_a)
     b = _reference("ref_b", ref_b)
     if a.shape != b.shape:
-        raise ValueError(f"ref_a and ref_b must have the same shape, got {a.shape} and {b.shape}")
+        raise InputError(f"ref_a and ref_b must have the same shape, got {a.shape} and {b.shape}")
     more = [_reference(f"reference {k + 3}", r) for k, r in enumerate(more_refs)]
     for k, r in enumerate(more):
         if r.shape != a.shape:
-            raise ValueError(
+            raise InputError(
                 f"all references must have the same shape: ref_a has {a.shape}, reference "
                 f"{k + 3} has {r.shape}"
             )
@@ -192,25 +196,25 @@ def prepare(
     _check_numeric("frames", frames.dtype)
     shape = tuple(frames.shape)
     if shape[1:] != a.shape:
-        raise ValueError(
+        raise InputError(
             f"frames must have shape (N, *S) with S = reference shape {a.shape}, got {shape}; "
             f"a single frame needs a leading axis: frames[None]"
         )
     if shape[0] == 0:
-        raise ValueError("frames is an empty stack (0 frames); nothing to fit")
+        raise InputError("frames is an empty stack (0 frames); nothing to fit")
 
     pixels = None
     if mask is not None:
         m = np.asarray(mask)
         if m.dtype != np.bool_:
-            raise ValueError(
+            raise InputError(
                 f"mask must be a boolean array, got dtype {m.dtype}; use mask.astype(bool) "
                 "(True keeps a pixel)"
             )
         if m.shape != a.shape:
-            raise ValueError(f"mask must have the reference shape {a.shape}, got {m.shape}")
+            raise InputError(f"mask must have the reference shape {a.shape}, got {m.shape}")
         if not m.any():
-            raise ValueError("mask selects no pixel; True marks the pixels to keep")
+            raise InputError("mask selects no pixel; True marks the pixels to keep")
         if not m.all():
             pixels = np.flatnonzero(m)
     a = a.reshape(-1)
@@ -220,7 +224,7 @@ def prepare(
         a, b = a[pixels], b[pixels]
         rest = None if rest is None else rest[:, pixels]
     if not np.any(a != b):
-        raise ValueError(
+        raise InputError(
             "ref_a and ref_b are identical on the selected pixels, so the mixing weight is not "
             "identifiable; check that two different references were passed"
         )
@@ -246,20 +250,20 @@ def spectral_frames(
     if spectral_axis is None:
         return stack, None
     if isinstance(spectral_axis, bool) or not isinstance(spectral_axis, (int, np.integer)):
-        raise ValueError(f"spectral_axis must be an integer axis, got {spectral_axis!r}")
+        raise InputError(f"spectral_axis must be an integer axis, got {spectral_axis!r}")
     if isinstance(stack, Iterator):
-        raise ValueError("spectral_axis needs the whole spectrum image, not an iterator of chunks")
+        raise InputError("spectral_axis needs the whole spectrum image, not an iterator of chunks")
     if _is_masked(stack):
         stack = np.ma.filled(stack.astype(np.result_type(stack.dtype, np.float32)), np.nan)
     arr = _as_array("frames", stack)
     ndim = len(arr.shape)
     if ndim < 2:
-        raise ValueError(
+        raise InputError(
             f"a spectrum image needs a spectral axis and at least one map axis, got shape "
             f"{tuple(arr.shape)}"
         )
     if not -ndim <= int(spectral_axis) < ndim:
-        raise ValueError(
+        raise InputError(
             f"spectral_axis {spectral_axis} is out of range for a stack of shape "
             f"{tuple(arr.shape)} ({ndim} axes: use 0 to {ndim - 1}, or -1 for the last)"
         )
@@ -267,7 +271,7 @@ def spectral_frames(
     if ref is not None:
         n_e = int(np.shape(ref)[0]) if np.ndim(ref) == 1 else None
         if n_e is not None and n_e != arr.shape[axis]:
-            raise ValueError(
+            raise InputError(
                 f"the references have {n_e} spectral points but axis {axis} of the stack "
                 f"{tuple(arr.shape)} has {arr.shape[axis]}; pass the spectral axis (e.g. 0 for "
                 "(E, H, W), -1 for (H, W, E))"
@@ -300,25 +304,63 @@ def atomic_write(
     ...
     FileExistsError: ... already exists; pass overwrite=True (--overwrite) to replace it
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{path} already exists; pass overwrite=True (--overwrite) to replace it"
-        )
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"output directory {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    os.close(fd)
+    return atomic_write_all([(path, write)], overwrite=overwrite)[0]
+
+
+def atomic_write_all(
+    targets: Sequence[tuple[str | os.PathLike, Callable[[str], None]]], *, overwrite: bool = False
+) -> list[Path]:
+    """Write files that belong together (a CSV and its metadata): each atomically, all or none.
+
+    Every target is checked before anything is written (an existing one is an error unless
+    ``overwrite``); each ``write(tmp)`` then fills a temporary file beside its target, and only
+    once all are complete are they renamed over their targets, in the order given. Give last the
+    file readers start from: its presence then means its partners are in place. Should a rename
+    fail, the targets this call already renamed are removed again, so that no new file is left
+    beside an older partner it does not belong with.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "b.json").write_text("{}")
+    >>> atomic_write_all([(d / "b.json", lambda tmp: None), (d / "b.csv", lambda tmp: None)])
+    Traceback (most recent call last):
+    ...
+    FileExistsError: ... already exists; pass overwrite=True (--overwrite) to replace it
+    >>> sorted(p.name for p in d.iterdir())
+    ['b.json']
+    """
+    items = [(Path(path), write) for path, write in targets]
+    for path, _ in items:
+        if path.exists() and not overwrite:
+            raise FileExistsError(
+                f"{path} already exists; pass overwrite=True (--overwrite) to replace it"
+            )
+        if not _parent(path).is_dir():
+            raise FileNotFoundError(f"output directory {_parent(path)} does not exist")
+    # mkstemp creates 0600; give the files the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    temps: list[str] = []
+    renamed: list[Path] = []
     try:
-        write(tmp)
-        # mkstemp creates 0600; give the file the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        for path, write in items:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=_parent(path))
+            os.close(fd)
+            temps.append(tmp)
+            write(tmp)
+            os.chmod(tmp, 0o666 & ~umask)
+        for (path, _), tmp in zip(items, temps, strict=True):
+            os.replace(tmp, path)
+            renamed.append(path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        for name in [*temps, *renamed]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
         raise
-    return path
+    return [path for path, _ in items]
+
+
+def _parent(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")

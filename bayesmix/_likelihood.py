@@ -35,6 +35,8 @@ __all__ = [
     "gain_profile",
     "loglik",
     "misfit_pvalue",
+    "misfit_qvalues",
+    "MISFIT_FDR",
     "sse",
     "x_precision",
 ]
@@ -166,6 +168,41 @@ def misfit_pvalue(stats: Any, sigma: float) -> np.ndarray:
 
     dof = np.maximum(np.asarray(stats.dof_residual, np.float64), 1.0)
     return chi2.sf(np.asarray(stats.rss, np.float64) / float(sigma) ** 2, dof)
+
+
+#: Misfit flags keep the false discovery rate over a run's frames at this level: on frames that
+#: all follow the model, no frame is flagged in 95% of runs (Benjamini-Hochberg under the global
+#: null is the Simes test).
+MISFIT_FDR = 0.05
+
+
+def misfit_qvalues(p: Any) -> np.ndarray:
+    r"""Benjamini-Hochberg adjusted p-values (q-values) of per-frame misfit p-values.
+
+    A frame is flagged as badly fit when its q-value is below :data:`MISFIT_FDR`: among the
+    flagged frames, the expected share of frames that the model in fact explains is at most
+    that level (Benjamini & Hochberg 1995, J. R. Stat. Soc. B 57, 289-300). NaN p-values (a
+    frame without residual degrees of freedom) stay NaN and do not count.
+
+    .. math:: q_{(i)} = \min_{j \ge i} \min(1, m\, p_{(j)} / j)
+
+    Examples
+    --------
+    >>> misfit_qvalues([0.01, 0.04, 0.03, 0.5]).round(3).tolist()
+    [0.04, 0.053, 0.053, 0.5]
+    """
+    p = np.asarray(p, np.float64)
+    q = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if m:
+        order = np.argsort(p[ok])
+        scaled = p[ok][order] * m / np.arange(1, m + 1)
+        adj = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+        out = np.empty(m)
+        out[order] = adj
+        q[ok] = out
+    return q
 
 
 def gain_centred_loglik(

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmix._devices import on_device
+from bayesmix._errors import InputError
 from bayesmix._io import prepare, spectral_frames
 from bayesmix._likelihood import energy, sse
 from bayesmix._model import MixingModel, make_model
@@ -145,17 +146,17 @@ def _check_options(
 ) -> None:  # fmt: skip
     """Validate the fit options before any pass over the pixels."""
     if sigma_method not in SIGMA_METHODS:
-        raise ValueError(f"sigma_method must be one of {SIGMA_METHODS}, got {sigma_method!r}")
+        raise InputError(f"sigma_method must be one of {SIGMA_METHODS}, got {sigma_method!r}")
     if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+        raise InputError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (np.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol must be a positive number, got {tol!r}")
+        raise InputError(f"tol must be a positive number, got {tol!r}")
     if sigma is not None and not (np.isfinite(sigma) and sigma > 0):
-        raise ValueError(
+        raise InputError(
             f"sigma must be a positive finite noise scale, or None to learn it, got {sigma!r}"
         )
     if model.gain and sigma_method == "joint":
-        raise ValueError(
+        raise InputError(
             "sigma_method='joint' is not available with gain=True (the gain is integrated out, "
             "so there is no joint mode over it); use sigma_method='marginal'"
         )
@@ -210,7 +211,7 @@ def fit_map_stats(
     _check_options(model, sigma, sigma_method, max_iter, tol)
     times, sequence_id = _check_sequence_options(model, times, sequence_id, stats.n_frames)
     if model.noise.reweights:
-        raise ValueError(
+        raise InputError(
             f"noise={noise_spec(model.noise)!r} re-weights every pixel from the current fit, "
             "which needs the frames, not their statistics: call bayesmix.fit_map(frames, ...)"
         )
@@ -221,7 +222,7 @@ def fit_map_stats(
         if (kind == "none") != (stats.n_background == 0) or (
             kind == "constant" and stats.n_background != 1
         ):
-            raise ValueError(
+            raise InputError(
                 f"stats hold {stats.n_background} background term(s), but the model's "
                 f"background is {kind!r}; pass the background= the statistics were made with"
             )
@@ -233,29 +234,29 @@ def fit_map_stats(
 def _check_stats(stats: Any) -> None:
     """The statistics a user passes to ``fit_map_stats``: finite, and in their ranges."""
     if not isinstance(stats, (FrameStats, BasisStats, SimplexStats)):
-        raise ValueError(
+        raise InputError(
             "stats must be the FrameStats of bayesmix.frame_stats (or BasisStats of a model "
             f"pass), got {type(stats).__name__}"
         )
     if stats.n_frames == 0:
-        raise ValueError("stats hold 0 frames; nothing to fit")
+        raise InputError("stats hold 0 frames; nothing to fit")
     for name in stats._fields:
         a = np.asarray(getattr(stats, name), np.float64)
         if a.shape[:1] != (stats.n_frames,):
-            raise ValueError(
+            raise InputError(
                 f"stats.{name} must hold one entry per frame ({stats.n_frames}), got shape "
                 f"{a.shape}"
             )
         bad = np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(axis=1))
         if bad.size:
-            raise ValueError(
+            raise InputError(
                 f"stats.{name} is NaN or Inf for {bad.size} frame(s), e.g. {bad[:5].tolist()}; "
                 "recompute the statistics or drop those frames"
             )
     if np.any(np.asarray(stats.rss) < 0):
-        raise ValueError("stats.rss has negative entries: a residual sum of squares is >= 0")
+        raise InputError("stats.rss has negative entries: a residual sum of squares is >= 0")
     if isinstance(stats, FrameStats) and np.any(np.asarray(stats.dd) <= 0):
-        raise ValueError("stats.dd must be > 0 (||A - B||^2 over each frame's pixels)")
+        raise InputError("stats.dd must be > 0 (||A - B||^2 over each frame's pixels)")
 
 
 def _simplex_sigma2(stats: SimplexStats, model: MixingModel, sigma, sigma_method, max_iter,
@@ -313,12 +314,12 @@ def _fit_simplex(stats: SimplexStats, *, model, sigma, sigma_method, max_iter, t
 
 def _check_sampler(draws: Any, seed: Any) -> None:
     if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 100:
-        raise ValueError(
+        raise InputError(
             f"draws must be an integer >= 100 (Gibbs draws per frame for K >= 3 references), "
             f"got {draws!r}"
         )
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
 
 
 def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map_shape=None,
@@ -331,6 +332,7 @@ def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map
     res = _fit_stats(stats, model=model, sigma=sigma, sigma_method=sigma_method,
                      max_iter=max_iter, tol=tol, frame=frame, device=device, map_shape=map_shape,
                      draws=draws, seed=seed, times=times, sequence_id=sequence_id)  # fmt: skip
+    res = dataclasses.replace(res, sigma_method="fixed" if sigma is not None else sigma_method)
     if res.loglik is None and _has_evidence(res):
         with x64():
             prior_t = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), res.prior)
@@ -364,23 +366,23 @@ def _fit_stats(stats, *, model, sigma, sigma_method, max_iter, tol, frame, devic
     basis = stats if isinstance(stats, BasisStats) else None
     if basis is not None:
         if basis.n_refs != model.n_refs:
-            raise ValueError(
+            raise InputError(
                 f"stats hold {basis.n_refs} references but the model has {model.n_refs}; pass "
                 "the same references the statistics were made with"
             )
         stats = reduce_stats(basis, gain=model.gain)
     elif model.gain:
-        raise ValueError(
+        raise InputError(
             "gain=True needs the statistics of the model's basis (BasisStats), not FrameStats; "
             "call fit_map(frames, ref_a, ref_b, gain=True)"
         )
     if frame is not None and len(frame) != stats.n_frames:
-        raise ValueError(f"frame labels must have length {stats.n_frames}, got {len(frame)}")
+        raise InputError(f"frame labels must have length {stats.n_frames}, got {len(frame)}")
     if map_shape is not None and int(np.prod(map_shape)) != stats.n_frames:
-        raise ValueError(f"map_shape {map_shape} does not hold {stats.n_frames} frames")
+        raise InputError(f"map_shape {map_shape} does not hold {stats.n_frames} frames")
     dof_ls = float(np.sum(stats.dof_residual))
     if sigma is None and isinstance(sigma_prior, Jeffreys) and dof_ls < 1:
-        raise ValueError(
+        raise InputError(
             "the noise scale cannot be learned: no frame has more valid pixels than the model "
             "has terms (with two references: every frame has a single valid pixel), so no "
             "residual is left to measure it (under the Jeffreys prior its posterior is "
@@ -396,7 +398,7 @@ def _fit_stats(stats, *, model, sigma, sigma_method, max_iter, tol, frame, devic
                                     map_shape=map_shape, basis=basis, max_iter=max_iter)
 
     if model.gain and not np.any(np.sum(np.asarray(stats.z) ** 2, axis=1) > 0):
-        raise ValueError(
+        raise InputError(
             "with gain=True every frame's projection on the references is exactly zero: the "
             "frames hold no trace of the mixture, so neither gain nor weight can be estimated"
         )
@@ -472,7 +474,7 @@ def _fit_temporal(stats, *, model, sigma, sigma_method, max_iter, tol, frame, de
     from bayesmix._temporal import check_sequence, fit_sequence
 
     if sigma_method != "marginal":
-        raise ValueError(
+        raise InputError(
             f"sigma_method={sigma_method!r} is not available with temporal="
             f"{temporal_spec(model.temporal)!r}: sigma is learned with the weights integrated "
             "out along the walk (sigma_method='marginal')"
@@ -502,12 +504,12 @@ def _fit_per_frame_noise(stats, *, model, sigma, frame, map_shape, basis, max_it
     """Per-frame noise scales: the population of log sigma learned, every sigma_i integrated
     out (:mod:`bayesmix._perframe`)."""
     if sigma is not None:
-        raise ValueError(
+        raise InputError(
             "noise='per_frame' learns a noise scale per frame: sigma= (one known scale) does not "
             "apply; use noise='gaussian' with sigma=, or a variance map"
         )
     if np.any(np.asarray(stats.n) < 3):
-        raise ValueError(
+        raise InputError(
             "noise='per_frame' needs at least 3 pixels per frame beyond the background terms: a "
             "frame's own noise scale is measured from its residual"
         )
@@ -611,7 +613,7 @@ def _fit_noise(stack, model, variance, *, fit_kw, chunk_size, memory_limit) -> M
     noise = model.noise
     if variance is not None:
         if isinstance(noise, PoissonGaussian):
-            raise ValueError(
+            raise InputError(
                 "variance= and a Poisson noise model both set each pixel's variance; give one: "
                 "the Poisson model computes it from the fitted mean"
             )
@@ -686,7 +688,7 @@ def _check_sequence_options(model: MixingModel, times: Any, sequence_id: Any,
 
     if isinstance(model.temporal, Independent):
         if times is not None or sequence_id is not None:
-            raise ValueError(
+            raise InputError(
                 "times= and sequence_id= order the frames of a temporal model; pass "
                 "temporal='random_walk' as well (frames are independent by default)"
             )

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from bayesmix._errors import InputError
 from bayesmix.noise import NOISES, Gaussian, NoiseModel, PerFrame, check_noise, noise_spec
 from bayesmix.priors import SigmaPrior, XPrior, check_prior, check_sigma_prior
 from bayesmix.temporal import Independent, TemporalModel, check_temporal, temporal_spec
@@ -125,7 +126,7 @@ class MixingModel:
         frame_shape = tuple(frame_shape)
         if not isinstance(self.background, str):
             if tuple(self.background.shape[1:]) != frame_shape:
-                raise ValueError(
+                raise InputError(
                     f"background basis images must have the frame shape {frame_shape}, got "
                     f"{tuple(self.background.shape[1:])} (the array's shape is (P, *S))"
                 )
@@ -173,25 +174,25 @@ def _check_background(background: Any) -> str | np.ndarray:
         return "none"
     if isinstance(background, str):
         if background not in BACKGROUNDS:
-            raise ValueError(
+            raise InputError(
                 f"background must be one of {BACKGROUNDS}, None, or an array of basis images "
                 f"of shape (P, *S), got {background!r}"
             )
         return background
     arr = np.asarray(background)
     if arr.dtype.kind not in "fiu":
-        raise ValueError(
+        raise InputError(
             f"a background basis must hold real numbers, got dtype {arr.dtype}; pass "
             "'constant', 'linear' or an array of shape (P, *S)"
         )
     if arr.ndim < 2 or arr.shape[0] == 0:
-        raise ValueError(
+        raise InputError(
             f"a background basis array must have shape (P, *S) with P >= 1 basis images, got "
             f"{arr.shape}; a single image needs a leading axis: basis[None]"
         )
     arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)):
-        raise ValueError("the background basis has NaN or Inf pixels; basis images must be finite")
+        raise InputError("the background basis has NaN or Inf pixels; basis images must be finite")
     arr.setflags(write=False)
     return arr
 
@@ -209,7 +210,7 @@ def make_model(
 ) -> MixingModel:
     """A validated :class:`MixingModel` (every option checked before any work)."""
     if not isinstance(gain, (bool, np.bool_)):
-        raise ValueError(f"gain must be True or False, got {gain!r}")
+        raise InputError(f"gain must be True or False, got {gain!r}")
     noise = check_noise(noise)
     temporal = check_temporal(temporal)
     n_refs = int(n_refs)
@@ -219,7 +220,7 @@ def make_model(
         from bayesmix.priors import TruncatedNormal, Uniform
 
         if gain or n_refs > 2 or not isinstance(prior, (TruncatedNormal, Uniform)):
-            raise ValueError(
+            raise InputError(
                 "noise='per_frame' is supported for two references without gain and with a "
                 f"truncated-normal or uniform prior; got {n_refs} references, gain={bool(gain)},"
                 f" prior {prior!r}. Use noise='gaussian' with a variance map, or fit groups of "
@@ -254,7 +255,7 @@ def _check_temporal_model(temporal, *, gain, n_refs, noise, prior) -> None:
     elif not isinstance(prior, (TruncatedNormal, Uniform)):
         why = f"the prior {prior!r} (the walk starts from a truncated-normal or uniform prior)"
     if why is not None:
-        raise ValueError(
+        raise InputError(
             f"temporal={temporal_spec(temporal)!r} needs each frame's likelihood Gaussian in one "
             f"weight x; it is not supported with {why}. Fit with temporal='independent', or "
             "without that option"
@@ -264,12 +265,12 @@ def _check_temporal_model(temporal, *, gain, n_refs, noise, prior) -> None:
 def check_nuts(model: MixingModel) -> None:
     """Refuse, before any work, the models the NUTS path does not sample yet."""
     if model.gain and model.n_refs > 2:
-        raise ValueError(
+        raise InputError(
             f"NUTS with gain=True and {model.n_refs} references is not supported yet: use "
             "bayesmix.fit_map (exact sampler on the positive orthant), or fit without gain"
         )
     if not isinstance(model.temporal, Independent) and model.noise.reweights:
-        raise ValueError(
+        raise InputError(
             f"temporal={temporal_spec(model.temporal)!r} on the NUTS path samples the walk on "
             f"the per-frame statistics, which hold a Gaussian likelihood only; "
             f"noise={noise_spec(model.noise)!r} needs the pixel-level likelihood. Use "
@@ -284,7 +285,7 @@ def ref_names_for(n_refs: int, names: Any = None) -> tuple[str, ...]:
         return tuple(chr(ord("A") + k) if k < 26 else f"R{k}" for k in range(n_refs))
     names = tuple(str(v) for v in names)
     if len(names) != n_refs or len(set(names)) != n_refs or not all(names):
-        raise ValueError(
+        raise InputError(
             f"reference names must be {n_refs} distinct non-empty strings, got {names!r}"
         )
     return names
@@ -304,24 +305,24 @@ def check_design(
     refs = np.asarray(refs, np.float64)
     k = refs.shape[0]
     if k != model.n_refs:
-        raise ValueError(f"the model has {model.n_refs} references, got {k} reference frames")
+        raise InputError(f"the model has {model.n_refs} references, got {k} reference frames")
     design = np.vstack([basis, refs])
     n_par, n = design.shape
     if n_par >= n:
-        raise ValueError(
+        raise InputError(
             f"the model has {n_par} linear terms ({n_par - k} background + {k} references) but "
             f"a frame has only {n} pixels: nothing would be left to measure the noise; use "
             "fewer references, a simpler background or more pixels per frame"
         )
     if k > 2:
         if np.linalg.matrix_rank(refs) < k:
-            raise ValueError(
+            raise InputError(
                 f"the {k} references are linearly dependent on the selected pixels (one is a "
                 "combination of the others), so their weights are not identifiable; drop the "
                 "redundant reference"
             )
         if np.linalg.matrix_rank(design) < n_par:
-            raise ValueError(
+            raise InputError(
                 "the background basis explains a combination of the references (the design "
                 "[background, references] is linearly dependent): the weights are not "
                 "identifiable; use a background basis that does not contain the references"
@@ -331,7 +332,7 @@ def check_design(
     if n_par > 2:
         bg = design[:-2]
         if np.linalg.matrix_rank(bg) < bg.shape[0]:
-            raise ValueError(
+            raise InputError(
                 "the background basis images are linearly dependent (one is a combination of "
                 "the others); remove the redundant ones"
             )
@@ -343,13 +344,13 @@ def check_design(
             coef, *_ = np.linalg.lstsq(bg.T, vec, rcond=None)
             left = np.linalg.norm(vec - bg.T @ coef)
             if not left > 1e-9 * max(np.linalg.norm(vec), math.ulp(1.0)):
-                raise ValueError(
+                raise InputError(
                     f"the background basis explains {name} entirely (collinear with the "
                     "references): the weight x is not identifiable; use a background basis "
                     "that does not contain the references"
                 )
     if model.gain and np.linalg.matrix_rank(design[-2:]) < 2:
-        raise ValueError(
+        raise InputError(
             "with gain=True the references A and B must not be proportional: g * (x A + (1-x) B)"
             " cannot tell x from g when B = k A"
         )

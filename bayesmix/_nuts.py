@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmix._devices import on_device
+from bayesmix._errors import InputError
 from bayesmix._hmc import run_nuts
 from bayesmix._io import prepare, spectral_frames
 from bayesmix._likelihood import centred_reference, centred_total, gain_terms
@@ -235,7 +236,7 @@ def _simplex_loglik(stats: SimplexStats, x: np.ndarray, sigma: np.ndarray) -> np
 
 def _chain_method(method: str, num_chains: int, n_devices: int) -> str:
     if method not in _CHAIN_METHODS:
-        raise ValueError(f"chain_method must be one of {_CHAIN_METHODS}, got {method!r}")
+        raise InputError(f"chain_method must be one of {_CHAIN_METHODS}, got {method!r}")
     if method != "auto":
         return method
     # Parallel chains need one device each: several GPUs, or CPU host devices set up before JAX
@@ -246,7 +247,7 @@ def _chain_method(method: str, num_chains: int, n_devices: int) -> str:
 def _check_counts(**counts: Any) -> None:
     for name, value in counts.items():
         if isinstance(value, bool) or int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _standardise(fit: MapResult) -> tuple[np.ndarray, np.ndarray]:
@@ -509,7 +510,7 @@ def _walk_setup(fit: MapResult, times: Any, sequence_id: Any):
 
     red = fit.stats
     if not isinstance(red, FrameStats):  # make_model refuses the other models already
-        raise ValueError("temporal='random_walk' on the NUTS path needs two references")
+        raise InputError("temporal='random_walk' on the NUTS path needs two references")
     n = fit.n_frames
     od = _order(n, times, sequence_id)
     prior = fit.prior
@@ -669,13 +670,13 @@ def sample_stats(
         model = make_model(prior=prior, sigma_prior=sigma_prior, gain=gain, n_refs=k,
                            ref_names=ref_names, noise=noise, temporal=temporal)  # fmt: skip
     elif temporal is not None and check_temporal(temporal) != model.temporal:
-        raise ValueError(
+        raise InputError(
             f"temporal={temporal!r} differs from the model's temporal="
             f"{temporal_spec(model.temporal)!r}; give it in one place"
         )
     check_nuts(model)
     if model.noise.reweights:
-        raise ValueError(
+        raise InputError(
             f"noise={noise_spec(model.noise)!r} has a pixel-level likelihood, which the "
             "per-frame statistics do not hold: call bayesmix.sample(frames, ref_a, ref_b, "
             "noise=...) instead"
@@ -694,11 +695,11 @@ def _check_run(num_chains, num_warmup, num_samples, dtype, target_accept, seed) 
     """The sampler's options, checked before any work."""
     _check_counts(num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples)
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+        raise InputError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
     if not 0.0 < target_accept < 1.0:
-        raise ValueError(f"target_accept must be in (0, 1), got {target_accept!r}")
+        raise InputError(f"target_accept must be in (0, 1), got {target_accept!r}")
     if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
 
 
 def _sample_stats(stats, *, model, num_chains, num_warmup, num_samples, seed, progress,
@@ -943,7 +944,7 @@ def _sample_per_frame(fit: MapResult, *, num_chains, num_warmup, num_samples, se
     centring = PER_FRAME_CENTRING if centring is None else centring
     red = fit.stats
     if not isinstance(red, FrameStats):  # make_model refuses the other cases already
-        raise ValueError("noise='per_frame' needs the two-reference statistics (FrameStats)")
+        raise InputError("noise='per_frame' needs the two-reference statistics (FrameStats)")
     n = fit.n_frames
     rng = np.random.default_rng(seed)
     xhat = np.asarray(red.xhat, np.float64)
@@ -957,7 +958,7 @@ def _sample_per_frame(fit: MapResult, *, num_chains, num_warmup, num_samples, se
     tau0 = float(fit.noise_params["log_sigma_tau"])
     width = 1.0 / np.sqrt(2.0 * np.maximum(nn - 1.0, 0.5))  # a frame's sd of log sigma_i
     if centring not in ("noncentred", "auto"):
-        raise ValueError(f"centring must be 'noncentred' or 'auto', got {centring!r}")
+        raise InputError(f"centring must be 'noncentred' or 'auto', got {centring!r}")
     centred = (width < tau0) if centring == "auto" else np.zeros(n, bool)
     data = _PerFrameData(xhat=xhat, dd=dd / s2, sse_ref=(rss + dd * (x_ref - xhat) ** 2) / s2,
                          x_ref=x_ref, n=nn, s_ref=s_ref, width=width,
@@ -1182,19 +1183,19 @@ def _check_pixel_model(model: MixingModel, frames: Any, mask: Any) -> None:
     """Poisson / Student-t NUTS: the model it supports and the size guard, before any work."""
     spec = noise_spec(model.noise)
     if model.is_simplex:
-        raise ValueError(
+        raise InputError(
             f"noise={spec!r} on the NUTS path samples the pixel-level likelihood for two "
             f"references only, got {model.n_refs}; use bayesmix.fit_map(..., noise={spec!r}) "
             "for K >= 3 references"
         )
     if model.gain:
-        raise ValueError(
+        raise InputError(
             f"noise={spec!r} on the NUTS path does not support gain=True yet; use "
             f"bayesmix.fit_map(..., gain=True, noise={spec!r})"
         )
     values = _pixel_values(tuple(np.shape(frames)), mask)
     if values > MAX_PIXEL_VALUES:
-        raise ValueError(
+        raise InputError(
             f"noise={spec!r} on the NUTS path samples the exact pixel-level likelihood, which "
             f"holds every pixel in memory and reads all of them at every gradient: "
             f"{values:,} frame x pixel values exceed the limit of {MAX_PIXEL_VALUES:,}. Use "
@@ -1229,7 +1230,7 @@ def _sample_pixels(stack, model: MixingModel, variance: Any, *, num_chains, num_
     ok = np.isfinite(y)
     if isinstance(noise, PoissonGaussian) and noise.gain == 1.0 and noise.read_sd == 0.0:
         if np.any(y[ok] < 0):
-            raise ValueError(
+            raise InputError(
                 f"noise='poisson' takes counts, but {int(np.count_nonzero(y[ok] < 0))} pixel "
                 "value(s) are negative; subtract no offset, or use "
                 "PoissonGaussian(gain=..., read_sd=...) with read noise"
@@ -1531,7 +1532,7 @@ def sample(
     _check_run(num_chains, num_warmup, num_samples, dtype, target_accept, seed)
     times, sequence_id = _check_sequence_options(model, times, sequence_id, _leading(frames))
     if variance is not None and isinstance(model.noise, PoissonGaussian):
-        raise ValueError(
+        raise InputError(
             "variance= and a Poisson noise model both set each pixel's variance; give one: "
             "the Poisson model computes it from the mean"
         )

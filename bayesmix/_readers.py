@@ -12,8 +12,9 @@ Supported sources:
 - in Python, numpy arrays, xarray DataArrays (dimension ``frame`` first) and dask arrays.
 
 Integer images keep their dtype here; the statistics pass converts them exactly (8- and 16-bit to
-float32, wider to float64), so nothing overflows. Any failure to read becomes a ``ValueError``
-naming the file and what was expected (``FileNotFoundError`` for a missing path).
+float32, wider to float64), so nothing overflows. Any failure to read becomes a
+:class:`bayesmix.InputError` naming the file and what was expected (``FileNotFoundError`` for a
+missing path).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from bayesmix._errors import InputError
 
 __all__ = ["Frames", "read_frames", "read_reference"]
 
@@ -63,15 +66,15 @@ def _split_key(source: str | os.PathLike, key: str | None) -> tuple[Path, str | 
     return path, key
 
 
-def _fail(path: Path, kind: str, exc: BaseException) -> ValueError:
+def _fail(path: Path, kind: str, exc: BaseException) -> InputError:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ValueError(f"cannot read {path} as {kind}: {msg}")
+    return InputError(f"cannot read {path} as {kind}: {msg}")
 
 
-def _numpy_fail(path: Path, kind: str, exc: BaseException) -> ValueError:
+def _numpy_fail(path: Path, kind: str, exc: BaseException) -> InputError:
     """numpy's error for a pickled array (refused: loading it could run code), or any other."""
     if isinstance(exc, ValueError) and ("pickle" in str(exc).lower() or "object" in str(exc)):
-        return ValueError(
+        return InputError(
             f"{path} holds Python objects (a pickled array); bayesmix loads {kind} files with "
             f"allow_pickle=False for safety: save plain numeric arrays with np.save/np.savez"
         )
@@ -97,7 +100,7 @@ def _read_npz(path: Path, key: str | None) -> np.ndarray:
                 raise KeyError(f"no array {key!r}; it holds {names}")
             return npz[key]
     except KeyError as exc:
-        raise ValueError(f"cannot read {path}: {exc.args[0]}") from None
+        raise InputError(f"cannot read {path}: {exc.args[0]}") from None
     except Exception as exc:
         raise _numpy_fail(path, ".npz", exc) from None
 
@@ -118,13 +121,13 @@ def _read_hdf5(path: Path, key: str | None) -> Any:
 
         f.visititems(collect)
         if len(names) != 1:
-            raise ValueError(
+            raise InputError(
                 f"{path} holds {len(names)} datasets {names[:10]}; name one: {path}:/DATASET"
             )
         key = names[0]
     obj = f.get(key)
     if not isinstance(obj, h5py.Dataset):
-        raise ValueError(f"{path} has no dataset {key!r}; give it as {path}:/group/dataset")
+        raise InputError(f"{path} has no dataset {key!r}; give it as {path}:/group/dataset")
     return obj  # lazy: the statistics pass reads it chunk by chunk
 
 
@@ -139,11 +142,11 @@ def _read_zarr(path: Path, key: str | None) -> Any:
         try:
             node = node[key]
         except Exception:
-            raise ValueError(f"{path} has no array {key!r}") from None
+            raise InputError(f"{path} has no array {key!r}") from None
     if not hasattr(node, "dtype"):
         names = [name for name, _ in node.arrays()] if hasattr(node, "arrays") else []
         if len(names) != 1:
-            raise ValueError(f"{path} is a zarr group with arrays {names}; name one: {path}:NAME")
+            raise InputError(f"{path} is a zarr group with arrays {names}; name one: {path}:NAME")
         node = node[names[0]]
     return node
 
@@ -185,7 +188,7 @@ class TiffStack:
             log.propagate = propagate
         if problems:
             self._tif.close()
-            raise ValueError(f"cannot read {path} as TIFF: {problems[0]} (corrupt or truncated?)")
+            raise InputError(f"cannot read {path} as TIFF: {problems[0]} (corrupt or truncated?)")
         self.shape = (len(pages), *pages[0].shape)
         self.dtype = np.dtype(pages[0].dtype)
         self.ndim = len(self.shape)
@@ -247,7 +250,7 @@ def _read_image(path: Path) -> np.ndarray:
 
 def _read_images(paths: list[Path], origin: str, progress: Any = None) -> Frames:
     if not paths:
-        raise ValueError(f"{origin} holds no PNG or TIFF image ({', '.join(_IMAGES)})")
+        raise InputError(f"{origin} holds no PNG or TIFF image ({', '.join(_IMAGES)})")
     paths = sorted(paths, key=lambda p: _natural_key(p.name))
     first = _read_image(paths[0])
     out = np.empty((len(paths), *first.shape), first.dtype)
@@ -255,7 +258,7 @@ def _read_images(paths: list[Path], origin: str, progress: Any = None) -> Frames
     for i, p in enumerate(paths[1:], start=1):
         img = _read_image(p)
         if img.shape != first.shape or img.dtype != first.dtype:
-            raise ValueError(
+            raise InputError(
                 f"images in {origin} must share shape and dtype: {paths[0].name} is "
                 f"{first.shape} {first.dtype}, {p.name} is {img.shape} {img.dtype}"
             )
@@ -269,7 +272,7 @@ def _from_object(obj: Any) -> Frames:
     dims = getattr(obj, "dims", None)
     if dims is not None and hasattr(obj, "coords"):  # an xarray DataArray
         if "frame" not in dims:
-            raise ValueError(
+            raise InputError(
                 f"an xarray DataArray of frames needs a 'frame' dimension, got dims {tuple(dims)}"
             )
         obj = obj.transpose("frame", ...)
@@ -321,13 +324,13 @@ def read_frames(
     >>> read_frames(path.with_suffix(".txt"))
     Traceback (most recent call last):
     ...
-    ValueError: cannot tell the format of .../stack.txt from its extension ...
+    bayesmix._errors.InputError: cannot tell the format of .../stack.txt from its extension ...
     """
     if spectral_axis is not None:
         from bayesmix._io import spectral_frames
 
         if isinstance(spectral_axis, bool) or not isinstance(spectral_axis, (int, np.integer)):
-            raise ValueError(f"spectral_axis must be an integer axis, got {spectral_axis!r}")
+            raise InputError(f"spectral_axis must be an integer axis, got {spectral_axis!r}")
         cube = read_frames(source, key=key, progress=progress).data
         data, shape = spectral_frames(cube, spectral_axis)
         return Frames(data, None, shape)
@@ -363,7 +366,7 @@ def _read_array(path: Path, key: str | None) -> Any:
         return _read_hdf5(path, key)
     if suffix == ".zarr":
         return _read_zarr(path, key)
-    raise ValueError(
+    raise InputError(
         f"cannot tell the format of {path} from its extension {suffix or '(none)'!r}; "
         f"supported: {', '.join(SUPPORTED)}, or a folder of images"
     )

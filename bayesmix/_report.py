@@ -2,6 +2,9 @@
 
 Plots are drawn on matplotlib ``Figure`` objects with the Agg canvas (no pyplot state, no
 backend switch in the user's process) and embedded as base64 PNGs, so the report is one file.
+Every plot reads at any number of frames: bands are drawn through evenly spaced ranks of the
+sorted frames, and scatter plots of more than a few thousand frames become 2-D histograms, so
+the time to draw and the size of the page stop growing with N.
 """
 
 from __future__ import annotations
@@ -14,48 +17,90 @@ from typing import Any
 
 import numpy as np
 
+from bayesmix._errors import InputError
 from bayesmix._io import atomic_write, prepare
+from bayesmix._likelihood import MISFIT_FDR, misfit_qvalues
 from bayesmix._model import make_model
 from bayesmix._results import MapResult
 from bayesmix._schema import label, model_attrs
 from bayesmix.noise import Gaussian, PerFrame, PoissonGaussian, StudentT, noise_spec
-from bayesmix.priors import parse_prior
+from bayesmix.priors import Beta, Dirichlet, TruncatedNormal, Uniform, parse_prior
 
 __all__ = ["report"]
 
+#: The sections every report has, in page order.
 SECTIONS = (
     "Weights per frame",
     "Summary",
     "Diagnostics",
+    "Residual image",
+    "Flagged frames",
+)
+
+#: Every section in page order; those not in SECTIONS appear only where they apply: maps for a
+#: spectrum image, the sequence for a temporal fit, the truth when given, the noise model when it
+#: is not the default one, chains and energy for NUTS.
+ALL_SECTIONS = (
+    "Maps",
+    "Weights per frame",
+    "Sequence",
+    "Truth vs estimate",
+    "Summary",
+    "Diagnostics",
+    "Noise model",
     "Trace and rank plots",
     "Energy",
     "Residual image",
     "Flagged frames",
 )
 
+#: Above this many frames a scatter plot becomes a 2-D histogram (hexagons): a million markers
+#: take seconds to draw and hide one another anyway.
+_MAX_SCATTER = 5000
+#: A band over sorted frames is drawn through at most this many evenly spaced ranks.
+_BAND_POINTS = 1000
+#: Hexagons across a 2-D histogram.
+_HEX_GRID = 60
+#: Rows of the flagged-frames table.
+_MAX_ROWS = 50
+
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222;
+       padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
 table { border-collapse: collapse; font-size: .85em; } td, th { padding: 2px 8px; }
 tr:nth-child(even) { background: #f4f4f4; } img { max-width: 100%; }
+figure { margin: 1em 0; } figcaption { font-size: .9em; color: #444; }
+.row { display: flex; flex-wrap: wrap; gap: 1em; }
+.row figure { flex: 1 1 440px; min-width: 0; margin: 0; }
 .pass { color: #176117; font-weight: bold; } .warn { color: #a05a00; font-weight: bold; }
 """
 
 
-def _png(fig: Any) -> str:
+def _png(fig: Any, alt: str = "plot") -> str:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="plot" src="data:image/png;base64,{data}">'
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def _figure(w: float = 10, h: float = 3.6) -> Any:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(w, h))
+
+
+def _fig_html(fig: Any, alt: str, caption: str) -> str:
+    """A plot with its caption (``caption`` is HTML)."""
+    return f"<figure>{_png(fig, alt)}<figcaption>{caption}</figcaption></figure>"
+
+
+def _row(*figures: str) -> str:
+    """Figures side by side (they wrap on a narrow page)."""
+    return '<div class="row">' + "".join(f for f in figures if f) + "</div>"
 
 
 class _View:
@@ -67,7 +112,7 @@ class _View:
         from bayesmix._writers import results_table
 
         if not (isinstance(result, MapResult) or is_inference_data(result)):
-            raise ValueError(
+            raise InputError(
                 "report needs a MapResult (bayesmix.fit_map) or the InferenceData of "
                 f"bayesmix.sample, got {type(result).__name__}"
             )
@@ -79,19 +124,22 @@ class _View:
         #: K >= 3 references: their names (the per-reference columns), else None.
         self.names = table_ref_names(df)
         if isinstance(result, MapResult):
-            self.kind = "MAP (fast path)"
+            self.kind, self.method_text = _map_method(result)
             self.sigma = result.sigma
             self.bounds = result.prior.bounds
-            self.prior = repr(result.prior)
+            self.prior_obj: Any = result.prior
             self.idata = None
             self.map_shape = result.map_shape
             self.model: Any = result.model
             self.model_name = result.model.name
         else:
-            self.kind = "NUTS (full posterior)"
+            post = result.posterior
+            chains, draws = int(post.sizes["chain"]), int(post.sizes["draw"])
+            self.kind = f"NUTS, {chains} chain{'s' if chains != 1 else ''} x {draws} draws"
+            self.method_text = ""
             self.sigma = float(df.attrs["sigma"])
             spec = str(result.attrs.get("prior", ""))
-            self.prior = repr(parse_prior(spec)) if spec else ""
+            self.prior_obj = parse_prior(spec) if spec else None
             self.bounds = (
                 float(result.attrs.get("prior_low", 0.0)),
                 float(result.attrs.get("prior_high", 1.0)),
@@ -109,20 +157,30 @@ class _View:
                 self.model_name = f"{len(self.names)} references" + (
                     "" if self.model_name == "two references" else f" + {self.model_name}"
                 )
+        if isinstance(self.prior_obj, Dirichlet) and self.names is not None:
+            self.prior_obj = self.prior_obj.expand(len(self.names))
+        self.prior = "" if self.prior_obj is None else repr(self.prior_obj)
+        #: A temporal fit: its frames' order means something, and neighbours pull too.
+        self.temporal = _is_temporal(self, result)
         self.frame = df.index.to_numpy()
+        self.at_bound = df["at_bound"].to_numpy(bool)
+        self.r2 = df["r2"].to_numpy()
+        self.misfit_p = df["misfit_p"].to_numpy(np.float64)
+        # An old results file has no q-values: the same Benjamini-Hochberg step here.
+        self.misfit_q = (df["misfit_q"].to_numpy(np.float64) if "misfit_q" in df
+                         else misfit_qvalues(self.misfit_p))  # fmt: skip
+        bg_cols = [c for c in df.columns if c.startswith("background_")]
+        self.background = df[bg_cols].to_numpy() if bg_cols else None
         if self.names is not None:
             self._simplex_columns(df, tail)
             return
-        self.center = df["mean"].to_numpy()
-        self.lo = df[label(tail)].to_numpy()
-        self.hi = df[label(1 - tail)].to_numpy()
-        self.x_map = df["x_map"].to_numpy()
-        self.at_bound = df["at_bound"].to_numpy(bool)
-        self.r2 = df["r2"].to_numpy()
-        self.misfit_p = df["misfit_p"].to_numpy()
+        self.center = df["mean"].to_numpy(np.float64)
+        self.sd = df["sd"].to_numpy(np.float64)
+        self.lo = df[label(tail)].to_numpy(np.float64)
+        self.hi = df[label(1 - tail)].to_numpy(np.float64)
+        self.x_map = df["x_map"].to_numpy(np.float64)
         self.gain = df["gain"].to_numpy() if "gain" in df else None
-        bg_cols = [c for c in df.columns if c.startswith("background_")]
-        self.background = df[bg_cols].to_numpy() if bg_cols else None
+        self.xhat = _least_squares(df)
 
     def _simplex_columns(self, df: Any, tail: float) -> None:
         """K >= 3: the per-reference columns as (N, K) arrays."""
@@ -136,28 +194,372 @@ class _View:
         self.hi = per_ref(label(1 - tail))
         self.x_map = per_ref("x_map")
         self.mc_se = per_ref("mc_se") if all(f"mc_se_{r}" in df for r in self.names) else None
-        self.at_bound = df["at_bound"].to_numpy(bool)
-        self.r2 = df["r2"].to_numpy()
-        self.misfit_p = df["misfit_p"].to_numpy()
         self.gain = None
-        bg_cols = [c for c in df.columns if c.startswith("background_")]
-        self.background = df[bg_cols].to_numpy() if bg_cols else None
+        self.xhat = None
 
 
-def _weights_plot(v: _View, prob: float) -> str:
-    fig = _figure()
+def _least_squares(df: Any) -> np.ndarray | None:
+    """Each frame's unconstrained least-squares weight x-hat, shape (N,), from the statistics
+    columns: ``xhat`` itself, or with a gain the ratio w_A / (w_A + w_B) of the two free
+    reference coefficients (solving M w = z); None when the table has neither."""
+    if "xhat" in df:
+        return df["xhat"].to_numpy(np.float64)
+    if not all(f"{v}_{r}" in df for v in ("z", "m0", "m1") for r in "ab"):
+        return None
+    z, m0, m1 = (np.stack([df[f"{v}_a"], df[f"{v}_b"]], 1).astype(np.float64)
+                 for v in ("z", "m0", "m1"))  # fmt: skip
+    # M (1, 0) = m1 + m0 and M (0, 1) = m0: the columns of M, for A and B.
+    ca, cb = m1 + m0, m0
+    det = ca[:, 0] * cb[:, 1] - ca[:, 1] * cb[:, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        wa = (z[:, 0] * cb[:, 1] - z[:, 1] * cb[:, 0]) / det
+        wb = (ca[:, 0] * z[:, 1] - ca[:, 1] * z[:, 0]) / det
+        return wa / (wa + wb)
+
+
+def _map_method(result: MapResult) -> tuple[str, str]:
+    """The fast path's method as run (``result.sigma_method``): a short name (the page's header)
+    and a sentence (the diagnostics)."""
+    it = f"{result.n_iter} iteration{'s' if result.n_iter != 1 else ''}"
+    done = "converged" if result.converged else "did not converge"
+    if result.sigma_frame is not None:
+        return ("MAP by EM (per-frame noise)",
+                f"The population of per-frame noise scales (EM) {done} in {it}; every sigma_i is "
+                "integrated out of each frame's posterior.")  # fmt: skip
+    if result.sigma_fixed or result.sigma_method == "fixed":
+        return ("MAP given sigma",
+                "sigma was given, so nothing was iterated: each frame's posterior is exact given "
+                "it.")  # fmt: skip
+    if result.temporal is not None:
+        return ("MAP along a random walk (sigma by EM)",
+                f"sigma by EM with the weights integrated out along the walk, q by maximum "
+                f"marginal likelihood between its steps: {done} in {it}.")  # fmt: skip
+    if result.sigma_method == "joint":
+        return ("MAP by coordinate ascent",
+                f"sigma by coordinate ascent on the joint mode of the weights and sigma: {done} "
+                f"in {it}.")  # fmt: skip
+    if result.simplex is not None:
+        return ("MAP, sigma by REML",
+                "sigma by its restricted (REML) estimate from the residuals, in closed "
+                "form.")  # fmt: skip
+    return ("MAP by EM",
+            f"sigma by EM (the mode of its marginal posterior, every weight integrated out): "
+            f"{done} in {it}.")  # fmt: skip
+
+
+def _prior_curve(v: _View, k: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The prior's density of x on a grid over its bounds, shape (G,) each; with K >= 3
+    references, the Dirichlet's marginal of reference ``k`` (a Beta). None when the result does
+    not record its prior."""
+    from scipy import stats
+
+    prior = v.prior_obj
+    if prior is None:
+        return None
+    lo, hi = v.bounds
+    grid = np.linspace(lo, hi, 401)
+    # scipy for the known forms: the prior's own log_prob is JAX, seconds of compiling here.
+    if isinstance(prior, Dirichlet):
+        alpha = prior.concentrations
+        grid = grid[1:-1]  # a concentration below 1 is infinite on the bounds
+        return grid, stats.beta.pdf(grid, alpha[k], alpha.sum() - alpha[k])
+    if isinstance(prior, TruncatedNormal):
+        a, b = (lo - prior.loc) / prior.scale, (hi - prior.loc) / prior.scale
+        return grid, stats.truncnorm.pdf(grid, a, b, loc=prior.loc, scale=prior.scale)
+    if isinstance(prior, Uniform):
+        return grid, np.full(grid.shape, 1.0 / (hi - lo))
+    if isinstance(prior, Beta):
+        return grid, stats.beta.pdf(grid, prior.a, prior.b)
+    return grid, np.exp(np.asarray(prior.log_prob(grid), np.float64))
+
+
+def _prior_moments(v: _View) -> tuple[float, float] | None:
+    """Mean and sd of the prior of x (two references), by the trapezoid rule on its grid."""
+    curve = _prior_curve(v)
+    if curve is None:
+        return None
+    grid, pdf = curve
+
+    def integral(f: np.ndarray) -> float:  # np.trapezoid is numpy >= 2 only
+        return float(np.sum(0.5 * (f[1:] + f[:-1]) * np.diff(grid)))
+
+    mass = integral(pdf)
+    mean = integral(grid * pdf) / mass
+    return mean, float(np.sqrt(integral((grid - mean) ** 2 * pdf) / mass))
+
+
+def _points(ax: Any, x: np.ndarray, y: np.ndarray, extent: tuple[float, ...],
+            color: str = "tab:blue") -> str:  # fmt: skip
+    """One dot per frame up to ``_MAX_SCATTER`` frames, else a 2-D histogram of hexagons of
+    fixed number (log colour scale). Returns the words for the caption."""
+    if x.size <= _MAX_SCATTER:
+        ax.scatter(x, y, s=10 if x.size <= 500 else 4, color=color, alpha=0.6, lw=0)
+        return "one dot per frame"
+    hb = ax.hexbin(x, y, gridsize=_HEX_GRID, extent=extent, bins="log", mincnt=1,
+                   cmap="viridis", lw=0)  # fmt: skip
+    ax.figure.colorbar(hb, ax=ax, label="frames per hexagon", fraction=0.046, pad=0.04)
+    return f"{x.size} frames as a 2-D histogram: a hexagon's colour counts its frames (log scale)"
+
+
+def _sorted_band(ax: Any, center: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                 color: str, prob: float) -> int:  # fmt: skip
+    """Frames sorted by their estimate with their interval band, through at most
+    ``_BAND_POINTS`` evenly spaced ranks. Returns how many ranks were drawn."""
+    n = center.size
+    ranks = _thin(n, _BAND_POINTS)
+    idx = np.argsort(center, kind="stable")[ranks]
+    ax.fill_between(ranks, lo[idx], hi[idx], color=color, alpha=0.3, lw=0,
+                    label=f"{prob:.0%} interval")  # fmt: skip
+    ax.plot(ranks, center[idx], color=color, lw=1.2, label="posterior mean")
+    ax.set_xlim(0, max(n - 1, 1))
+    return int(ranks.size)
+
+
+def _thinned_words(drawn: int, n: int) -> str:
+    return "" if drawn == n else f" Drawn through {drawn} evenly spaced ranks of the {n} frames."
+
+
+def _weights_html(v: _View, prob: float) -> str:
+    """Two references: every frame's estimate sorted with its band, the estimates' distribution
+    over the prior, the prior's pull (estimate vs least squares) and the sd vs the estimate."""
+    n = v.center.size
+    lo, hi = v.bounds
+    fig = _figure(10, 3.6)
     ax = fig.add_subplot()
-    idx = np.arange(v.center.size)
-    ax.fill_between(
-        idx, v.lo, v.hi, color="tab:blue", alpha=0.3, lw=0, label=f"{prob:.0%} interval"
-    )
-    ax.plot(idx, v.center, color="tab:blue", lw=0.8, label="posterior mean")
-    ax.set_xlabel("frame (input order)")
+    drawn = _sorted_band(ax, v.center, v.lo, v.hi, "tab:blue", prob)
+    ax.set_xlabel("frames sorted by posterior mean (rank)")
     ax.set_ylabel("x (weight of reference A)")
-    ax.set_ylim(v.bounds[0] - 0.02, v.bounds[1] + 0.02)
-    ax.legend(loc="upper right")
-    ax.set_title(f"Mixing weight per frame, {v.kind}")
-    return _png(fig)
+    ax.set_ylim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
+    ax.legend(loc="upper left")
+    ax.set_title(f"Posterior mean and {prob:.0%} interval of every frame, sorted")
+    fig.tight_layout()
+    band = _fig_html(
+        fig, "frames sorted by estimate, with their intervals",
+        f"Frames sorted by their posterior mean (not in input order): the curve is the sorted "
+        f"estimates, the band each frame's {prob:.0%} interval.{_thinned_words(drawn, n)}",
+    )  # fmt: skip
+    return band + _row(_distribution_fig(v), _pull_fig(v)) + _row(_sd_fig(v))
+
+
+def _ls_name(v: _View) -> str:
+    """What x-hat is: the least-squares weight, or with a gain the ratio of the coefficients."""
+    return "least-squares x-hat" if "xhat" in v.table else "least-squares w_A / (w_A + w_B)"
+
+
+def _distribution_fig(v: _View) -> str:
+    """Histogram of the posterior means over the prior's density (and of x-hat)."""
+    n = v.center.size
+    lo, hi = v.bounds
+    edges = np.linspace(lo, hi, int(np.clip(np.sqrt(n), 10, 60)) + 1)
+    fig = _figure(5.4, 3.9)
+    ax = fig.add_subplot()
+    ax.hist(v.center, bins=edges, density=True, color="tab:blue", alpha=0.55,
+            label="posterior means")  # fmt: skip
+    words = ""
+    if v.xhat is not None:
+        inside = np.isfinite(v.xhat) & (v.xhat >= lo) & (v.xhat <= hi)
+        counts, _ = np.histogram(v.xhat[inside], bins=edges)
+        # Scaled to all N frames, so the outline's area is the share of x-hat inside the bounds.
+        ax.stairs(counts / (n * np.diff(edges)), edges, color="0.35", lw=1.0,
+                  label=_ls_name(v))  # fmt: skip
+        words = (f" The grey outline is the {_ls_name(v)}; {n - int(inside.sum())} of them "
+                 "lie outside the bounds and are not drawn.")  # fmt: skip
+    curve = _prior_curve(v)
+    if curve is not None:
+        ax.plot(*curve, color="k", lw=1.5, label="prior")
+    ax.set_xlabel("x")
+    ax.set_ylabel("density")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Distribution of the estimates")
+    fig.tight_layout()
+    return _fig_html(
+        fig, "distribution of the estimates over the prior",
+        f"Histogram of the {n} posterior means over the prior's density "
+        f"({html.escape(v.prior) or 'not recorded'}, black).{words} Where frames say little, "
+        "their means gather where the prior's mass is.",
+    )  # fmt: skip
+
+
+def _pull_fig(v: _View) -> str:
+    """Posterior mean against the least-squares x-hat: where the prior pulls."""
+    if v.xhat is None:
+        return ""
+    lo, hi = v.bounds
+    span = hi - lo
+    ok = np.isfinite(v.xhat) & np.isfinite(v.center)
+    if not ok.any():
+        return ""
+    qa, qb = np.quantile(v.xhat[ok], [0.005, 0.995])
+    # Far beyond the bounds every x-hat is simply pulled inside: at most one span either side.
+    x0 = max(min(lo, qa), lo - span) - 0.05 * span
+    x1 = min(max(hi, qb), hi + span) + 0.05 * span
+    y0, y1 = lo - 0.05 * span, hi + 0.05 * span
+    keep = ok & (v.xhat >= x0) & (v.xhat <= x1)
+    fig = _figure(5.4, 3.9)
+    ax = fig.add_subplot()
+    what = _points(ax, v.xhat[keep], v.center[keep], (x0, x1, y0, y1))
+    ax.plot([lo, hi], [lo, hi], color="k", lw=1.0, ls="--", label="identity (no pull)")
+    for bound in (lo, hi):
+        ax.axhline(bound, color="0.6", lw=0.6, ls=":")
+    moments = _prior_moments(v)
+    if moments is not None:
+        ax.axhline(moments[0], color="tab:red", lw=0.9, ls=":", label="prior mean")
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ls_name = _ls_name(v)
+    ax.set_xlabel(ls_name)
+    ax.set_ylabel("posterior mean")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Where the prior pulls")
+    fig.tight_layout()
+    left = int(ok.sum() - keep.sum()) + int((~ok).sum())
+    return _fig_html(
+        fig, "posterior mean against least squares",
+        f"Each frame's posterior mean against its {ls_name} ({what}). On the dashed identity "
+        "line the data decide; off it "
+        + ("the neighbouring frames along the random walk and " if v.temporal else "")
+        + "the prior pull towards its mean (red) and inside its bounds. "
+        f"{left} frame(s) with x-hat beyond [{x0:.3g}, {x1:.3g}] are not drawn.",
+    )  # fmt: skip
+
+
+def _sd_fig(v: _View) -> str:
+    """Posterior sd against the posterior mean, with the prior's sd."""
+    lo, hi = v.bounds
+    span = hi - lo
+    ok = np.isfinite(v.sd) & np.isfinite(v.center)
+    if not ok.any():
+        return ""
+    moments = _prior_moments(v)
+    top = float(np.quantile(v.sd[ok], 0.999))
+    # The prior's sd is drawn when it is on the scale of the frames' sds, else named.
+    shown = moments is not None and moments[1] <= 3.0 * top
+    top = 1.1 * max(top, moments[1] if shown else 0.0) or 1.0
+    fig = _figure(5.4, 3.9)
+    ax = fig.add_subplot()
+    what = _points(ax, v.center[ok], v.sd[ok], (lo - 0.02 * span, hi + 0.02 * span, 0.0, top))
+    words = ""
+    if shown:
+        ax.axhline(moments[1], color="tab:red", lw=0.9, ls=":", label="prior sd")
+        ax.legend(loc="upper left", fontsize=8)
+        words = " Frames near the red line (the prior's own sd) learned little from their pixels."
+    elif moments is not None:
+        words = (f" The prior's sd, {moments[1]:.3g}, is far above every frame's: each frame "
+                 "learned much from its pixels.")  # fmt: skip
+    ax.set_xlim(lo - 0.02 * span, hi + 0.02 * span)
+    ax.set_ylim(0.0, top)
+    ax.set_xlabel("posterior mean")
+    ax.set_ylabel("posterior sd")
+    ax.set_title("Uncertainty of each frame")
+    fig.tight_layout()
+    return _fig_html(
+        fig, "posterior sd against posterior mean",
+        f"Posterior sd against posterior mean ({what}).{words} Near a bound the sd shrinks: the "
+        "bound cuts the posterior.",
+    )  # fmt: skip
+
+
+def _check_truth(truth: Any, v: _View) -> np.ndarray | None:
+    """``truth`` as a float array of shape (N,), or None; InputError when it does not fit."""
+    if truth is None:
+        return None
+    n = v.center.shape[0]
+    if v.names is not None:
+        raise InputError(
+            f"truth= is for fits of two references (one weight per frame); this fit has "
+            f"{len(v.names)} references: compare their weights with the truth yourself"
+        )
+    try:
+        arr = np.asarray(truth, np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(
+            f"truth must be an array of numbers, the true weight of every frame; got "
+            f"{type(truth).__name__} ({exc})"
+        ) from None
+    if arr.shape != (n,):
+        raise InputError(
+            f"truth must have shape ({n},), one true weight per frame of the result; got shape "
+            f"{arr.shape}: pass the weights in the frames' order (e.g. Simulation.x)"
+        )
+    bad = int(np.sum(~np.isfinite(arr)))
+    if bad:
+        raise InputError(
+            f"truth has {bad} non-finite value(s) (NaN or inf) of {n}; every frame needs its "
+            "true weight: drop those frames from the fit, or pass truth=None"
+        )
+    return arr
+
+
+def _truth_html(v: _View, truth: np.ndarray, prob: float) -> str:
+    """A known truth (a simulation): estimate vs truth, the intervals' coverage with its
+    binomial sd overall and in bins of the true weight, the RMSE."""
+    import pandas as pd
+
+    n = truth.size
+    inside = (v.lo <= truth) & (truth <= v.hi)
+    cover = float(inside.mean())
+    sd = float(np.sqrt(prob * (1.0 - prob) / n))
+    z = (cover - prob) / sd
+    rows = {
+        f"coverage of the {prob:.0%} intervals": f"{cover:.2%} (binomial sd {sd:.2%}, "
+        f"{z:+.1f} sd from {prob:.0%})",
+        "RMSE of the posterior mean": f"{np.sqrt(np.mean((v.center - truth) ** 2)):.4g}",
+        "RMSE of the MAP": f"{np.sqrt(np.mean((v.x_map - truth) ** 2)):.4g}",
+    }
+    if v.xhat is not None and np.all(np.isfinite(v.xhat)):
+        rows["RMSE of the least-squares x-hat"] = f"{np.sqrt(np.mean((v.xhat - truth) ** 2)):.4g}"
+    table = pd.DataFrame({"value": rows}).to_html(border=0)
+    verdict = ("consistent with calibrated intervals (within 2 binomial sd)" if abs(z) <= 2
+               else "more than 2 binomial sd from the nominal level: the intervals are "
+               + ("too narrow" if z < 0 else "too wide"))  # fmt: skip
+
+    lo, hi = v.bounds
+    span = hi - lo
+    t0, t1 = min(lo, float(truth.min())) - 0.03 * span, max(hi, float(truth.max())) + 0.03 * span
+    fig = _figure(10, 3.9)
+    ax, bx = fig.subplots(1, 2)
+    if n <= _MAX_SCATTER:
+        ax.scatter(truth[inside], v.center[inside], s=10 if n <= 500 else 4, color="tab:blue",
+                   alpha=0.6, lw=0, label="interval covers the truth")  # fmt: skip
+        ax.scatter(truth[~inside], v.center[~inside], s=10 if n <= 500 else 4, color="tab:red",
+                   alpha=0.8, lw=0, label="interval misses it")  # fmt: skip
+        what = "one dot per frame; red: the interval misses the truth"
+    else:
+        what = _points(ax, truth, v.center, (t0, t1, lo - 0.03 * span, hi + 0.03 * span))
+    ax.plot([lo, hi], [lo, hi], color="k", lw=1.0, ls="--", label="identity")
+    ax.set_xlim(t0, t1)
+    ax.set_ylim(lo - 0.03 * span, hi + 0.03 * span)
+    ax.set_xlabel("true x")
+    ax.set_ylabel("posterior mean")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Estimate vs truth")
+    # Coverage in bins of equal counts along the true weight: where the intervals fail.
+    n_bins = int(np.clip(n // 50, 2, 10)) if n >= 20 else 1
+    edges = np.unique(np.quantile(truth, np.linspace(0.0, 1.0, n_bins + 1)))
+    which = np.clip(np.searchsorted(edges, truth, side="right") - 1, 0, max(edges.size - 2, 0))
+    count = np.bincount(which, minlength=max(edges.size - 1, 1))
+    hit = np.bincount(which, weights=inside, minlength=count.size)
+    mid = np.array([np.median(truth[which == b]) if c else np.nan
+                    for b, c in enumerate(count)])  # fmt: skip
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = hit / count
+        err = np.sqrt(prob * (1.0 - prob) / count)
+    bx.errorbar(mid, rate, yerr=2 * err, fmt="o", color="tab:blue", ms=4, capsize=3,
+                label="measured (+/- 2 binomial sd)")  # fmt: skip
+    bx.axhline(prob, color="k", lw=0.9, ls="--", label=f"nominal {prob:.0%}")
+    bx.set_xlim(t0, t1)
+    bx.set_ylim(max(0.0, min(float(np.nanmin(rate - 2 * err)), prob) - 0.05), 1.02)
+    bx.set_xlabel("true x (bins of equal counts)")
+    bx.set_ylabel("coverage")
+    bx.legend(loc="lower left", fontsize=8)
+    bx.set_title(f"Coverage of the {prob:.0%} intervals")
+    fig.tight_layout()
+    return table + f"<p>Coverage {cover:.2%} of {n} frames: {verdict}.</p>" + _fig_html(
+        fig, "estimate against truth and coverage",
+        f"Left: posterior mean against the true weight ({what}). Right: the share of frames "
+        f"whose {prob:.0%} interval holds the truth, in {count.size} bins of the true weight "
+        "with +/- 2 binomial sd; true weights beyond the prior's bounds cannot be covered.",
+    )  # fmt: skip
 
 
 def _maps_html(v: _View) -> str:
@@ -165,25 +567,29 @@ def _maps_html(v: _View) -> str:
     shape = v.map_shape
     if shape is None or len(shape) != 2:
         return ""
-    sd = v.table["sd"].to_numpy()
     panels = [("posterior mean of x", v.center, "viridis", v.bounds),
-              ("posterior sd of x", sd, "magma", (0.0, None))]  # fmt: skip
+              ("posterior sd of x", v.sd, "magma", (0.0, None))]  # fmt: skip
     if v.gain is not None:
         panels.append(("gain (amount)", v.gain, "cividis", (None, None)))
     panels.append(("R^2 of the full model", v.r2, "gray", (0.0, 1.0)))
     fig = _figure(4.2 * len(panels), 4.0)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (name, values, cmap, (lo, hi)) in zip(axes, panels, strict=True):
-        im = ax.imshow(values.reshape(shape), cmap=cmap, vmin=lo, vmax=hi)
+        # Pixels stay pixels: a small map is not smoothed into a blur.
+        im = ax.imshow(values.reshape(shape), cmap=cmap, vmin=lo, vmax=hi,
+                       interpolation="nearest")  # fmt: skip
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    return _png(fig) + (
-        "<p>Where the gain is near 0 the pixel holds no mixture: its x returns to the prior "
-        "(large sd), the honest answer.</p>"
-    )
+    gain = (" Where the gain is near 0 the pixel holds no mixture: its x returns to the prior "
+            "(large sd), the honest answer.") if v.gain is not None else ""  # fmt: skip
+    return _fig_html(
+        fig, "maps of the estimates",
+        f"The {shape[0]} x {shape[1]} map: each pixel's posterior mean of x and its sd"
+        + (", the gain" if v.gain is not None else "") + f" and the R^2 of its fit.{gain}",
+    )  # fmt: skip
 
 
 def _summary_html(v: _View, result: Any) -> str:
@@ -293,7 +699,7 @@ def _sigma_frame_plot(result: MapResult) -> str:
         axes[1].set_xticks([])
         axes[1].set_yticks([])
     fig.tight_layout()
-    return _png(fig) + (
+    return _png(fig, "noise scale per frame") + (
         "<p>Each sigma_i is shrunk towards the population, so the histogram of posterior means "
         "is narrower than the population curve where frames say little about their own noise.</p>"
     )
@@ -478,7 +884,7 @@ def _sequence_plot(v: _View, w: _Walk, prob: float) -> str:
     axes[-1].set_xlabel("time")
     axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return _png(fig, "sequences over time")
 
 
 def _q_plot(w: _Walk) -> str:
@@ -497,7 +903,7 @@ def _q_plot(w: _Walk) -> str:
     ax.set_title("Posterior of the random walk's step q")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return _png(fig, "posterior of q")
 
 
 def _sequence_html(v: _View, result: Any, prob: float) -> str:
@@ -553,23 +959,39 @@ def _sequence_html(v: _View, result: Any, prob: float) -> str:
 
 
 def _diagnostics_html(v: _View, result: Any) -> tuple[str, Any]:
+    """MAP: the method as run and whether its iteration converged. NUTS: the verdict of
+    :func:`bayesmix._arviz.diagnose`, its numbers and the worst-mixing variables."""
+    import pandas as pd
+
     if v.idata is None:
-        ok = bool(result.converged)
-        verdict = "pass" if ok else "warn"
-        text = (
-            f"MAP by coordinate ascent: {'converged' if ok else 'did not converge'} in "
-            f"{result.n_iter} iterations. Intervals are exact given sigma; no MCMC diagnostics "
-            "apply (run bayesmix.sample for the joint posterior)."
-        )
+        verdict = "pass" if bool(result.converged) else "warn"
+        text = (f"{v.kind}. {v.method_text} Each frame's intervals are exact given sigma; "
+                "bayesmix.sample gives the joint posterior of the weights and sigma, with "
+                "chains to check.")  # fmt: skip
         return f'<p class="{verdict}">{verdict.upper()}</p><p>{html.escape(text)}</p>', None
     from bayesmix._arviz import diagnose
 
     diag = diagnose(v.idata)
     lines = "".join(f"<li>{html.escape(r)}</li>" for r in diag.reasons)
+    checks = {
+        "R-hat max": f"{diag.rhat_max:.4f}",
+        "ESS bulk min": f"{diag.ess_bulk_min:.0f}",
+        "ESS tail min": f"{diag.ess_tail_min:.0f}",
+        "divergent transitions": str(diag.divergences),
+        "BFMI min (over chains)": f"{float(np.min(diag.bfmi)):.2f}",
+        "chains x draws": f"{diag.n_chains} x {diag.n_draws}",
+        "lowest ESS chance explains": f"{diag.ess_limit:.0f}",
+    }
     body = (
         f'<p class="{diag.verdict}">{diag.verdict.upper()}</p>'
-        f"<p>{html.escape(str(diag).splitlines()[0])}</p>"
-        + (f"<ul>{lines}</ul>" if lines else "")
+        "<p>The verdict of bayesmix.diagnose. Each R-hat and ESS is compared with what chains "
+        f"of {diag.n_draws} draws give by chance over the run's {len(diag.table)} variables "
+        "(a run whose chains are fine warns with probability 1%; the table's rhat_limit is the "
+        "largest R-hat chance explains for that variable); any divergent transition or a BFMI "
+        "below 0.3 warns.</p>"
+        + (f"<ul>{lines}</ul>" if lines else "<p>Every check holds.</p>")
+        + pd.DataFrame({"value": checks}).to_html(border=0)
+        + "<p>The variables that mix worst:</p>"
         + diag.to_dataframe().head(10).to_html(border=0, float_format=lambda f: f"{f:.4g}")
     )
     return body, diag
@@ -577,7 +999,7 @@ def _diagnostics_html(v: _View, result: Any) -> tuple[str, Any]:
 
 def _trace_html(v: _View, diag: Any) -> str:
     if v.idata is None:
-        return "<p>Not applicable to a MAP result.</p>"
+        return ""
     from bayesmix._arviz import plot_trace
 
     worst = [int(name[2:-1]) if name[2:-1].lstrip("-").isdigit() else name[2:-1]
@@ -594,12 +1016,12 @@ def _trace_html(v: _View, diag: Any) -> str:
     # ArviZ draws on the axes we give it; lay them out afterwards so that titles and tick labels
     # of neighbouring rows do not overlap.
     fig.tight_layout()
-    return _png(fig)
+    return _png(fig, "trace and rank plots")
 
 
 def _energy_html(v: _View) -> str:
     if v.idata is None:
-        return "<p>Not applicable to a MAP result.</p>"
+        return ""
     from bayesmix._arviz import plot_energy
 
     fig = _figure(6, 3.6)
@@ -609,7 +1031,7 @@ def _energy_html(v: _View) -> str:
     if ax.get_legend() is not None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    return _png(fig)
+    return _png(fig, "energy plot")
 
 
 def _residual_html(v: _View, frames: Any, refs: list[Any], mask: Any) -> str:
@@ -622,7 +1044,7 @@ def _residual_html(v: _View, frames: Any, refs: list[Any], mask: Any) -> str:
     shape = stack.frame_shape
     n = stack.frames.shape[0]
     if n != v.center.shape[0]:
-        raise ValueError(f"frames has {n} frames but the result has {v.center.shape[0]}")
+        raise InputError(f"frames has {n} frames but the result has {v.center.shape[0]}")
     # One chunked pass for the mean frame.
     total = np.zeros(int(np.prod(shape)))
     count = np.zeros_like(total)
@@ -667,72 +1089,133 @@ def _residual_html(v: _View, frames: Any, refs: list[Any], mask: Any) -> str:
         ax.set_ylabel("pixel row")
     ax.set_title(f"Mean residual per pixel: where the model ({v.model_name}) fails")
     noise = v.sigma / np.sqrt(n)
-    return _png(fig) + (
+    return _png(fig, "mean residual image") + (
         f"<p>Pure noise would leave residuals of about sigma/sqrt(N) = {noise:.3g}; "
         f"the largest here is {np.nanmax(np.abs(resid)):.3g}.</p>"
     )
 
 
-def _flagged_html(v: _View) -> str:
+def _misfit_rule(n: int) -> str:
+    """How a frame is called badly fit, in words (HTML)."""
+    return (
+        "residual larger than the noise explains: each frame's chi-square test of its residual "
+        f"gives its misfit p, flagged by Benjamini&ndash;Hochberg at {MISFIT_FDR:.0%} false "
+        f"discovery rate over the {n} frames, i.e. misfit q &lt; {MISFIT_FDR:g}"
+    )
+
+
+def _badly_fit(v: _View) -> np.ndarray:
+    """Frames whose misfit q-value is below the false discovery rate, shape (N,) of bool."""
+    with np.errstate(invalid="ignore"):
+        return v.misfit_q < MISFIT_FDR
+
+
+def _flagged_frames(v: _View, bad: np.ndarray, also: np.ndarray) -> np.ndarray:
+    """Badly fit frames first (smallest p first), then those flagged only by ``also``."""
+    worst = np.flatnonzero(bad)
+    worst = worst[np.argsort(v.misfit_p[worst], kind="stable")]
+    return np.concatenate([worst, np.flatnonzero(also & ~bad)])
+
+
+def _flagged_table(v: _View, show: np.ndarray, cols: dict[str, np.ndarray], total: int) -> str:
     import pandas as pd
 
-    bad = v.misfit_p < 1e-3
-    flagged = np.flatnonzero(v.at_bound | bad)
+    cols = {**cols, "R^2": v.r2[show], "misfit p": v.misfit_p[show],
+            "misfit q": v.misfit_q[show]}  # fmt: skip
+    df = pd.DataFrame(cols, index=pd.Index(v.frame[show], name="frame"))
+    more = f"<p>... and {total - show.size} more.</p>" if total > show.size else ""
+    return df.to_html(border=0, float_format=lambda f: f"{f:.4g}") + more
+
+
+def _flagged_html(v: _View) -> str:
+    bad = _badly_fit(v)
+    flagged = _flagged_frames(v, bad, v.at_bound)
     text = (
         f"<p>{int(v.at_bound.sum())} frame(s) with the posterior piled up at a bound; "
-        f"{int(bad.sum())} frame(s) badly fit (residual larger than the noise explains: "
-        "chi-square p &lt; 0.001, i.e. a low R^2 for their contrast).</p>"
+        f"{int(bad.sum())} frame(s) badly fit ({_misfit_rule(v.center.size)}).</p>"
     )
     if flagged.size == 0:
         return text
-    show = flagged[:50]
-    df = pd.DataFrame(
-        {
-            "x": v.center[show],
-            "lo": v.lo[show],
-            "hi": v.hi[show],
-            "R^2": v.r2[show],
-            "misfit p": v.misfit_p[show],
-            "at bound": v.at_bound[show],
-        },
-        index=pd.Index(v.frame[show], name="frame"),
-    )
-    more = f"<p>... and {flagged.size - 50} more.</p>" if flagged.size > 50 else ""
-    return text + df.to_html(border=0, float_format=lambda f: f"{f:.4g}") + more
+    show = flagged[:_MAX_ROWS]
+    cols = {"x": v.center[show], "lo": v.lo[show], "hi": v.hi[show],
+            "at bound": v.at_bound[show]}  # fmt: skip
+    return text + _flagged_table(v, show, cols, flagged.size)
+
+
+def _panels(k: int, w: float, h: float) -> tuple[Any, list[Any]]:
+    """A figure with one panel per reference, at most three across."""
+    cols = min(k, 3)
+    rows = -(-k // cols)
+    fig = _figure(w * cols, h * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[k:]:
+        ax.set_visible(False)
+    return fig, list(axes[:k])
 
 
 def _simplex_weights_html(v: _View, prob: float) -> str:
     """K >= 3: the weights of every reference stacked (frames sorted by their dominant
-    reference), each reference's weight with its interval band, and for K = 3 a ternary plot."""
+    reference), each reference's weights sorted with their bands and their distribution over
+    the prior's marginal, and for K = 3 a ternary plot."""
     names, mean = v.names, v.center
     n, k = mean.shape
     colors = [f"C{i % 10}" for i in range(k)]
     dominant = np.argmax(mean, axis=1)
-    order = np.lexsort((-mean[np.arange(n), dominant], dominant))
+    ranks = _thin(n, _BAND_POINTS)
+    order = np.lexsort((-mean[np.arange(n), dominant], dominant))[ranks]
     fig = _figure(10, 3.6)
     ax = fig.add_subplot()
-    ax.stackplot(np.arange(n), np.clip(mean[order], 0.0, None).T, labels=names, colors=colors,
+    ax.stackplot(ranks, np.clip(mean[order], 0.0, None).T, labels=names, colors=colors,
                  lw=0)  # fmt: skip
     ax.set_xlim(0, max(n - 1, 1))
     ax.set_ylim(0, 1)
-    ax.set_xlabel("frame (sorted by dominant reference, then its weight)")
+    ax.set_xlabel("frames sorted by dominant reference, then its weight (rank)")
     ax.set_ylabel("posterior mean weight")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.set_title(f"Weights of the {k} references per frame, {v.kind}")
-    out = _png(fig)
-
-    fig = _figure(10, 1.6 * k + 0.6)
-    axes = fig.subplots(k, 1, sharex=True, squeeze=False)[:, 0]
-    idx = np.arange(n)
-    for i, (ax, name) in enumerate(zip(axes, names, strict=True)):
-        ax.fill_between(idx, v.lo[:, i], v.hi[:, i], color=colors[i], alpha=0.3, lw=0)
-        ax.plot(idx, mean[:, i], color=colors[i], lw=0.8)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel(name)
-    axes[-1].set_xlabel("frame (input order)")
-    axes[0].set_title(f"Weight of each reference: posterior mean and {prob:.0%} interval")
+    ax.set_title(f"Weights of the {k} references per frame, sorted")
     fig.tight_layout()
-    out += _png(fig)
+    out = _fig_html(
+        fig, "stacked weights of the references, frames sorted",
+        "Every frame's posterior mean weights stacked (they sum to 1), frames grouped by their "
+        f"dominant reference and sorted by its weight.{_thinned_words(ranks.size, n)}",
+    )  # fmt: skip
+
+    fig, axes = _panels(k, 4.0, 3.2)
+    drawn = n
+    for i, (ax, name) in enumerate(zip(axes, names, strict=True)):
+        drawn = _sorted_band(ax, mean[:, i], v.lo[:, i], v.hi[:, i], colors[i], prob)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(f"frames sorted by weight of {name} (rank)", fontsize=9)
+        ax.set_ylabel(f"weight of {name}")
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"Each reference's weight, frames sorted: posterior mean and {prob:.0%} interval")
+    fig.tight_layout()
+    out += _fig_html(
+        fig, "sorted weights of each reference, with their intervals",
+        "One panel per reference, its frames sorted by their posterior mean weight (not in "
+        f"input order), with each frame's {prob:.0%} interval.{_thinned_words(drawn, n)}",
+    )  # fmt: skip
+
+    fig, axes = _panels(k, 4.0, 3.0)
+    edges = np.linspace(0.0, 1.0, int(np.clip(np.sqrt(n), 10, 60)) + 1)
+    for i, (ax, name) in enumerate(zip(axes, names, strict=True)):
+        ax.hist(mean[:, i], bins=edges, density=True, color=colors[i], alpha=0.55,
+                label="posterior means")  # fmt: skip
+        curve = _prior_curve(v, i)
+        if curve is not None:
+            top = ax.get_ylim()[1]
+            ax.plot(*curve, color="k", lw=1.3, label="prior (marginal)")
+            ax.set_ylim(0, max(top, min(float(np.max(curve[1])) * 1.05, 3.0 * top)))
+        ax.set_xlabel(f"weight of {name}")
+        ax.set_ylabel("density")
+    axes[0].legend(loc="upper right", fontsize=8)
+    fig.suptitle("Distribution of each reference's estimates over its prior")
+    fig.tight_layout()
+    out += _fig_html(
+        fig, "distribution of each reference's estimates over the prior",
+        f"Histogram of the {n} posterior means of each reference's weight over the marginal "
+        f"density of the prior ({html.escape(v.prior) or 'not recorded'}, black).",
+    )  # fmt: skip
 
     if k == 3:
         h = np.sqrt(3.0) / 2.0
@@ -740,8 +1223,7 @@ def _simplex_weights_html(v: _View, prob: float) -> str:
         fig = _figure(5.5, 5.0)
         ax = fig.add_subplot()
         ax.plot([0, 1, 0.5, 0], [0, 0, h, 0], color="k", lw=0.8)
-        sc = ax.scatter(px, py, c=np.arange(n), s=8, cmap="viridis")
-        fig.colorbar(sc, ax=ax, label="frame (input order)", fraction=0.046, pad=0.04)
+        what = _points(ax, px, py, (-0.02, 1.02, -0.02, h + 0.02))
         for (x0, y0), name, va in zip([(0, 0), (1, 0), (0.5, h)], names,
                                       ["top", "top", "bottom"], strict=True):  # fmt: skip
             ax.annotate(name, (x0, y0), ha="center", va=va, fontsize=11,
@@ -752,10 +1234,12 @@ def _simplex_weights_html(v: _View, prob: float) -> str:
         ax.set_aspect("equal")
         ax.axis("off")
         ax.set_title("Posterior mean weights on the simplex (ternary)")
-        out += _png(fig) + (
-            "<p>Ternary plot: each frame's posterior mean weights as a point of the triangle "
-            f"whose corners are the pure references {', '.join(map(html.escape, names))}.</p>"
-        )
+        out += _fig_html(
+            fig, "ternary plot of the weights",
+            f"Ternary plot: each frame's posterior mean weights as a point of the triangle "
+            f"whose corners are the pure references {', '.join(map(html.escape, names))} "
+            f"({what}).",
+        )  # fmt: skip
     return out
 
 
@@ -778,7 +1262,7 @@ def _simplex_maps_html(v: _View) -> str:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    out = _png(fig)
+    out = _png(fig, "maps of each reference")
     fig = _figure(4.6, 4.0)
     ax = fig.add_subplot()
     im = ax.imshow(v.r2.reshape(shape), cmap="gray", vmin=0.0, vmax=1.0)
@@ -786,7 +1270,7 @@ def _simplex_maps_html(v: _View) -> str:
     ax.set_title("R^2 of the full model")
     ax.set_xticks([])
     ax.set_yticks([])
-    return out + _png(fig)
+    return out + _png(fig, "map of R^2")
 
 
 def _simplex_summary_html(v: _View) -> str:
@@ -829,8 +1313,8 @@ def _simplex_diagnostics_html(v: _View, result: Any) -> str:
     ok = bool(result.converged)
     verdict = "pass" if ok else "warn"
     text = (
-        f"Noise scale {'converged' if ok else 'did not converge'} in {result.n_iter} "
-        "iteration(s). The MAP of each frame is exact (a quadratic programme on the simplex); "
+        f"{v.kind}. {v.method_text} The MAP of each frame is exact (a quadratic programme on "
+        "the simplex); "
         "the means, sds and intervals are exact given sigma where the posterior lies well inside "
         f"the simplex, else from {result.n_draws} Gibbs draws (seed {result.seed})."
     )
@@ -841,23 +1325,18 @@ def _simplex_diagnostics_html(v: _View, result: Any) -> str:
 
 
 def _simplex_flagged_html(v: _View) -> str:
-    import pandas as pd
-
-    bad = v.misfit_p < 1e-3
-    flagged = np.flatnonzero(bad)
+    bad = _badly_fit(v)
+    flagged = _flagged_frames(v, bad, np.zeros_like(bad))
     text = (
         f"<p>{int(v.at_bound.sum())} frame(s) with a reference's MAP weight at 0 (expected when "
         f"a reference is absent; see the summary); {int(bad.sum())} frame(s) badly fit "
-        "(residual larger than the noise explains: chi-square p &lt; 0.001).</p>"
+        f"({_misfit_rule(v.center.shape[0])}).</p>"
     )
     if flagged.size == 0:
         return text
-    show = flagged[:50]
+    show = flagged[:_MAX_ROWS]
     cols = {f"mean {r}": v.center[show, i] for i, r in enumerate(v.names)}
-    cols.update({"R^2": v.r2[show], "misfit p": v.misfit_p[show]})
-    df = pd.DataFrame(cols, index=pd.Index(v.frame[show], name="frame"))
-    more = f"<p>... and {flagged.size - 50} more.</p>" if flagged.size > 50 else ""
-    return text + df.to_html(border=0, float_format=lambda f: f"{f:.4g}") + more
+    return text + _flagged_table(v, show, cols, flagged.size)
 
 
 def _simplex_trace_html(v: _View) -> str:
@@ -881,24 +1360,23 @@ def _simplex_trace_html(v: _View) -> str:
     fig.suptitle("Chains of sigma and of every weight of the worst-mixing frame "
                  "(uniform ranks = good mixing)")  # fmt: skip
     fig.tight_layout()
-    return _png(fig)
+    return _png(fig, "trace and rank plots")
 
 
 def _simplex_body(v: _View, result: Any, prob: float, frames: Any, refs: list[Any],
                   mask: Any) -> dict[str, str]:  # fmt: skip
-    """The sections of a K >= 3 report; those that do not apply are left out."""
-    body = {
+    """The sections of a K >= 3 report (empty where they do not apply)."""
+    nuts = v.idata is not None
+    return {
         "Maps": _simplex_maps_html(v),
         "Weights per frame": _simplex_weights_html(v, prob),
         "Summary": _simplex_summary_html(v),
         "Diagnostics": _simplex_diagnostics_html(v, result),
+        "Trace and rank plots": _simplex_trace_html(v) if nuts else "",
+        "Energy": _energy_html(v) if nuts else "",
+        "Residual image": _residual_html(v, frames, refs, mask),
+        "Flagged frames": _simplex_flagged_html(v),
     }
-    if v.idata is not None:
-        body["Trace and rank plots"] = _simplex_trace_html(v)
-        body["Energy"] = _energy_html(v)
-    body["Residual image"] = _residual_html(v, frames, refs, mask)
-    body["Flagged frames"] = _simplex_flagged_html(v)
-    return {name: text for name, text in body.items() if text}
 
 
 def report(
@@ -915,6 +1393,7 @@ def report(
     more_refs: Any = (),
     variance: Any = None,
     compare: Any = None,
+    truth: Any = None,
 ) -> Path:
     """Write a self-contained HTML report of a fit.
 
@@ -935,6 +1414,10 @@ def report(
     compare : sequence or dict of results, optional
         Other fits of the same frames (e.g. with other noise models; a dict names them): the
         "Noise model" section ranks this fit among them by elpd (:func:`bayesmix.compare`).
+    truth : array, shape (N,), optional
+        The true weight of every frame (a simulation's ``x``; two references): adds a "Truth
+        vs estimate" section with the estimates against it, the measured coverage of the
+        ``prob`` intervals with its binomial sd, and the RMSE.
     prob : float
         Probability of the intervals shown.
     overwrite : bool
@@ -945,75 +1428,70 @@ def report(
     Returns
     -------
     Path
-        The file written. Sections: weights per frame with bands, summary, diagnostics verdict,
-        trace/rank plots, energy plot, residual image, flagged frames; for a MAP fit with a
-        noise model other than Gaussian or a variance map, a "Noise model" section (the model,
-        what it learned, the per-frame noise scales, the elpd). With K >= 3 references:
-        the weights of every reference (stacked, per reference, and a ternary plot for K = 3),
-        a per-reference summary and, for a spectrum image, a map per reference.
+        The file written. Every report has the weights per frame (frames sorted by their
+        estimate with their intervals, the estimates' distribution over the prior, the
+        estimate against least squares, the sd against the estimate), a summary, the
+        diagnostics (the method as run; for NUTS the verdict of :func:`bayesmix.diagnose`), the
+        residual image and the flagged frames. Where they apply: maps (a spectrum image), the
+        sequence over time (a temporal fit: the only plot in frame order), the truth (``truth``
+        given), the noise model (not the default one, a variance map, or ``compare``), trace
+        and rank plots and the energy plot (NUTS). With K >= 3 references: each reference's
+        sorted weights and their distribution, and a ternary plot for K = 3.
+
+    Raises
+    ------
+    InputError
+        ``result`` is not a fit, ``prob`` is not in (0, 1), or ``truth`` or ``more_refs`` do
+        not match the result.
     """
     if not 0 < prob < 1:
-        raise ValueError(f"prob must be in (0, 1), got {prob}")
+        raise InputError(f"prob must be in (0, 1), got {prob}")
     v = _View(result, prob)
+    truth = _check_truth(truth, v)
     more_refs = [] if more_refs is None else list(more_refs)
     if v.names is None and more_refs:
-        raise ValueError(
+        raise InputError(
             f"more_refs holds {len(more_refs)} reference(s) but the result has two references"
         )
     noise = _noise_html(result, variance, compare)
     if v.names is not None:
         refs = [] if ref_a is None or ref_b is None else [ref_a, ref_b, *more_refs]
         body = _simplex_body(v, result, prob, frames, refs, mask)
-        if noise:
-            body = _after(body, "Diagnostics", "Noise model", noise)
-        return _write_page(body, list(body), v, title, path, overwrite)
-    diag_html, diag = _diagnostics_html(v, result)
-    body = {
-        "Maps": _maps_html(v),
-        "Weights per frame": _weights_plot(v, prob),
-        "Sequence": _sequence_html(v, result, prob),
-        "Summary": _summary_html(v, result),
-        "Diagnostics": diag_html,
-        "Trace and rank plots": _trace_html(v, diag),
-        "Energy": _energy_html(v),
-        "Residual image": _residual_html(v, frames, [ref_a, ref_b], mask),
-        "Flagged frames": _flagged_html(v),
-    }
-    names = (("Maps",) if body["Maps"] else ()) + SECTIONS
-    if body["Sequence"]:  # a temporal fit: its trajectory right after the weights per frame
-        at = names.index("Weights per frame") + 1
-        names = (*names[:at], "Sequence", *names[at:])
-    if noise:
-        body["Noise model"] = noise
-        at = names.index("Diagnostics") + 1
-        names = (*names[:at], "Noise model", *names[at:])
-    return _write_page(body, names, v, title, path, overwrite)
+    else:
+        diag_html, diag = _diagnostics_html(v, result)
+        nuts = v.idata is not None
+        body = {
+            "Maps": _maps_html(v),
+            "Weights per frame": _weights_html(v, prob),
+            "Sequence": _sequence_html(v, result, prob),
+            "Truth vs estimate": "" if truth is None else _truth_html(v, truth, prob),
+            "Summary": _summary_html(v, result),
+            "Diagnostics": diag_html,
+            "Trace and rank plots": _trace_html(v, diag) if nuts else "",
+            "Energy": _energy_html(v) if nuts else "",
+            "Residual image": _residual_html(v, frames, [ref_a, ref_b], mask),
+            "Flagged frames": _flagged_html(v),
+        }
+    body["Noise model"] = noise
+    return _write_page(body, v, title, path, overwrite)
 
 
-def _after(body: dict[str, str], name: str, new: str, text: str) -> dict[str, str]:
-    """``body`` with section ``new`` right after ``name`` (at the end if absent)."""
-    out: dict[str, str] = {}
-    for key, value in body.items():
-        out[key] = value
-        if key == name:
-            out[new] = text
-    out.setdefault(new, text)
-    return out
-
-
-def _write_page(body: dict[str, str], names: Any, v: _View, title: str, path: str | Path,
+def _write_page(body: dict[str, str], v: _View, title: str, path: str | Path,
                 overwrite: bool) -> Path:  # fmt: skip
+    """The page: the sections of ``body`` with content, in the order of ``ALL_SECTIONS``."""
     from bayesmix._version import __version__
 
     n_frames = v.center.shape[0]
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
         f"<p>bayesmix {__version__} &middot; {html.escape(v.kind)} &middot; {n_frames} frames</p>",
     ]
-    for name in names:
-        anchor = name.lower().replace(" ", "-")
-        parts.append(f"<section id='{anchor}'><h2>{name}</h2>{body[name]}</section>")
+    for name in ALL_SECTIONS:
+        if body.get(name):
+            anchor = name.lower().replace(" ", "-")
+            parts.append(f"<section id='{anchor}'><h2>{name}</h2>{body[name]}</section>")
     parts.append("</body></html>")
     page = "\n".join(parts)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(page, "utf-8"), overwrite=overwrite)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bayesmix._errors import InputError
 from bayesmix._model import MixingModel, make_model
 from bayesmix._posterior import posterior_quantiles
 from bayesmix._schema import MAP_DIMS, REF_VARS, frame_table
@@ -24,7 +25,7 @@ __all__ = ["MapResult"]
 def _check_prob(prob: float) -> float:
     prob = float(prob)
     if not 0.0 < prob < 1.0:
-        raise ValueError(f"prob must be in (0, 1), e.g. 0.9 for a 90% interval, got {prob}")
+        raise InputError(f"prob must be in (0, 1), e.g. 0.9 for a 90% interval, got {prob}")
     return prob
 
 
@@ -95,6 +96,9 @@ class MapResult:
         each frame's time and sequence, and its estimate on its own (``mean_alone``,
         ``sd_alone``); ``x`` is then the joint MAP of the sequence and ``mean``, ``sd`` and
         the intervals are each frame's marginal along it.
+    sigma_method : {'marginal', 'joint', 'fixed'}
+        How ``sigma`` was found: EM on its marginal posterior (the default), coordinate ascent
+        to the joint mode, or given to the fit.
     """
 
     x: np.ndarray
@@ -124,6 +128,7 @@ class MapResult:
     sigma_frame_sd: np.ndarray | None = field(default=None, repr=False)
     loglik: np.ndarray | None = field(default=None, repr=False)
     temporal: Any = field(default=None, repr=False)
+    sigma_method: str = "marginal"
 
     def __post_init__(self) -> None:
         if self.frame is None:
@@ -181,7 +186,7 @@ class MapResult:
         """
         qs = np.atleast_1d(np.asarray(q, np.float64))
         if qs.ndim != 1 or not np.all((qs > 0) & (qs < 1)):
-            raise ValueError(f"quantile probabilities must lie in (0, 1), got {q!r}")
+            raise InputError(f"quantile probabilities must lie in (0, 1), got {q!r}")
         if self.simplex is not None:
             return self._simplex_quantiles(qs)
         return posterior_quantiles(self.prior, self.posterior_stats, self.sigma, qs)
@@ -300,8 +305,8 @@ class MapResult:
         >>> sim = bayesmix.simulate(20, shape=(16, 16), seed=1)
         >>> df = bayesmix.fit_map(sim.frames, sim.ref_a, sim.ref_b).to_dataframe()
         >>> list(df.columns)
-        ['x_map', 'mean', 'sd', 'q05', 'q95', 'r2', 'at_bound', 'misfit_p', 'xhat', 'rss', 'dd',
-         'n_pixels', 'loglik']
+        ['x_map', 'mean', 'sd', 'q05', 'q95', 'r2', 'at_bound', 'misfit_p', 'misfit_q', 'xhat',
+         'rss', 'dd', 'n_pixels', 'loglik']
         """
         df = self._table(_check_prob(prob))
         df.attrs.update(self._attrs())
@@ -373,6 +378,7 @@ class MapResult:
             "method": "map",
             "sigma": self.sigma,
             "sigma_fixed": self.sigma_fixed,
+            "sigma_method": self.sigma_method,
             "prior": prior_spec(self.prior),
             "sigma_prior": prior_spec(self.sigma_prior),
             "n_iter": self.n_iter,

@@ -16,6 +16,7 @@ import numba as nb
 import numpy as np
 from scipy.special import gammaln
 
+from bayesmix._errors import InputError
 from bayesmix.noise import PoissonGaussian, StudentT
 
 __all__ = ["reweigher"]
@@ -103,7 +104,7 @@ class _PoissonGaussian(_Reweigher):
             gain = self.gain
             read2 = max((sr - gain * sm) / n, 0.0) if self.noise.read_sd is None else self.read2
         if not (gain > 0 and math.isfinite(gain)):
-            raise ValueError(
+            raise InputError(
                 "the residuals do not grow with the signal: a Poisson-Gaussian gain cannot be "
                 f"learned from these frames (least squares gave {gain:.3g}); are they counts? "
                 "pass PoissonGaussian(gain=...) or use noise='gaussian'"

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from bayesmix._errors import InputError
 from bayesmix._io import Stack, atomic_write
 from bayesmix._model import MixingModel, make_model
 from bayesmix._stats import BasisStats, FrameStats, basis_stats_from_stack, stats_from_stack
@@ -103,14 +104,14 @@ def checkpointed_stats(
         )
     manifest = _read_manifest(work) if work.exists() else {}
     if manifest and manifest.get("key") != key:
-        raise ValueError(
+        raise InputError(
             f"{work} belongs to a run with other inputs or options; remove it or pass "
             "--overwrite to start again"
         )
     work.mkdir(parents=True, exist_ok=True)
     manifest = {"key": key, "n_frames": n_frames, "chunk": chunk, "done": {}, **manifest}
     if manifest["chunk"] != chunk:
-        raise ValueError(f"{work} was made with chunks of {manifest['chunk']} frames, not {chunk}")
+        raise InputError(f"{work} was made with chunks of {manifest['chunk']} frames, not {chunk}")
 
     model = make_model() if model is None else model
     kind = FrameStats if model.is_plain else BasisStats

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bayesmix._likelihood import misfit_pvalue
+from bayesmix._errors import InputError
+from bayesmix._likelihood import misfit_pvalue, misfit_qvalues
 from bayesmix._stats import FrameStats, GainStats, SimplexStats
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def _simplex_stats_from_columns(cols: Mapping[str, Any], k: int,
     need = [f"w_{i}" for i in range(k)] + [f"m_{i}_{j}" for i in range(k) for j in range(i, k)]
     missing = [c for c in [*need, "rss", "n_pixels"] if c not in cols]
     if missing:
-        raise ValueError(f"the statistics columns {missing} are missing")
+        raise InputError(f"the statistics columns {missing} are missing")
     w = np.stack([np.asarray(cols[f"w_{i}"], np.float64) for i in range(k)], axis=1)
     chol = np.zeros((len(w), k, k))
     for i in range(k):
@@ -115,7 +116,7 @@ def stats_from_columns(
     ) + ["rss", "n_pixels"]
     missing = [c for c in need if c not in cols]
     if missing:
-        raise ValueError(f"the statistics columns {missing} are missing")
+        raise InputError(f"the statistics columns {missing} are missing")
 
     def col(name: str, dtype: Any = np.float64) -> np.ndarray:
         return np.asarray(cols[name]).astype(dtype)
@@ -163,8 +164,9 @@ def frame_table(
     Columns, in order: map coordinates (spectrum images), ``x_map``, ``mean``, ``sd``, the
     equal-tailed ``prob`` interval (``q05``, ``q95`` for 0.9), ``gain`` and ``gain_sd`` (gain
     model), ``background_0..`` (background coefficients' posterior means), ``r2``, ``at_bound``,
-    ``misfit_p``, the statistics (:func:`stats_columns`), then ``extra`` (e.g. NUTS' ``rhat``,
-    ``ess_bulk``).
+    ``misfit_p`` and its Benjamini-Hochberg q-value ``misfit_q`` (a frame is badly fit when
+    ``misfit_q < 0.05``), the statistics (:func:`stats_columns`), then ``extra`` (e.g. NUTS'
+    ``rhat``, ``ess_bulk``).
 
     With K >= 3 references (``names`` given, per-frame values of shape (N, K)) each per-weight
     variable is one column per reference, ``x_map_<name>``, ``mean_<name>``, ..., with
@@ -195,7 +197,10 @@ def frame_table(
     cols["misfit_p"] = misfit_pvalue(stats, sigma)
     cols.update(stats_columns(stats, n_background))
     cols.update(extra or {})
-    return pd.DataFrame(cols, index=pd.Index(np.asarray(frame), name="frame"))
+    df = pd.DataFrame(cols, index=pd.Index(np.asarray(frame), name="frame"))
+    # After `extra`, which may replace misfit_p (a noise population's mixture of tails).
+    df.insert(df.columns.get_loc("misfit_p") + 1, "misfit_q", misfit_qvalues(df["misfit_p"]))
+    return df
 
 
 def model_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -246,7 +251,7 @@ def temporal_from_columns(cols: Mapping[str, Any], attrs: Mapping[str, Any]) -> 
     missing = [c for c in TEMPORAL_COLUMNS if c not in cols]
     missing += [k for k in ("temporal_q", "temporal_log_evidence") if attrs.get(k) is None]
     if missing:
-        raise ValueError(f"the temporal fit's columns/attributes {missing} are missing")
+        raise InputError(f"the temporal fit's columns/attributes {missing} are missing")
 
     def col(name: str) -> np.ndarray:
         return np.asarray(cols[name], np.float64)

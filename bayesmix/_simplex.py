@@ -43,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr, ndtri
 
+from bayesmix._errors import InputError
+
 __all__ = ["SimplexSummary", "simplex_mode", "simplex_summary", "QUANTILES"]
 
 #: How many times each jitted function has been traced; the tests watch it.
@@ -370,7 +372,7 @@ def fit_simplex(
     same chain, with different random streams.
     """
     if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        raise InputError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     from scipy.special import ndtri as np_ndtri
 
     n, k = w.shape

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from bayesmix._errors import InputError
 from bayesmix.priors import XPrior, check_prior
 
 __all__ = ["Simulation", "sample_references", "simulate", "simulate_walk"]
@@ -48,11 +49,11 @@ def sample_references(shape: tuple[int, ...] = (64, 64)) -> tuple[np.ndarray, np
     """
     shape = tuple(int(s) for s in shape)
     if any(s < 1 for s in shape):
-        raise ValueError(f"shape must be positive, got {shape}")
+        raise InputError(f"shape must be positive, got {shape}")
     if len(shape) == 1:
         return _spectra(shape[0])
     if len(shape) != 2:
-        raise ValueError(
+        raise InputError(
             f"default references exist for 1-D (spectra) or 2-D (image) frames, got shape {shape}; "
             "pass ref_a and ref_b"
         )
@@ -109,26 +110,26 @@ def simulate(
     ((10, 8, 8), 'float32', (10,))
     """
     if int(n_frames) != n_frames or n_frames < 1:
-        raise ValueError(f"n_frames must be a positive integer, got {n_frames!r}")
+        raise InputError(f"n_frames must be a positive integer, got {n_frames!r}")
     n_frames = int(n_frames)
     if not (np.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be a finite standard deviation >= 0, got {noise!r}")
+        raise InputError(f"noise must be a finite standard deviation >= 0, got {noise!r}")
     rng = np.random.default_rng(seed)
     if (ref_a is None) != (ref_b is None):
-        raise ValueError("pass both ref_a and ref_b, or neither (to use the sample references)")
+        raise InputError("pass both ref_a and ref_b, or neither (to use the sample references)")
     if ref_a is None:
         ref_a, ref_b = sample_references(shape)
     ref_a = np.asarray(ref_a, np.float64)
     ref_b = np.asarray(ref_b, np.float64)
     if ref_a.shape != ref_b.shape:
-        raise ValueError(
+        raise InputError(
             f"ref_a and ref_b must have the same shape, got {ref_a.shape} and {ref_b.shape}"
         )
     if x is None:
         x = check_prior(prior).sample(rng, n_frames)
     x = np.asarray(x, np.float64)
     if x.shape != (n_frames,):
-        raise ValueError(f"x must have shape ({n_frames},), got {x.shape}")
+        raise InputError(f"x must have shape ({n_frames},), got {x.shape}")
     b = ref_b.astype(np.float32).reshape(-1)
     d = (ref_a - ref_b).astype(np.float32).reshape(-1)
     frames = rng.standard_normal((n_frames, b.size), dtype=np.float32)
@@ -175,12 +176,12 @@ def simulate_walk(
     (True, True)
     """
     if int(n_frames) != n_frames or n_frames < 1:
-        raise ValueError(f"n_frames must be a positive integer, got {n_frames!r}")
+        raise InputError(f"n_frames must be a positive integer, got {n_frames!r}")
     lo, hi = (float(v) for v in bounds)
     if not (math.isfinite(q) and q >= 0):
-        raise ValueError(f"q must be a finite step sd >= 0, got {q!r}")
+        raise InputError(f"q must be a finite step sd >= 0, got {q!r}")
     if not lo < start < hi:
-        raise ValueError(f"start must lie inside bounds {bounds}, got {start!r}")
+        raise InputError(f"start must lie inside bounds {bounds}, got {start!r}")
     steps = np.random.default_rng(seed).standard_normal(int(n_frames) - 1) * q
     x = np.empty(int(n_frames))
     x[0] = start

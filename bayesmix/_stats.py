@@ -32,6 +32,7 @@ import jax
 import numba as nb
 import numpy as np
 
+from bayesmix._errors import InputError
 from bayesmix._io import ChunkStream, Stack, prepare
 from bayesmix._stats_jax import basis_kernel as jax_basis_kernel
 from bayesmix._stats_jax import device_chunks, is_jax_array
@@ -473,7 +474,7 @@ def _chunks(
     """Frames per chunk: ``chunk_size``, or as many as ``memory_limit`` allows, or a default."""
     if chunk_size is not None:
         if int(chunk_size) != chunk_size or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+            raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         return int(chunk_size)
     if memory_limit is not None:
         # In flight: the chunk being computed and the one being read (double buffering), plus
@@ -494,7 +495,7 @@ def _check_memory_limit(memory_limit: Any) -> int | None:
     except (TypeError, ValueError):
         value = 0
     if value != memory_limit or value < 1:
-        raise ValueError(
+        raise InputError(
             f"memory_limit must be a positive number of bytes (e.g. 2**30), got {memory_limit!r}"
         )
     return value
@@ -688,7 +689,7 @@ def _check_pass(n: np.ndarray, ninf: np.ndarray, stacklevel: int) -> None:
     """Errors for frames with no finite pixel, a warning for infinite pixels."""
     empty = np.flatnonzero(n == 0)
     if empty.size:
-        raise ValueError(
+        raise InputError(
             f"{empty.size} frame(s) have no finite pixel (all NaN/Inf), e.g. frame(s) "
             f"{empty[:5].tolist()}; drop them from the stack or fill them"
         )
@@ -733,7 +734,7 @@ def stats_from_stack(
     _check_pass(n, ninf, stacklevel)
     flat = np.flatnonzero(~(ddo > 0))
     if flat.size:
-        raise ValueError(
+        raise InputError(
             f"{flat.size} frame(s) are finite only where ref_a == ref_b, so their weight is not "
             f"identifiable, e.g. frame(s) {flat[:5].tolist()}"
         )
@@ -874,7 +875,7 @@ def basis_stats_from_stack(
     _check_pass(n, ninf, stacklevel)
     few = np.flatnonzero(n < 0)
     if few.size:
-        raise ValueError(
+        raise InputError(
             f"{few.size} frame(s) have too few finite pixels for the model's "
             f"{basis.design.shape[0]} linear terms (or only pixels where the terms are "
             f"dependent), e.g. frame(s) {few[:5].tolist()}; drop them or use a simpler background"

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bayesmix._errors import InputError
 from bayesmix._precision import x64
 from bayesmix._stats import FrameStats, SmoothedStats
 from bayesmix._truncnorm import tn_moments
@@ -120,25 +121,25 @@ def check_sequence(times: Any, sequence_id: Any, n_frames: int | None) -> tuple[
         if np.issubdtype(t.dtype, np.datetime64):
             t = (t - t.min()) / np.timedelta64(1, "s")
         if t.dtype.kind not in "fiu" or t.ndim != 1:
-            raise ValueError(
+            raise InputError(
                 f"times must be a 1-D array of numbers (or datetime64), one per frame; got "
                 f"dtype {t.dtype} and shape {t.shape}"
             )
         t = t.astype(np.float64)
         if not np.all(np.isfinite(t)):
-            raise ValueError("times has NaN or Inf entries; give every frame a finite time")
+            raise InputError("times has NaN or Inf entries; give every frame a finite time")
         if n_frames is not None and t.size != n_frames:
-            raise ValueError(f"times must have one entry per frame ({n_frames}), got {t.size}")
+            raise InputError(f"times must have one entry per frame ({n_frames}), got {t.size}")
         times = t
     if sequence_id is not None:
         s = np.asarray(sequence_id)
         if s.ndim != 1 or s.dtype.kind not in "iuUSOb":
-            raise ValueError(
+            raise InputError(
                 f"sequence_id must be a 1-D array of labels (integers or strings), one per "
                 f"frame; got dtype {s.dtype} and shape {s.shape}"
             )
         if n_frames is not None and s.size != n_frames:
-            raise ValueError(
+            raise InputError(
                 f"sequence_id must have one entry per frame ({n_frames}), got {s.size}"
             )
         sequence_id = s
@@ -172,7 +173,7 @@ def _order(n: int, times: Any, sequence_id: Any) -> _Order:
     tied = ~reset & (gap <= 0)
     if np.any(tied):
         i = int(np.flatnonzero(tied)[0])
-        raise ValueError(
+        raise InputError(
             f"frames {int(order[i - 1])} and {int(order[i])} of one sequence share the time "
             f"{ts[i]:g}; times must differ within a sequence (average such frames, or give "
             "them different sequence_id labels)"

@@ -25,6 +25,7 @@ from typing import Any
 import numba as nb
 import numpy as np
 
+from bayesmix._errors import InputError
 from bayesmix._io import ChunkStream, Stack
 from bayesmix._stats import (
     BasisStats,
@@ -190,7 +191,7 @@ def weighted_stats(
     """
     frames = stack.frames
     if _is_dask(frames) and (fitted is not None or getattr(weigher, "per_frame", True)):
-        raise ValueError(
+        raise InputError(
             "per-frame pixel weights (a variance per frame, Poisson or Student-t noise) are not "
             "supported for dask arrays yet; compute the stack (np.asarray) or use a memory map"
         )
@@ -224,7 +225,7 @@ def weighted_stats(
     _check_pass(np.where(n < 0, 1, n), ninf, stacklevel + 1)
     few = np.flatnonzero(n < 0)
     if few.size:
-        raise ValueError(
+        raise InputError(
             f"{few.size} frame(s) have too few pixels with finite data and non-zero weight for "
             f"the model's {design.shape[0]} linear terms, e.g. frame(s) {few[:5].tolist()}; "
             "drop them, lower their variance, or use a simpler background"
@@ -267,7 +268,7 @@ unit_weigher.per_frame = False  # type: ignore[attr-defined]
 def check_passes(stack: Stack) -> None:
     """Noise models that re-weight need to read the frames more than once."""
     if isinstance(stack.frames, ChunkStream):
-        raise ValueError(
+        raise InputError(
             "this noise model re-weights the pixels from the current fit, which reads the "
             "frames several times; an iterator of chunks can be read once: pass an array or a "
             "memory map instead"

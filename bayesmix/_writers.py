@@ -2,23 +2,32 @@
 
 Every file is written atomically (a temporary file beside the target, renamed when complete) and
 never replaces an existing file unless ``overwrite=True``. Each results file records how it was
-made (bayesmix version, method, priors, sigma, seed where there is one): CSV as ``# key: value``
-lines before the header, Parquet in its schema metadata, netCDF as attributes. :func:`read_results`
-reads any of them back, and :func:`map_result_from_table` rebuilds the :class:`MapResult`.
+made (bayesmix version, method, priors, sigma, seed where there is one): Parquet in its schema
+metadata, netCDF as attributes, and CSV in a metadata file beside it, so that the CSV itself is
+plain (header row first, one row per frame: ``pandas.read_csv``, R's ``read.csv`` and spreadsheets
+open it with their defaults). That file follows the W3C "CSV on the Web" convention: ``results.csv``
+is described by ``results.csv-metadata.json``, a CSVW table description (each column's name,
+datatype and meaning) whose ``"bayesmix"`` object holds the provenance. :func:`read_results`
+reads any of them back (CSV files of earlier versions, with ``# key: value`` lines before the
+header, too), and :func:`map_result_from_table` rebuilds the :class:`MapResult`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bayesmix._io import atomic_write
+from bayesmix._errors import InputError
+from bayesmix._io import atomic_write, atomic_write_all
 from bayesmix._results import clean_attrs
 
 __all__ = ["map_result_from_table", "read_results", "results_table", "write_idata", "write_results"]
@@ -48,21 +57,21 @@ def results_table(
         df = nuts_table(result, prob)
         _nuts_temporal(result, df)
     else:
-        raise ValueError(
+        raise InputError(
             "expected a MapResult (fit_map) or the InferenceData of bayesmix.sample, "
             f"got {type(result).__name__}"
         )
     if source is not None:
         source = np.asarray(source).astype(str)
         if source.shape != (len(df),):
-            raise ValueError(
+            raise InputError(
                 f"source must hold one label per frame ({len(df)}), got shape {source.shape}"
             )
         df.insert(0, "source", source)
     for i, (name, values) in enumerate((columns or {}).items()):
         values = np.asarray(values)
         if values.shape != (len(df),) or name in df.columns:
-            raise ValueError(
+            raise InputError(
                 f"extra column {name!r} must be new and hold one value per frame ({len(df)}), "
                 f"got shape {values.shape}"
             )
@@ -86,6 +95,306 @@ def _nuts_temporal(idata: Any, df: pd.DataFrame) -> None:
         df.attrs.update({"temporal_q": float(q.mean()), "temporal_q_sd": float(q.std())})
 
 
+# CSV with a CSV-on-the-Web (CSVW) metadata file beside it.
+
+#: ``results.csv`` is described by ``results.csv-metadata.json`` (CSVW's ``{url}-metadata.json``).
+CSV_METADATA_SUFFIX = "-metadata.json"
+_CSVW_CONTEXT = "http://www.w3.org/ns/csvw"
+# numpy dtype -> CSVW (XML Schema) datatype, exact both ways so that dtypes round-trip.
+_CSVW_TYPES = {
+    "float64": "double", "float32": "float", "int64": "integer", "int32": "int",
+    "int16": "short", "int8": "byte", "uint64": "unsignedLong", "uint32": "unsignedInt",
+    "uint16": "unsignedShort", "uint8": "unsignedByte", "bool": "boolean",
+}  # fmt: skip
+_CSVW_DTYPES = {**{v: k for k, v in _CSVW_TYPES.items()}, "long": "int64", "string": "str"}
+# Text that is a missing number (pandas' defaults); in text columns every cell is kept as text.
+_NA_TEXT = ["", "NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL", "null", "#N/A",
+            "<NA>", "None"]  # fmt: skip
+# JSON has no NaN or infinity: such provenance values are written as these strings.
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+# What each column means; {w} is "the weight of reference A", or of the column's reference.
+_DESCRIPTIONS = {
+    "frame": "frame index: the frame's position in the stack (or its label)",
+    "source": "file (and page) the frame was read from",
+    "x_map": "posterior mode (MAP) of {w} (NUTS: the MAP the sampler started from)",
+    "mean": "posterior mean of {w}",
+    "sd": "posterior standard deviation of {w}",
+    "mc_se": "Monte Carlo standard error of the posterior mean of {w}",
+    "r2": "R^2 of the frame's unconstrained least-squares fit",
+    "at_bound": "true when the posterior mode lies on a bound of the prior (K >= 3 "
+    "references: a weight at 0)",
+    "misfit_p": "chi-square p-value of the frame's residual: small when the references do not "
+    "explain the frame",
+    "misfit_q": "Benjamini-Hochberg q-value of misfit_p: a frame is flagged badly fit when "
+    "misfit_q < 0.05",
+    "xhat": "unconstrained least-squares weight of reference A (sufficient statistic)",
+    "rss": "residual sum of squares of the frame's least-squares fit (sufficient statistic)",
+    "dd": "||A - B||^2 over the frame's valid pixels (sufficient statistic)",
+    "n_pixels": "number of valid pixels in the frame (sufficient statistic)",
+    "loglik": "log marginal likelihood of the frame (its elpd term; see bayesmix.compare)",
+    "rhat": "R-hat of {w} across the chains (NUTS)",
+    "ess_bulk": "bulk effective sample size of {w} (NUTS)",
+    "ess_tail": "tail effective sample size of {w} (NUTS)",
+    "gain": "posterior mean of the frame's gain (the amount multiplying the mixture)",
+    "gain_sd": "posterior standard deviation of the frame's gain",
+    "sigma_frame": "posterior mean of the frame's noise scale (noise model per_frame)",
+    "sigma_frame_sd": "posterior standard deviation of the frame's noise scale",
+    "time": "the frame's time (temporal model)",
+    "sequence": "the sequence the frame belongs to (temporal model)",
+    "mean_alone": "posterior mean of {w} from the frame alone, without the random walk",
+    "sd_alone": "posterior standard deviation of {w} from the frame alone",
+    "cavity_mean": "mean of the frame's cavity: what its neighbours along the walk say of {w}",
+    "cavity_sd": "standard deviation of the frame's cavity",
+    "y_index": "row of the pixel in the map (spectrum image)",
+    "x_index": "column of the pixel in the map (spectrum image)",
+    "x_true": "true weight of reference A (simulation)",
+}
+
+
+def csv_metadata_path(path: str | os.PathLike) -> Path:
+    """The CSVW metadata file of a CSV: ``results.csv`` -> ``results.csv-metadata.json``."""
+    path = Path(path)
+    return path.with_name(path.name + CSV_METADATA_SUFFIX)
+
+
+def _column_description(name: str, prob: float | None, refs: Sequence[str]) -> str | None:
+    """What a results column means, when known (None otherwise)."""
+    for ref in refs:  # K >= 3: '<variable>_<reference>'
+        if name.endswith(f"_{ref}") and len(name) > len(ref) + 1:
+            text = _variable_description(name[: -len(ref) - 1], prob)
+            if text is not None and "{w}" in text:
+                return text.format(w=f"the weight of reference {ref}")
+    text = _variable_description(name, prob)
+    return None if text is None else text.format(w="the weight of reference A")
+
+
+def _variable_description(name: str, prob: float | None) -> str | None:
+    if name in _DESCRIPTIONS:
+        return _DESCRIPTIONS[name]
+    if match := re.fullmatch(r"q(\d+(?:\.\d+)?)", name):
+        q = float(match.group(1))
+        text = f"{q:g}% posterior quantile of {{w}}"
+        if prob is not None and math.isclose(min(q, 100 - q), 50 * (1 - prob)):
+            end = "lower" if q < 50 else "upper"
+            text += f": the {end} end of the equal-tailed {100 * prob:g}% interval"
+        return text
+    if match := re.fullmatch(r"background_(\d+)", name):
+        return f"posterior mean of background coefficient {match.group(1)}"
+    if re.fullmatch(r"(z|m0|m1)_[ab]|w_\d+|m_\d+_\d+", name):
+        return "sufficient statistic of the frame (rebuilds the fit with sigma)"
+    return None
+
+
+def _csvw_name(title: str) -> str:
+    """A CSVW column name for a header: letters, digits, '_' and single inner '.' (URI template
+    variable syntax, not starting with '_'), anything else percent-encoded."""
+    out = [ch if ch.isascii() and (ch.isalnum() or ch == "_") else
+           "".join(f"%{b:02X}" for b in ch.encode()) for ch in title]  # fmt: skip
+    for i, ch in enumerate(title):
+        if ch == "." and 0 < i < len(title) - 1 and "." not in (title[i - 1], title[i + 1]):
+            out[i] = "."
+    if title.startswith("_"):
+        out[0] = "%5F"
+    return "".join(out) or "_"
+
+
+def _csvw_datatype(values: pd.Series | pd.Index) -> str:
+    """The CSVW datatype of a column (text for anything without an exact one)."""
+    return _CSVW_TYPES.get(str(values.dtype), "string")
+
+
+def _json_value(value: Any) -> Any:
+    """A provenance value as JSON: numbers, text, booleans, lists and objects as such."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return "NaN"
+        return value if math.isfinite(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return _json_value(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return str(value)
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return _NONFINITE.get(value, value)
+    if isinstance(value, dict):
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def csv_table_metadata(
+    df: pd.DataFrame,
+    url: str,
+    provenance: Mapping[str, Any],
+    descriptions: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The CSVW table description of ``df`` written as the CSV ``url``.
+
+    Each column (the index first, the table's primary key) gets its ``name``, ``titles`` (the
+    header), ``datatype`` and, where known, a ``dc:description``; ``provenance`` goes, as JSON
+    values, in a ``"bayesmix"`` object.
+    """
+    prob = provenance.get("prob")
+    prob = float(prob) if isinstance(prob, (int, float)) else None
+    refs = table_ref_names(df) or ()
+    known = {**(descriptions or {})}
+    key = str(df.index.name or "frame")
+    columns = []
+    for title, values in [(key, df.index), *((str(c), df[c]) for c in df.columns)]:
+        column: dict[str, Any] = {"name": _csvw_name(title), "titles": title,
+                                  "datatype": _csvw_datatype(values)}  # fmt: skip
+        text = known.get(title) or _column_description(title, prob, refs)
+        if text:
+            column["dc:description"] = text
+        columns.append(column)
+    return {
+        "@context": _CSVW_CONTEXT,
+        "url": url,
+        "tableSchema": {"columns": columns, "primaryKey": columns[0]["name"]},
+        "bayesmix": _json_value(dict(provenance)),
+    }
+
+
+def _csv_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the cells CSVW's datatypes read: booleans as true/false, infinities as
+    INF/-INF, missing numbers empty, and a float column of whole numbers as 3.0, not 3 (which
+    pandas and R would read as integers)."""
+    out = df.copy(deep=False)
+    for name in df.columns:
+        values = df[name].to_numpy()
+        if values.dtype == np.bool_:
+            out[name] = np.where(values, "true", "false")
+        elif values.dtype.kind == "f":
+            finite = values[np.isfinite(values)]
+            whole = finite.size > 0 and bool(np.all(finite == np.trunc(finite)))
+            if not (whole or np.isinf(values).any()):
+                continue  # to_csv's float_format writes it
+            text = np.char.mod("%.17g", values.astype(np.float64)).astype(object)
+            if whole:
+                plain = np.isfinite(values) & (np.char.find(text.astype(str), "e") < 0)
+                text[plain] = text[plain] + ".0"
+            text[np.isnan(values)] = ""
+            text[np.isposinf(values)] = "INF"
+            text[np.isneginf(values)] = "-INF"
+            out[name] = text
+    return out
+
+
+def write_csv_table(
+    df: pd.DataFrame,
+    path: str | os.PathLike,
+    provenance: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+    descriptions: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``df`` as a plain CSV (index first as column ``frame``, floats with 17 significant
+    digits) and its CSVW metadata file (:func:`csv_table_metadata`) beside it.
+
+    Neither file is written when either exists (unless ``overwrite``), nor one without the other.
+    """
+    path = Path(path)
+    key = str(df.index.name or "frame")
+    if key in df.columns:
+        raise InputError(f"a column is named {key!r}, as the table's index; rename it")
+    meta = csv_table_metadata(df, path.name, provenance, descriptions)
+    text = json.dumps(meta, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+    def write_meta(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+    def write_csv(tmp: str) -> None:
+        _csv_cells(df).to_csv(tmp, index_label=key, float_format="%.17g", lineterminator="\n",
+                              encoding="utf-8")  # fmt: skip
+
+    # The metadata first, the CSV last: readers start from the CSV, so once it is there its
+    # metadata is too; a failure before leaves no CSV, and a failed rename no half pair.
+    atomic_write_all([(csv_metadata_path(path), write_meta), (path, write_csv)],
+                     overwrite=overwrite)  # fmt: skip
+    return path
+
+
+def _read_csv_table(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A CSV and its provenance: from its CSVW metadata file; from the ``# key: value`` lines
+    before the header (files of earlier versions); or none (a plain CSV, read with defaults)."""
+    with open(path, encoding="utf-8") as fh:
+        first = fh.readline()
+    if first.startswith("# "):
+        return _read_commented_csv(path)
+    sidecar = csv_metadata_path(path)
+    if not sidecar.is_file():
+        return pd.read_csv(path, index_col=0), {}
+    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    schema = meta.get("tableSchema") if isinstance(meta, dict) else None
+    columns = schema.get("columns") if isinstance(schema, dict) else None
+    if not isinstance(columns, list) or not all(isinstance(c, dict) for c in columns):
+        raise InputError(f"{sidecar} is not a CSVW table description (no tableSchema.columns)")
+    titles = [_column_title(c) for c in columns]
+    header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    if header != titles:
+        raise InputError(
+            f"{sidecar.name} describes the columns {titles}, but the header of {path.name} is "
+            f"{header}: the two files do not belong together"
+        )
+    dtypes, na_values = {}, {}
+    for title, column in zip(titles, columns, strict=True):
+        dtype = _CSVW_DTYPES.get(_base_datatype(column.get("datatype")))
+        if dtype is not None:
+            dtypes[title] = dtype
+        if dtype != "str":
+            na_values[title] = _NA_TEXT
+    names = {c.get("name"): t for c, t in zip(columns, titles, strict=True)}
+    key = names.get(schema.get("primaryKey"))
+    df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=na_values,
+                     index_col=key)  # fmt: skip
+    provenance = meta.get("bayesmix")
+    return df, _from_json(provenance) if isinstance(provenance, dict) else {}
+
+
+def _column_title(column: dict[str, Any]) -> str:
+    titles = column.get("titles", column.get("name"))
+    if isinstance(titles, list) and titles:
+        titles = titles[0]
+    if isinstance(titles, dict) and titles:  # a natural-language map: {"en": ...}
+        titles = next(iter(titles.values()))
+        titles = titles[0] if isinstance(titles, list) and titles else titles
+    return str(titles)
+
+
+def _base_datatype(datatype: Any) -> str | None:
+    if isinstance(datatype, dict):
+        datatype = datatype.get("base")
+    return datatype if isinstance(datatype, str) else None
+
+
+def _read_commented_csv(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A CSV of bayesmix before the metadata file: ``# key: value`` lines, then the table."""
+    attrs: dict[str, Any] = {}
+    n_meta = 0
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.startswith("# "):
+                break
+            key, _, value = line[2:].rstrip("\n").partition(": ")
+            attrs[key] = _parse_value(value)
+            n_meta += 1
+    return pd.read_csv(path, skiprows=n_meta, index_col=0), attrs
+
+
 def write_results(
     result: Any,
     path: str | os.PathLike,
@@ -98,6 +407,12 @@ def write_results(
 ) -> Path:
     """Write per-frame results, format chosen by extension: ``.csv``, ``.parquet`` or ``.nc``.
 
+    A CSV is plain (header row, then one row per frame, the index column ``frame`` first;
+    ``pandas.read_csv(path)`` and R's ``read.csv(path)`` read it with their defaults); its
+    provenance and column descriptions go beside it, in the CSVW metadata file
+    ``<path>-metadata.json`` (``results.csv-metadata.json``). Parquet and netCDF hold their
+    provenance inside.
+
     Parameters
     ----------
     result : MapResult or arviz.InferenceData
@@ -109,7 +424,8 @@ def write_results(
     source : array of str, shape (N,), optional
         Where each frame came from (``read_frames(...).source``).
     overwrite : bool
-        Replace an existing file (otherwise ``FileExistsError``).
+        Replace an existing file (otherwise ``FileExistsError``; for a CSV, when either it or
+        its metadata file exists, and then neither is written).
     meta : dict, optional
         Extra provenance to record (e.g. the input file names).
     columns : dict of str to array of shape (N,), optional
@@ -118,7 +434,7 @@ def write_results(
     Returns
     -------
     Path
-        The file written.
+        The file written (for a CSV, its metadata file is beside it).
 
     Examples
     --------
@@ -133,24 +449,18 @@ def write_results(
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in RESULT_FORMATS:
-        raise ValueError(
+        raise InputError(
             f"cannot tell the results format of {path} from its extension {suffix or '(none)'!r};"
             f" use one of {', '.join(RESULT_FORMATS)}"
         )
     df = results_table(result, prob=prob, source=source, columns=columns)
-    # Lists (the reference names, a map's shape) as JSON text, which every format reads back.
+    if suffix == ".csv":
+        return write_csv_table(df, path, {**df.attrs, **(meta or {})}, overwrite=overwrite)
+    # Lists (the reference names, a map's shape) as JSON text, which both formats read back.
     attrs = clean_attrs({k: json.dumps(v) if isinstance(v, (list, tuple)) else v
                          for k, v in {**df.attrs, **(meta or {})}.items()})  # fmt: skip
 
-    if suffix == ".csv":
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w", newline="") as fh:
-                for key, value in attrs.items():
-                    fh.write(f"# {key}: {json.dumps(value)}\n")
-                df.to_csv(fh, float_format="%.17g")
-
-    elif suffix == ".parquet":
+    if suffix == ".parquet":
 
         def write(tmp: str) -> None:
             import pyarrow as pa
@@ -183,6 +493,10 @@ def _parse_value(text: str) -> Any:
 def read_results(path: str | os.PathLike) -> pd.DataFrame:
     """Read a results file written by :func:`write_results` (CSV, Parquet or netCDF).
 
+    A CSV's provenance and column types come from its metadata file ``<path>-metadata.json``
+    (a CSV without one reads with pandas' defaults and empty ``attrs``); CSV files of earlier
+    versions, with ``# key: value`` lines before the header, read too.
+
     Returns
     -------
     pandas.DataFrame
@@ -194,16 +508,7 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            attrs: dict[str, Any] = {}
-            n_meta = 0
-            with open(path) as fh:
-                for line in fh:
-                    if not line.startswith("# "):
-                        break
-                    key, _, value = line[2:].rstrip("\n").partition(": ")
-                    attrs[key] = _parse_value(value)
-                    n_meta += 1
-            df = pd.read_csv(path, skiprows=n_meta, index_col=0)
+            df, attrs = _read_csv_table(path)
         elif suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -217,10 +522,10 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
                 df = ds.load().to_dataframe()
                 attrs = dict(ds.attrs)
         else:
-            raise ValueError(f"use one of {', '.join(RESULT_FORMATS)}")
+            raise InputError(f"use one of {', '.join(RESULT_FORMATS)}")
     except (OSError, ValueError, KeyError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot read {path} as a bayesmix results file: {msg}") from None
+        raise InputError(f"cannot read {path} as a bayesmix results file: {msg}") from None
     df.attrs = attrs
     return df
 
@@ -272,7 +577,7 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
 
     attrs = df.attrs
     if attrs.get("method") != "map":
-        raise ValueError(
+        raise InputError(
             f"this results table comes from method {attrs.get('method')!r}, not the fast MAP "
             "path; for a NUTS run, pass its InferenceData (.nc written with --idata) instead"
         )
@@ -283,7 +588,7 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
               [f"{v}_{r}" for v in per_weight for r in names]), "r2", "at_bound"]  # fmt: skip
     missing = [c for c in need if c not in df.columns]
     if missing or "sigma" not in attrs or "prior" not in attrs:
-        raise ValueError(
+        raise InputError(
             f"results table lacks {missing or 'its sigma/prior metadata'}; write it with "
             "bayesmix.write_results (or bayesmix fit --out)"
         )
@@ -294,7 +599,7 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
             gain=info["gain"], n_background=info["n_background"], n_refs=k,
         )  # fmt: skip
     except ValueError as exc:
-        raise ValueError(
+        raise InputError(
             f"results table: {exc}; write it with bayesmix.write_results (or bayesmix fit --out)"
         ) from None
 
@@ -320,7 +625,7 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
     try:
         sequence_fit = temporal_from_columns({c: df[c].to_numpy() for c in df.columns}, attrs)
     except ValueError as exc:
-        raise ValueError(
+        raise InputError(
             f"results table: {exc}; write it with bayesmix.write_results (or bayesmix fit --out)"
         ) from None
     if sequence_fit is not None:
@@ -349,6 +654,8 @@ def map_result_from_table(df: pd.DataFrame) -> Any:
         background=df[bg_cols].to_numpy(np.float64) if bg_cols else None,
         map_shape=info["map_shape"], noise_params=noise_params, **noise_cols, **simplex,
         temporal=sequence_fit, device=str(attrs.get("device", "") or ""),
+        sigma_method=str(attrs.get("sigma_method", "fixed" if attrs.get("sigma_fixed") else
+                                   "marginal")),
     )  # fmt: skip
 
 
@@ -360,18 +667,18 @@ def write_idata(idata: Any, path: str | os.PathLike, *, overwrite: bool = False)
     >>> write_idata(None, "posterior.csv")
     Traceback (most recent call last):
     ...
-    ValueError: an InferenceData is written as netCDF: give a path ending in .nc, got ...
+    bayesmix._errors.InputError: an InferenceData is written as netCDF: ...
     """
     from bayesmix._arviz import is_inference_data
     from bayesmix._arviz import write_idata as _write
 
     path = Path(path)
     if path.suffix.lower() != ".nc":
-        raise ValueError(
+        raise InputError(
             f"an InferenceData is written as netCDF: give a path ending in .nc, got '{path}'"
         )
     if not is_inference_data(idata):
-        raise ValueError(
+        raise InputError(
             f"expected the InferenceData of bayesmix.sample, got {type(idata).__name__}"
         )
     return atomic_write(path, lambda tmp: _write(idata, tmp), overwrite=overwrite)

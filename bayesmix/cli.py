@@ -1,8 +1,10 @@
 """Command line: ``bayesmix fit | demo | simulate | report``.
 
-User errors (bad arguments, unreadable files, an existing output) print one line on stderr and
-exit with status 2, without a traceback. Outputs are written atomically and never replace an
-existing file without ``--overwrite``; every output path is checked before any work starts.
+User errors (bad arguments, unreadable files, an existing output: :class:`bayesmix.InputError`
+and the missing/existing/unwritable path errors) print one line on stderr and exit with status 2,
+without a traceback; anything else is a bug and prints its traceback (exit status 1). Outputs
+are written atomically and never replace an existing file without ``--overwrite``; every output
+path is checked before any work starts.
 Progress bars go to stderr, only when it is a terminal and ``--quiet`` is not given.
 
 JAX's configuration may be set here (the CLI owns its process), never on ``import bayesmix``:
@@ -16,11 +18,18 @@ import contextlib
 import os
 import sys
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from bayesmix._errors import InputError
+
 EXIT_USAGE = 2
+EXIT_INTERNAL = 1
+# A path the user named that is missing, present already, or not readable/writable.
+USER_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                  PermissionError)  # fmt: skip
 METHODS = ("map", "nuts")
 DEFAULT_PRIOR = "truncnormal:0.55,0.15,0,1"
 DEFAULT_SIMPLEX_PRIOR = "dirichlet:1"
@@ -67,18 +76,15 @@ SIMULATE_EPILOG = """examples:
   bayesmix simulate sim --frames 1000 --shape 32 32 --noise 0.3
   bayesmix fit sim/frames.npy --ref-a sim/ref_a.npy --ref-b sim/ref_b.npy --out sim/results.csv
 
-writes OUT/frames.npy, OUT/ref_a.npy, OUT/ref_b.npy and OUT/x_true.csv (frame, x; sigma in its
-header), from scikit-image's bundled sample images (2-D) or synthetic spectra (1-D shape)
+writes OUT/frames.npy, OUT/ref_a.npy, OUT/ref_b.npy and OUT/x_true.csv (frame, x; the noise sd
+and seed in OUT/x_true.csv-metadata.json), from scikit-image's bundled sample images (2-D) or
+synthetic spectra (1-D shape)
 """
 
 REPORT_EPILOG = """examples:
   bayesmix report posterior.nc --out report.html     # a NUTS run (written with fit --idata)
   bayesmix report results.csv --out report.html      # a MAP run (written with fit --out)
 """
-
-
-class UserError(Exception):
-    """A problem with the user's input: reported in one line, exit status 2."""
 
 
 def _positive_int(text: str) -> int:
@@ -259,13 +265,22 @@ def _free(paths: Sequence[str | Path | None], overwrite: bool) -> None:
             continue
         path = Path(path)
         if path.resolve() in seen:
-            raise UserError(f"two outputs go to the same file {path}")
+            raise InputError(f"two outputs go to the same file {path}")
         seen.add(path.resolve())
         if path.exists() and not overwrite:
-            raise UserError(f"{path} already exists; pass --overwrite to replace it")
+            raise InputError(f"{path} already exists; pass --overwrite to replace it")
+        # A CSV comes with its metadata file (results.csv-metadata.json): both or neither.
+        if path.suffix.lower() == ".csv" and not overwrite:
+            from bayesmix._writers import csv_metadata_path
+
+            if csv_metadata_path(path).exists():
+                raise InputError(
+                    f"{csv_metadata_path(path)} (the metadata of {path.name}) already exists; "
+                    "pass --overwrite to replace it"
+                )
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
-            raise UserError(f"output folder {parent} does not exist")
+            raise InputError(f"output folder {parent} does not exist")
 
 
 def _show(quiet: bool) -> bool:
@@ -286,17 +301,17 @@ def _reference_files(args: argparse.Namespace) -> list[str]:
     """The references in order: --ref-a, --ref-b (both or neither), then every --ref."""
     if (args.ref_a is None) != (args.ref_b is None):
         given, other = ("--ref-a", "--ref-b") if args.ref_b is None else ("--ref-b", "--ref-a")
-        raise UserError(
+        raise InputError(
             f"{given} needs {other} too (or give every reference with --ref FILE, in order)"
         )
     files = ([] if args.ref_a is None else [args.ref_a, args.ref_b]) + list(args.refs)
     if not files:
-        raise UserError(
+        raise InputError(
             "the following arguments are required: --ref-a, --ref-b (or --ref FILE once per "
             "reference, in order)"
         )
     if len(files) < 2:
-        raise UserError(
+        raise InputError(
             f"a fit needs at least two references, got {len(files)}: give --ref FILE once per "
             "reference (or --ref-a A --ref-b B)"
         )
@@ -325,14 +340,14 @@ def reference_names(files: Sequence[str]) -> tuple[str, ...]:
 def _fit(args: argparse.Namespace) -> int:
     outputs = [args.out, args.idata, args.report]
     if args.idata is not None and args.method != "nuts":
-        raise UserError("--idata needs --method nuts (the MAP path has no posterior draws)")
+        raise InputError("--idata needs --method nuts (the MAP path has no posterior draws)")
     ref_files = _reference_files(args)
     n_refs = len(ref_files)
     if n_refs > 2 and args.method == "map":
         if args.draws < 100:
-            raise UserError(f"--draws must be at least 100, got {args.draws}")
+            raise InputError(f"--draws must be at least 100, got {args.draws}")
         if args.seed < 0:
-            raise UserError(f"--seed must be >= 0 with {n_refs} references, got {args.seed}")
+            raise InputError(f"--seed must be >= 0 with {n_refs} references, got {args.seed}")
     temporal = _parse_temporal(args.temporal)
     times = _read_times(args.times, temporal)
     stacks = _stack_sources(args.frames)
@@ -340,7 +355,7 @@ def _fit(args: argparse.Namespace) -> int:
     from bayesmix._runs import parts_dir
 
     if parts_dir(args.out).exists() and not (args.resume or args.overwrite):
-        raise UserError(
+        raise InputError(
             f"an interrupted run left {parts_dir(args.out)}; pass --resume to continue it, or "
             "--overwrite to start again"
         )
@@ -371,7 +386,7 @@ def _fit(args: argparse.Namespace) -> int:
     background: Any = args.background
     if background not in BACKGROUNDS:
         if not Path(background).exists():
-            raise UserError(
+            raise InputError(
                 f"--background must be one of {', '.join(BACKGROUNDS)} or a file of basis "
                 f"images, got {background!r} (no such file)"
             )
@@ -395,11 +410,11 @@ def _fit(args: argparse.Namespace) -> int:
             times, sequence_id = _check_order(times, sequence_id, frames)
         refs = [read_reference(f) for f in ref_files]
         if args.ref_a is not None and refs[1].shape != refs[0].shape:
-            raise UserError(f"ref_a and ref_b must have the same shape, got {refs[0].shape} and "
+            raise InputError(f"ref_a and ref_b must have the same shape, got {refs[0].shape} and "
                             f"{refs[1].shape}")  # fmt: skip
         for f, r in zip(ref_files[1:], refs[1:], strict=True):
             if r.shape != refs[0].shape:
-                raise UserError(
+                raise InputError(
                     f"all references must have the same shape: {ref_files[0]} has "
                     f"{refs[0].shape}, {f} has {r.shape}"
                 )
@@ -509,7 +524,7 @@ def _mask(mask: Any, name: str) -> Any:
         return mask
     if mask.dtype.kind in "iu" and np.all((mask == 0) | (mask == 1)):
         return mask.astype(bool)
-    raise UserError(f"--mask {name} must hold booleans or 0/1 integers, got dtype {mask.dtype}")
+    raise InputError(f"--mask {name} must hold booleans or 0/1 integers, got dtype {mask.dtype}")
 
 
 def _parse_noise(spec: str) -> Any:
@@ -519,7 +534,7 @@ def _parse_noise(spec: str) -> Any:
     try:
         return parse_noise(spec)
     except ValueError as exc:
-        raise UserError(f"--noise {spec!r}: {exc}") from None
+        raise InputError(f"--noise {spec!r}: {exc}") from None
 
 
 def _is_gaussian(noise: Any) -> bool:
@@ -551,9 +566,9 @@ def _check_noise(args: argparse.Namespace, noise: Any) -> bool:
     if args.variance is not None:
         path, _ = _split_key(args.variance, None)
         if not path.exists():
-            raise UserError(f"--variance: no such file or folder: {path}")
+            raise InputError(f"--variance: no such file or folder: {path}")
         if isinstance(noise, PoissonGaussian):
-            raise UserError(
+            raise InputError(
                 f"--variance and --noise {spec} both set each pixel's variance (the Poisson "
                 "model computes it from the fitted mean); give one of them"
             )
@@ -567,13 +582,13 @@ def _check_noise(args: argparse.Namespace, noise: Any) -> bool:
                 ([f"--noise {spec}"] if not _is_gaussian(noise) else [])
                 + (["--variance"] if args.variance is not None else [])
             )
-            raise UserError(
+            raise InputError(
                 f"--method nuts does not take {given} yet (the sampler has i.i.d. Gaussian "
                 "noise only); use --method map, which fits every noise model"
             )
         direct = True
     if direct and args.resume:
-        raise UserError(
+        raise InputError(
             f"--resume does not apply to --noise {spec}"
             + (" with --variance" if args.variance is not None else "")
             + ": that fit reads the frames itself and keeps no checkpoint; run it again "
@@ -589,7 +604,7 @@ def _parse_temporal(spec: str) -> Any:
     try:
         return check_temporal(spec)
     except ValueError as exc:
-        raise UserError(f"--temporal {spec!r}: {exc}") from None
+        raise InputError(f"--temporal {spec!r}: {exc}") from None
 
 
 def _is_walk(temporal: Any) -> bool:
@@ -609,25 +624,26 @@ def _read_times(source: str | None, temporal: Any) -> Any:
     if source is None:
         return None
     if not _is_walk(temporal):
-        raise UserError(
+        raise InputError(
             "--times orders the frames of a temporal model: add --temporal random_walk (frames "
             "are independent by default)"
         )
     path = Path(source)
     if path.suffix.lower() not in TIMES_FORMATS:
-        raise UserError(
+        raise InputError(
             f"--times {source}: cannot tell its format from the extension "
             f"{path.suffix or '(none)'!r}; use one of {', '.join(TIMES_FORMATS)}"
         )
     if not path.is_file():
-        raise UserError(f"--times: no such file: {path}")
+        raise InputError(f"--times: no such file: {path}")
     try:
         if path.suffix.lower() == ".npy":
             values = np.load(path, allow_pickle=False)
         else:
             values = _times_text(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"--times {source}: cannot read it: {' '.join(str(exc).split())}") from None
+        text = " ".join(str(exc).split())
+        raise InputError(f"--times {source}: cannot read it: {text}") from None
     if values.ndim == 2 and 1 in values.shape:
         values = values.ravel()  # one row or one column
     from bayesmix._temporal import check_sequence
@@ -635,9 +651,9 @@ def _read_times(source: str | None, temporal: Any) -> Any:
     try:
         values, _ = check_sequence(values, None, None)
     except ValueError as exc:
-        raise UserError(f"--times {source}: {' '.join(str(exc).split())}") from None
+        raise InputError(f"--times {source}: {' '.join(str(exc).split())}") from None
     if values.size == 0:
-        raise UserError(f"--times {source}: the file holds no times")
+        raise InputError(f"--times {source}: the file holds no times")
     return values
 
 
@@ -655,7 +671,7 @@ def _times_text(text: str) -> Any:
         cells = cells[1:]  # a header line, e.g. 'time'
     widths = {len(r) for r in cells}
     if len(cells) > 1 and widths != {1}:
-        raise ValueError(
+        raise InputError(
             f"expected one time per line (one column), got rows of {sorted(widths)} values"
         )
     return _as_times([c for r in cells for c in r])
@@ -672,7 +688,7 @@ def _as_times(values: list[str]) -> Any:
         return np.array(values, dtype="datetime64[ns]")
     except ValueError:
         bad = next(v for v in values if not _number(v))
-        raise ValueError(f"{bad!r} is not a number (nor an ISO date-time)") from None
+        raise InputError(f"{bad!r} is not a number (nor an ISO date-time)") from None
 
 
 def _datetime(text: str) -> bool:
@@ -699,7 +715,7 @@ def _stack_sources(sources: Sequence[str]) -> list[str]:
     seen = set()
     for s in stacks:
         if s in seen:
-            raise UserError(f"FRAMES {s} is given twice; give each stack once")
+            raise InputError(f"FRAMES {s} is given twice; give each stack once")
         seen.add(s)
     return stacks
 
@@ -719,7 +735,7 @@ def _read_stacks(stacks: list[str], read: Any, progress: Any, spectral_axis: Any
     if len(shapes) > 1:
         desc = ", ".join(f"{s} has {tuple(p.data.shape[1:])}" for s, p in
                          zip(stacks, parts, strict=True))  # fmt: skip
-        raise UserError(f"the FRAMES stacks must have frames of one shape: {desc}")
+        raise InputError(f"the FRAMES stacks must have frames of one shape: {desc}")
     sizes = [int(p.data.shape[0]) for p in parts]
     try:
         import dask.array as da
@@ -745,7 +761,7 @@ def _check_order(times: Any, sequence_id: Any, frames: Any) -> tuple[Any, Any]:
 
     n = int(frames.data.shape[0])
     if times is not None and times.size != n:
-        raise UserError(f"--times must hold one time per frame ({n}), got {times.size}")
+        raise InputError(f"--times must hold one time per frame ({n}), got {times.size}")
     times, sequence_id = check_sequence(times, sequence_id, n)
     _order(n, times, sequence_id)  # tied times within a sequence: one line, before the work
     return times, sequence_id
@@ -776,7 +792,7 @@ def _read_variance(source: str, stack: Any, map_shape: Any, spectral_axis: Any) 
     try:
         check_variance(data, stack)
     except ValueError as exc:
-        raise UserError(f"--variance {source}: {' '.join(str(exc).split())}") from None
+        raise InputError(f"--variance {source}: {' '.join(str(exc).split())}") from None
     return data
 
 
@@ -847,7 +863,7 @@ def _demo(args: argparse.Namespace) -> int:
     if out.exists():
         _free([results_path, report_path], args.overwrite)
     if not (np.isfinite(args.noise) and args.noise > 0):
-        raise UserError(f"--noise must be a positive number, got {args.noise}")
+        raise InputError(f"--noise must be a positive number, got {args.noise}")
 
     from bayesmix._map import fit_map
     from bayesmix._report import report
@@ -870,7 +886,7 @@ def _demo(args: argparse.Namespace) -> int:
     write_results(res, results_path, columns={"x_true": sim.x}, meta=meta,
                            overwrite=args.overwrite)  # fmt: skip
     report(res, report_path, frames=sim.frames, ref_a=sim.ref_a, ref_b=sim.ref_b,
-                    overwrite=args.overwrite, title="bayesmix demo")  # fmt: skip
+           overwrite=args.overwrite, title="bayesmix demo", truth=sim.x)  # fmt: skip
 
     n = res.n_frames
     d = sim.ref_a - sim.ref_b
@@ -906,16 +922,19 @@ def _simulate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     names = ("frames.npy", "ref_a.npy", "ref_b.npy", "x_true.csv")
     if len(args.shape) > 2:
-        raise UserError(f"--shape takes H W (images) or P (spectra), got {args.shape}")
+        raise InputError(f"--shape takes H W (images) or P (spectra), got {args.shape}")
     if not (np.isfinite(args.noise) and args.noise > 0):
-        raise UserError(f"--noise must be a positive number, got {args.noise}")
+        raise InputError(f"--noise must be a positive number, got {args.noise}")
     if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder")
+        raise InputError(f"{out} exists and is not a folder")
     if out.is_dir():
         _free([out / n for n in names], args.overwrite)
 
+    import pandas as pd
+
     from bayesmix._io import atomic_write
     from bayesmix._simulate import simulate
+    from bayesmix._writers import csv_metadata_path, write_csv_table
 
     sim = simulate(args.frames, shape=tuple(args.shape), noise=args.noise, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -927,12 +946,12 @@ def _simulate(args: argparse.Namespace) -> int:
 
         atomic_write(out / name, save, overwrite=args.overwrite)
 
-    def write_x(tmp: str) -> None:
-        with open(tmp, "w") as fh:
-            fh.write(f"# sigma: {sim.sigma!r}\n# seed: {args.seed}\nframe,x\n")
-            fh.writelines(f"{i},{x!r}\n" for i, x in enumerate(sim.x.tolist()))
-
-    atomic_write(out / names[3], write_x, overwrite=args.overwrite)
+    # A plain CSV (frame, x); the noise sd and the seed in its CSVW metadata file beside it.
+    truth = pd.DataFrame({"x": sim.x}, index=pd.RangeIndex(len(sim.x), name="frame"))
+    written = write_csv_table(truth, out / names[3], {"sigma": sim.sigma, "seed": args.seed},
+                              overwrite=args.overwrite,
+                              descriptions={"x": "true weight of reference A"})  # fmt: skip
+    names += (csv_metadata_path(written).name,)
     print(f"wrote {args.frames} frames of shape {tuple(args.shape)} (noise sd {sim.sigma}) "
           f"to {out}/: {', '.join(names)}")  # fmt: skip
     return 0
@@ -942,10 +961,10 @@ def _report(args: argparse.Namespace) -> int:
     _free([args.out], args.overwrite)
     src = Path(args.source)
     if not src.is_file():
-        raise UserError(f"no such file: {src}")
+        raise InputError(f"no such file: {src}")
     from bayesmix._arviz import is_inference_data, read_idata
     from bayesmix._report import report
-    from bayesmix._writers import map_result_from_table, read_results
+    from bayesmix._writers import csv_metadata_path, map_result_from_table, read_results
 
     result: Any = None
     variance = None
@@ -954,9 +973,16 @@ def _report(args: argparse.Namespace) -> int:
             result = read_idata(src)
     if not is_inference_data(result):
         table = read_results(src)
+        sidecar = csv_metadata_path(src)
+        if src.suffix.lower() == ".csv" and not table.attrs and not sidecar.exists():
+            raise InputError(
+                f"{src} has no provenance (sigma, priors, model): its metadata file "
+                f"{sidecar.name} is missing; keep the two files written by bayesmix fit together"
+            )
         result = map_result_from_table(table)
         variance = table.attrs.get("variance")
-    path = report(result, args.out, prob=args.prob, overwrite=args.overwrite, variance=variance)
+    path = report(result, args.out, prob=args.prob, overwrite=args.overwrite, variance=variance,
+                  truth=None if is_inference_data(result) else table.get("x_true"))  # fmt: skip
     print(f"wrote {path}")
     return 0
 
@@ -972,13 +998,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return COMMANDS[args.command](args)
-    except (UserError, ValueError, OSError) as exc:
+    except (InputError, *USER_OS_ERRORS) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"bayesmix: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("bayesmix: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug, not the user's input: show where it happened
+        traceback.print_exc()
+        print("bayesmix: internal error (not a problem with your input); please report it with "
+              "the traceback above", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

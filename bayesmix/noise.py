@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from bayesmix._errors import InputError
+
 __all__ = [
     "NOISES",
     "NOISE_PARAMS",
@@ -116,11 +118,11 @@ class PoissonGaussian:
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                raise ValueError(f"PoissonGaussian {name} must be a number or None, got {value!r}")
+                raise InputError(f"PoissonGaussian {name} must be a number or None, got {value!r}")
             ok = math.isfinite(value) and (value > 0 if name == "gain" else value >= 0)
             if not ok:
                 need = "> 0" if name == "gain" else ">= 0"
-                raise ValueError(
+                raise InputError(
                     f"PoissonGaussian {name} must be finite and {need} (or None to learn it), "
                     f"got {value!r}"
                 )
@@ -167,9 +169,9 @@ class StudentT:
         if self.df is None:
             return
         if isinstance(self.df, bool) or not isinstance(self.df, (int, float, np.number)):
-            raise ValueError(f"StudentT df must be a number or None, got {self.df!r}")
+            raise InputError(f"StudentT df must be a number or None, got {self.df!r}")
         if not (math.isfinite(self.df) and self.df > 0):
-            raise ValueError(
+            raise InputError(
                 f"StudentT df must be finite and > 0 (or None to learn it), got {self.df!r}"
             )
         object.__setattr__(self, "df", float(self.df))
@@ -201,7 +203,7 @@ def check_noise(noise: Any) -> NoiseModel:
         return noise
     if isinstance(noise, str) and noise in _BY_NAME:
         return _BY_NAME[noise]()
-    raise ValueError(
+    raise InputError(
         f"noise must be one of {NOISES} or a bayesmix.noise model (e.g. "
         f"PoissonGaussian(gain=2.0), StudentT(df=4)), got {noise!r}"
     )
@@ -222,20 +224,20 @@ def parse_noise(text: str) -> NoiseModel:
     ``'poisson_gaussian[:gain=G][,read_sd=R]'``, ``'student_t[:df=NU]'``."""
     name, _, rest = str(text).strip().partition(":")
     if name not in _BY_NAME:
-        raise ValueError(f"noise must be one of {NOISES}, got {text!r}")
+        raise InputError(f"noise must be one of {NOISES}, got {text!r}")
     allowed = {"poisson_gaussian": ("gain", "read_sd"), "student_t": ("df",)}.get(name, ())
     kwargs: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = part.partition("=")
         if not eq or key.strip() not in allowed:
-            raise ValueError(
+            raise InputError(
                 f"noise {name!r} takes {', '.join(allowed) or 'no parameters'} as key=value, "
                 f"got {part!r} in {text!r}"
             )
         try:
             kwargs[key.strip()] = float(value)
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"noise parameter {key.strip()} must be a number, got {value!r}"
             ) from None
     if name == "poisson" or not kwargs:

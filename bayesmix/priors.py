@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import betaln, gammaln, log_ndtr, xlog1py, xlogy
 
+from bayesmix._errors import InputError
+
 __all__ = [
     "Beta",
     "Dirichlet",
@@ -59,9 +61,9 @@ def _check_finite(name: str, value: float) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+        raise InputError(f"{name} must be a real number, got {value!r}") from None
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise InputError(f"{name} must be finite, got {value!r}")
     return value
 
 
@@ -69,7 +71,7 @@ def _check_bounds(low: float, high: float) -> tuple[float, float]:
     low = _check_finite("low", low)
     high = _check_finite("high", high)
     if not low < high:
-        raise ValueError(
+        raise InputError(
             f"prior bounds must satisfy low < high, got low={low}, high={high}; "
             "swap them or widen the interval"
         )
@@ -109,9 +111,9 @@ class TruncatedNormal:
         loc = _check_finite("loc", self.loc)
         scale = _check_finite("scale", self.scale)
         if scale <= 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
+            raise InputError(f"scale must be > 0, got {scale}")
         if not low <= loc <= high:
-            raise ValueError(
+            raise InputError(
                 f"prior loc={loc} is outside its bounds [{low}, {high}]; a prior centred outside "
                 "its own support is almost always a typo"
             )
@@ -215,7 +217,7 @@ class Beta:
         a = _check_finite("a", self.a)
         b = _check_finite("b", self.b)
         if a < 1 or b < 1:
-            raise ValueError(
+            raise InputError(
                 f"Beta shapes must both be >= 1, got a={a}, b={b}; shapes below 1 put infinite "
                 "density on a bound: use Uniform() for a flat prior"
             )
@@ -283,19 +285,19 @@ class Dirichlet:
         raw = self.alpha
         arr = np.asarray(raw, dtype=object if isinstance(raw, str) else None)
         if arr.dtype.kind not in "fiu" or arr.ndim > 1 or arr.size == 0:
-            raise ValueError(
+            raise InputError(
                 f"Dirichlet alpha must be a positive number or a sequence of K positive numbers, "
                 f"got {raw!r}"
             )
         vals = [float(v) for v in np.ravel(arr)]
         for v in vals:
             if not (math.isfinite(v) and v > 0):
-                raise ValueError(
+                raise InputError(
                     f"Dirichlet concentrations must be finite and > 0, got alpha={raw!r}; "
                     "alpha = 1 is flat on the simplex"
                 )
         if arr.ndim == 1 and len(vals) < 2:
-            raise ValueError(f"a Dirichlet needs K >= 2 concentrations, got {len(vals)}")
+            raise InputError(f"a Dirichlet needs K >= 2 concentrations, got {len(vals)}")
         object.__setattr__(self, "alpha", tuple(vals) if arr.ndim == 1 else vals[0])
 
     @property
@@ -307,7 +309,7 @@ class Dirichlet:
         """This prior for ``k`` references (a symmetric one repeated; else its length checked)."""
         if isinstance(self.alpha, tuple):
             if len(self.alpha) != k:
-                raise ValueError(
+                raise InputError(
                     f"Dirichlet alpha has {len(self.alpha)} concentrations but the fit has {k} "
                     f"references; pass one alpha per reference (or a scalar for a symmetric prior)"
                 )
@@ -345,7 +347,7 @@ class Dirichlet:
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """``size`` independent draws (numpy), shape (size, K), for simulations."""
         if not isinstance(self.alpha, tuple):
-            raise ValueError("expand a symmetric Dirichlet to K references first: .expand(K)")
+            raise InputError("expand a symmetric Dirichlet to K references first: .expand(K)")
         return rng.dirichlet(self.concentrations, size)
 
 
@@ -384,7 +386,7 @@ class InverseGamma:
         a = _check_finite("concentration", self.concentration)
         b = _check_finite("scale", self.scale)
         if a <= 0 or b <= 0:
-            raise ValueError(f"InverseGamma needs concentration > 0 and scale > 0, got {a}, {b}")
+            raise InputError(f"InverseGamma needs concentration > 0 and scale > 0, got {a}, {b}")
         object.__setattr__(self, "concentration", a)
         object.__setattr__(self, "scale", b)
 
@@ -433,7 +435,7 @@ def check_prior(prior: object | None, n_refs: int = 2) -> XPrior:
     if prior is None:
         return DEFAULT_PRIOR if n_refs == 2 else Dirichlet(1.0).expand(n_refs)
     if not isinstance(prior, (TruncatedNormal, Uniform, Beta, Dirichlet)):
-        raise ValueError(
+        raise InputError(
             f"prior must be one of TruncatedNormal, Uniform, Beta, Dirichlet (from "
             f"bayesmix.priors), got {type(prior).__name__}"
         )
@@ -442,14 +444,14 @@ def check_prior(prior: object | None, n_refs: int = 2) -> XPrior:
         if n_refs == 2:
             a, b = prior.alpha  # type: ignore[misc]
             if a < 1 or b < 1:
-                raise ValueError(
+                raise InputError(
                     f"with two references Dirichlet([a, b]) is Beta(a, b), which needs a, b >= 1 "
                     f"(got {prior.alpha}); use Uniform() for a flat prior"
                 )
             return Beta(a, b)
         return prior
     if n_refs != 2:
-        raise ValueError(
+        raise InputError(
             f"with {n_refs} references the weights lie on the simplex: the prior must be "
             f"Dirichlet(alpha) (bayesmix.priors), got {type(prior).__name__}; "
             f"{type(prior).__name__} is a prior on the one weight of two references"
@@ -462,7 +464,7 @@ def check_sigma_prior(prior: object | None) -> SigmaPrior:
     if prior is None:
         return DEFAULT_SIGMA_PRIOR
     if not isinstance(prior, (Jeffreys, InverseGamma)):
-        raise ValueError(
+        raise InputError(
             f"sigma_prior must be Jeffreys() or InverseGamma(...) (from bayesmix.priors), "
             f"got {type(prior).__name__}"
         )
@@ -487,21 +489,21 @@ _MIN_ARGS = {"truncnormal": 2, "uniform": 0, "beta": 2, "dirichlet": 1, "jeffrey
 
 def _parse(spec: str, table: dict[str, tuple[type, tuple[str, ...]]], what: str) -> object:
     if not isinstance(spec, str):
-        raise ValueError(f"{what} spec must be a string such as 'beta:2,2', got {spec!r}")
+        raise InputError(f"{what} spec must be a string such as 'beta:2,2', got {spec!r}")
     name, _, args = spec.strip().partition(":")
     name = name.strip().lower()
     forms = ", ".join(f"{k}:{','.join(v[1]).upper()}" if v[1] else k for k, v in table.items())
     if name not in table:
-        raise ValueError(f"unknown {what} {name!r}; expected one of: {forms}")
+        raise InputError(f"unknown {what} {name!r}; expected one of: {forms}")
     cls, params = table[name]
     try:
         values = [float(v) for v in args.split(",")] if args.strip() else []
     except ValueError:
-        raise ValueError(f"{what} {spec!r}: parameters must be numbers, as in {forms}") from None
+        raise InputError(f"{what} {spec!r}: parameters must be numbers, as in {forms}") from None
     if cls is Dirichlet and values:
         return Dirichlet(values[0] if len(values) == 1 else tuple(values))
     if not _MIN_ARGS[name] <= len(values) <= len(params):
-        raise ValueError(
+        raise InputError(
             f"{what} {spec!r} takes {_MIN_ARGS[name]} to {len(params)} parameters "
             f"({', '.join(params) or 'none'}), got {len(values)}"
         )
@@ -522,7 +524,7 @@ def parse_prior(spec: str) -> XPrior:
     >>> parse_prior("gamma:1,2")
     Traceback (most recent call last):
     ...
-    ValueError: unknown prior 'gamma'; expected one of: truncnormal:LOC,SCALE,LOW,HIGH, ...
+    bayesmix._errors.InputError: unknown prior 'gamma'; expected one of: ...
     """
     return _parse(spec, _X_SPECS, "prior")  # type: ignore[return-value]
 
@@ -552,4 +554,4 @@ def prior_spec(prior: XPrior | SigmaPrior) -> str:
         if type(prior) is cls:
             values = ",".join(f"{float(getattr(prior, p))!r}".removesuffix(".0") for p in params)
             return f"{name}:{values}" if values else name
-    raise ValueError(f"not a bayesmix prior: {prior!r}")
+    raise InputError(f"not a bayesmix prior: {prior!r}")

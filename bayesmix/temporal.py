@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from bayesmix._errors import InputError
+
 __all__ = [
     "TEMPORALS",
     "Independent",
@@ -84,9 +86,9 @@ class RandomWalk:
         if self.q is None:
             return
         if isinstance(self.q, bool) or not isinstance(self.q, (int, float, np.number)):
-            raise ValueError(f"RandomWalk q must be a number or None, got {self.q!r}")
+            raise InputError(f"RandomWalk q must be a number or None, got {self.q!r}")
         if not (math.isfinite(self.q) and self.q > 0):
-            raise ValueError(
+            raise InputError(
                 f"RandomWalk q must be finite and > 0 (or None to learn it), got {self.q!r}; "
                 "for one weight for all frames fit the mean frame, for independent frames "
                 "use temporal='independent'"
@@ -117,7 +119,7 @@ def check_temporal(temporal: Any) -> TemporalModel:
         name, _, rest = temporal.strip().partition(":")
         if name in _BY_NAME:
             return _parse(name, rest, temporal)
-    raise ValueError(
+    raise InputError(
         f"temporal must be one of {TEMPORALS} or a bayesmix.temporal model (e.g. "
         f"RandomWalk(q=0.01)), got {temporal!r}"
     )
@@ -129,14 +131,14 @@ def _parse(name: str, rest: str, text: str) -> TemporalModel:
     for part in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = part.partition("=")
         if not eq or key.strip() not in allowed:
-            raise ValueError(
+            raise InputError(
                 f"temporal {name!r} takes {', '.join(allowed) or 'no parameters'} as key=value,"
                 f" got {part!r} in {text!r}"
             )
         try:
             kwargs[key.strip()] = float(value)
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"temporal parameter {key.strip()} must be a number, got {value!r}"
             ) from None
     return _BY_NAME[name](**kwargs)

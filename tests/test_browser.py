@@ -27,7 +27,7 @@ import pytest
 from matplotlib.image import imread
 
 import bayesmix
-from bayesmix._report import SECTIONS
+from bayesmix._report import ALL_SECTIONS, SECTIONS
 
 WIDTH, HEIGHT = 1200, 900  # CSS pixels of the viewport; screenshots are taken at scale 1
 TIMEOUT = 60.0  # seconds for any one browser round trip (a loaded 2-core machine is slow)
@@ -176,16 +176,26 @@ def browser(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
+    """The three kinds of report, each with its expected headings and number of images: MAP
+    (weights figures, residual), NUTS (also chains and energy), and the maps of a spectrum
+    image (a map first)."""
     out = tmp_path_factory.mktemp("reports")
     sim = bayesmix.simulate(60, shape=(16, 16), noise=0.2, seed=1)
     data = {"frames": sim.frames, "ref_a": sim.ref_a, "ref_b": sim.ref_b}
     res = bayesmix.fit_map(sim.frames, sim.ref_a, sim.ref_b)
     idata = bayesmix.sample(sim.frames, sim.ref_a, sim.ref_b, num_chains=2, num_warmup=100,
                             num_samples=100, progress=False)  # fmt: skip
+    # A spectrum image: 8 x 10 pixels, each a spectrum of 40 channels.
+    spec = bayesmix.simulate(80, shape=(40,), noise=0.02, seed=2)
+    cube = spec.frames.T.reshape(40, 8, 10)
+    image = bayesmix.fit_map(cube, spec.ref_a, spec.ref_b, spectral_axis=0)
+    nuts = [n for n in ALL_SECTIONS if n in (*SECTIONS, "Trace and rank plots", "Energy")]
     return {
-        "map": (bayesmix.report(res, out / "map.html", **data), 2),
-        "nuts": (bayesmix.report(idata, out / "nuts.html", **data), 4),
-    }
+        "map": (bayesmix.report(res, out / "map.html", **data), list(SECTIONS), 5),
+        "nuts": (bayesmix.report(idata, out / "nuts.html", **data), nuts, 7),
+        "maps": (bayesmix.report(image, out / "maps.html", frames=spec.frames, ref_a=spec.ref_a,
+                                 ref_b=spec.ref_b), ["Maps", *SECTIONS], 6),
+    }  # fmt: skip
 
 
 PAGE_FACTS = """JSON.stringify({
@@ -196,6 +206,7 @@ PAGE_FACTS = """JSON.stringify({
             x: r.left + scrollX, y: r.top + scrollY, rw: r.width, rh: r.height};
   }),
   headings: Array.from(document.querySelectorAll("h2"), h => h.textContent),
+  text: document.body.innerText,
   width: document.documentElement.scrollWidth,
   height: document.documentElement.scrollHeight,
 })"""
@@ -227,9 +238,9 @@ def _problems(events: list[dict], session: str) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("kind", ["map", "nuts"])
+@pytest.mark.parametrize("kind", ["map", "nuts", "maps"])
 def test_report_renders_in_chromium(browser, reports, kind):
-    path, n_images = reports[kind]
+    path, headings, n_images = reports[kind]
     target = browser.send("Target.createTarget", url="about:blank")["targetId"]
     session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
     try:
@@ -256,7 +267,8 @@ def test_report_renders_in_chromium(browser, reports, kind):
 
     assert problems == [], "\n".join(problems)
     assert facts["url"] == path.as_uri()
-    assert facts["headings"] == list(SECTIONS)
+    assert facts["headings"] == headings
+    assert "not applicable" not in facts["text"].lower()
     assert facts["width"] <= WIDTH, f"page is {facts['width']} px wide: horizontal scrolling"
     images = facts["images"]
     assert len(images) == n_images

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import tifffile
 import zarr
 
 import bayesmix
+from bayesmix import cli
 from bayesmix.cli import main
 
 
@@ -33,6 +35,10 @@ def test_demo_writes_results_that_recover_the_truth(tmp_path, capsys):
     assert "90% interval" in out and "results.csv" in out and "report.html" in out
     df = bayesmix.read_results(tmp_path / "d" / "results.csv")
     assert len(df) == 600 and df.attrs["method"] == "map"
+    # A plain CSV: pandas' defaults read the same table (the provenance is beside it).
+    plain = pd.read_csv(tmp_path / "d" / "results.csv")
+    pd.testing.assert_frame_equal(plain.set_index("frame"), df, check_flags=False)
+    assert (tmp_path / "d" / "results.csv-metadata.json").is_file()
     html = (tmp_path / "d" / "report.html").read_text()
     assert "Residual image" in html and html.count("data:image/png;base64,") >= 2
     inside = (df["q05"] <= df["x_true"]) & (df["x_true"] <= df["q95"])
@@ -85,7 +91,7 @@ def sim_dir(tmp_path_factory):
 def test_simulate_writes_stack_refs_and_truth(sim_dir):
     frames = np.load(sim_dir / "frames.npy", allow_pickle=False)
     a, b = (np.load(sim_dir / f"ref_{k}.npy", allow_pickle=False) for k in "ab")
-    truth = pd.read_csv(sim_dir / "x_true.csv", comment="#")
+    truth = pd.read_csv(sim_dir / "x_true.csv")  # a plain CSV: pandas' defaults
     assert frames.shape == (120, 12, 16) and a.shape == b.shape == (12, 16)
     assert list(truth.columns) == ["frame", "x"] and len(truth) == 120
     # The frames are x A + (1 - x) B + noise with the recorded sigma: residual sd ~ 0.1.
@@ -95,7 +101,14 @@ def test_simulate_writes_stack_refs_and_truth(sim_dir):
         - (1 - truth["x"].to_numpy())[:, None, None] * b
     )
     assert abs(resid.std() / 0.1 - 1) < 0.02  # 23,040 pixels: sd of the ratio ~0.5%
-    assert (sim_dir / "x_true.csv").read_text().startswith("# sigma: 0.1")
+    assert (sim_dir / "x_true.csv").read_text().startswith("frame,x\n0,")
+    # The noise sd and the seed in its CSVW metadata file; read_results reads both.
+    meta = json.loads((sim_dir / "x_true.csv-metadata.json").read_text())
+    assert meta["bayesmix"] == {"sigma": 0.1, "seed": 5} and meta["url"] == "x_true.csv"
+    assert [c["titles"] for c in meta["tableSchema"]["columns"]] == ["frame", "x"]
+    back = bayesmix.read_results(sim_dir / "x_true.csv")
+    np.testing.assert_array_equal(back["x"], truth["x"])
+    assert back.attrs == {"sigma": 0.1, "seed": 5}
 
 
 # Every input format once, every output format at least once.
@@ -216,6 +229,28 @@ def test_error_existing_output_is_kept(tmp_path, sim_dir, capsys):
     assert bayesmix.read_results(tmp_path / "r.csv").shape[0] == 120
 
 
+def test_fit_csv_opens_with_defaults_and_keeps_its_metadata(tmp_path, sim_dir, capsys):
+    out, meta = tmp_path / "r.csv", tmp_path / "r.csv-metadata.json"
+    base = ["fit", str(sim_dir / "frames.npy"), "--ref-a", str(sim_dir / "ref_a.npy"),
+            "--ref-b", str(sim_dir / "ref_b.npy"), "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(base) == 0
+    df = bayesmix.read_results(out)
+    pd.testing.assert_frame_equal(pd.read_csv(out).set_index("frame"), df, check_flags=False)
+    assert df.attrs["frames"] == str(sim_dir / "frames.npy") and df.attrs["method"] == "map"
+    assert json.loads(meta.read_text())["bayesmix"] == df.attrs
+    # The metadata alone blocks the output too (checked before any work): nothing is written.
+    out.unlink()
+    _one_line_error(capsys, base, r"r.csv-metadata.json \(the metadata of r.csv\) already exists")
+    assert not out.exists() and json.loads(meta.read_text())["bayesmix"] == df.attrs
+    assert main([*base, "--overwrite"]) == 0
+    assert bayesmix.read_results(out).attrs == df.attrs
+    # The report needs the provenance: a CSV parted from its metadata is one clear error.
+    meta.unlink()
+    _one_line_error(capsys, ["report", str(out), "--out", str(tmp_path / "r.html")],
+                    r"r.csv has no provenance .* r.csv-metadata.json is missing")  # fmt: skip
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_error_bad_prior_and_options(tmp_path, sim_dir, capsys):
     base = ["fit", str(sim_dir / "frames.npy"), "--ref-a", str(sim_dir / "ref_a.npy"),
             "--ref-b", str(sim_dir / "ref_b.npy"), "--out", str(tmp_path / "r.csv")]  # fmt: skip
@@ -268,7 +303,7 @@ def test_end_to_end_simulate_then_nuts_recovers_x(tmp_path):
     assert fit.returncode == 0, fit.stderr
     assert "R-hat max" in fit.stdout and "wrote post.nc" in fit.stdout
     df = bayesmix.read_results(tmp_path / "nuts.parquet")
-    truth = pd.read_csv(tmp_path / "s" / "x_true.csv", comment="#")["x"].to_numpy()
+    truth = pd.read_csv(tmp_path / "s" / "x_true.csv")["x"].to_numpy()
     inside = (df["q05"].to_numpy() <= truth) & (truth <= df["q95"].to_numpy())
     assert 0.85 <= inside.mean() <= 0.95, inside.mean()
     assert df.attrs["method"] == "nuts" and df.attrs["seed"] == 0
@@ -280,3 +315,28 @@ def test_end_to_end_simulate_then_nuts_recovers_x(tmp_path):
     rep = _run("report", "post.nc", "--out", "again.html", cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr
     assert "Diagnostics" in (tmp_path / "again.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (bayesmix.InputError("bad --prior"), 2),  # the user's input
+        (FileExistsError("out.csv already exists"), 2),  # a path the user named
+        (ValueError("operands could not be broadcast"), 1),  # a bug below bayesmix, not the user
+        (KeyError("x_map"), 1),
+    ],
+)
+def test_exit_status_2_only_for_the_users_input(exc, status, monkeypatch, capsys):
+    """Exit 2 with one line for bad input; anything else is a bug: its traceback, a sentence
+    saying so, exit 1 (a ValueError from deep inside is no longer passed off as a typo)."""
+
+    def command(args):
+        raise exc
+
+    monkeypatch.setitem(cli.COMMANDS, "demo", command)
+    assert main(["demo"]) == status
+    err = capsys.readouterr().err
+    if status == 2:
+        assert err.count("\n") == 1 and "Traceback" not in err and str(exc.args[0]) in err
+    else:
+        assert "Traceback (most recent call last)" in err and "internal error" in err

@@ -3,17 +3,23 @@ error; results files round-trip with their provenance."""
 
 from __future__ import annotations
 
+import csv
+import json
+
 import dask.array as da
 import h5py
 import imageio.v3 as iio
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 import xarray as xr
 import zarr
 
 import bayesmix
-from bayesmix._writers import map_result_from_table
+from bayesmix._io import atomic_write_all
+from bayesmix._results import clean_attrs
+from bayesmix._writers import map_result_from_table, results_table
 
 N_FRAMES, SHAPE = 40, (12, 16)
 
@@ -221,7 +227,174 @@ def test_writers_never_overwrite_unasked(tmp_path, fitted):
     assert path.read_bytes() == before
     bayesmix.write_results(fitted, path, prob=0.5, overwrite=True)
     assert "q25" in bayesmix.read_results(path).columns
-    assert [p.name for p in tmp_path.iterdir()] == ["r.csv"]  # no temporary file left behind
+    # The CSV and its metadata, no temporary file left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.csv-metadata.json"]
+
+
+# CSV: a plain table (pandas, R and spreadsheets open it with their defaults) and a CSVW metadata
+# file beside it with the provenance.
+def _strict_json(path):
+    """The JSON of ``path``, refusing NaN/Infinity (not JSON, though Python writes them)."""
+
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+def test_map_csv_opens_with_defaults_and_round_trips(tmp_path, fitted):
+    labels = np.asarray([f"stack.tif:{i}" for i in range(N_FRAMES)])
+    meta = {"seed": 7, "frames": ["a.tif", "b.tif"], "flag": True, "limit": float("inf")}
+    path = bayesmix.write_results(fitted, tmp_path / "r.csv", source=labels, meta=meta)
+    want = results_table(fitted, source=labels)
+    plain = pd.read_csv(path)  # pandas' defaults: header first, every dtype inferred right
+    assert list(plain.columns) == ["frame", *want.columns]
+    pd.testing.assert_frame_equal(plain.set_index("frame"), want)
+    back = bayesmix.read_results(path)
+    pd.testing.assert_frame_equal(back, want)
+    assert back.attrs == {**want.attrs, **meta}
+    assert back.attrs["prob"] == 0.9 and back.attrs["sigma"] == fitted.sigma
+
+
+def test_nuts_csv_opens_with_defaults_and_round_trips(tmp_path):
+    # The data, prior and settings of test_reproducible's runs: one compiled program for both.
+    sim = bayesmix.simulate(20, shape=(8, 8), noise=0.3, seed=1)
+    idata = bayesmix.sample(sim.frames, sim.ref_a, sim.ref_b, seed=7, num_chains=2,
+                            num_warmup=100, num_samples=100, progress=False,
+                            prior=bayesmix.TruncatedNormal(0.5, 0.2, 0.1, 0.9))  # fmt: skip
+    path = bayesmix.write_results(idata, tmp_path / "nuts.csv", columns={"x_true": sim.x})
+    want = results_table(idata, columns={"x_true": sim.x})
+    assert {"rhat", "ess_bulk", "x_true"} <= set(want.columns)
+    pd.testing.assert_frame_equal(pd.read_csv(path).set_index("frame"), want)
+    back = bayesmix.read_results(path)
+    pd.testing.assert_frame_equal(back, want)
+    assert back.attrs == want.attrs and back.attrs["method"] == "nuts"
+
+
+def test_simplex_csv_describes_every_reference(tmp_path):
+    rng = np.random.default_rng(0)
+    refs = rng.random((3, 8, 8))
+    frames = np.einsum("nk,kij->nij", rng.dirichlet(np.ones(3), 20), refs)
+    frames += 0.05 * rng.standard_normal(frames.shape)
+    res = bayesmix.fit_map(frames, *refs, ref_names=("fe", "fe2o3", "fe3o4"), draws=100)
+    path = bayesmix.write_results(res, tmp_path / "k3.csv")
+    want = results_table(res)
+    pd.testing.assert_frame_equal(pd.read_csv(path).set_index("frame"), want)
+    back = bayesmix.read_results(path)
+    pd.testing.assert_frame_equal(back, want)
+    assert back.attrs == {**want.attrs, "references": ["fe", "fe2o3", "fe3o4"]}
+    np.testing.assert_array_equal(map_result_from_table(back).mean, res.mean)
+    columns = {c["titles"]: c for c in _strict_json(tmp_path / "k3.csv-metadata.json")
+               ["tableSchema"]["columns"]}  # fmt: skip
+    described = {t: c.get("dc:description", "") for t, c in columns.items()}
+    assert described["mean_fe2o3"] == "posterior mean of the weight of reference fe2o3"
+    assert "upper end of the equal-tailed 90% interval" in described["q95_fe3o4"]
+    assert described["m_0_2"] and columns["w_1"]["datatype"] == "double"
+
+
+def test_csvw_metadata_names_every_column_in_order(tmp_path, fitted):
+    labels = np.asarray([f"s.tif:{i}" for i in range(N_FRAMES)])
+    path = bayesmix.write_results(fitted, tmp_path / "r.csv", source=labels, meta={"seed": 7})
+    meta = _strict_json(tmp_path / "r.csv-metadata.json")
+    with open(path, newline="") as fh:
+        header = next(csv.reader(fh))
+    assert meta["@context"] == "http://www.w3.org/ns/csvw" and meta["url"] == "r.csv"
+    schema = meta["tableSchema"]
+    assert [c["titles"] for c in schema["columns"]] == header
+    assert [c["name"] for c in schema["columns"]] == header  # valid CSVW names already
+    assert schema["primaryKey"] == "frame" and header[0] == "frame"
+    types = {c["titles"]: c["datatype"] for c in schema["columns"]}
+    assert types["frame"] == types["n_pixels"] == "integer" and types["source"] == "string"
+    assert types["at_bound"] == "boolean" and types["x_map"] == types["q05"] == "double"
+    described = {c["titles"]: c.get("dc:description", "") for c in schema["columns"]}
+    assert "Benjamini-Hochberg q-value" in described["misfit_q"]
+    assert "flagged badly fit when misfit_q < 0.05" in described["misfit_q"]
+    assert "lower end of the equal-tailed 90% interval" in described["q05"]
+    assert all(described[c] for c in ("x_map", "mean", "sd", "r2", "at_bound", "misfit_p", "xhat",
+                                      "rss", "dd", "n_pixels", "source"))  # fmt: skip
+    assert meta["bayesmix"] == bayesmix.read_results(path).attrs
+    assert meta["bayesmix"]["prior"] == "beta:3,2.5" and meta["bayesmix"]["seed"] == 7
+
+
+def test_csv_cells_booleans_infinities_and_text(tmp_path, fitted):
+    n = N_FRAMES
+    odd = np.linspace(0.0, 1.0, n)
+    odd[:3] = [np.inf, -np.inf, np.nan]
+    text = np.asarray(["NA", "", "1.5", "a,b", 'say "hi"', *(["x"] * (n - 5))])
+    extra = {"flag": np.arange(n) % 2 == 0, "odd": odd, "label": text,
+             "count": np.arange(n, dtype=np.int32),
+             "f32": np.linspace(0, 1, n, dtype=np.float32)}  # fmt: skip
+    path = bayesmix.write_results(fitted, tmp_path / "r.csv", columns=extra)
+    lines = path.read_text().splitlines()
+    assert lines[1].startswith("0,true,INF,NA,0,0,") and lines[2].startswith("1,false,-INF,,1,")
+    plain = pd.read_csv(path)  # defaults: booleans, infinities and missing numbers understood
+    assert plain["flag"].dtype == bool and np.isinf(plain["odd"][:2]).all()
+    np.testing.assert_array_equal(plain["odd"], odd)
+    back = bayesmix.read_results(path)  # the declared types: text stays text, widths kept
+    pd.testing.assert_frame_equal(back, results_table(fitted, columns=extra))
+    assert list(back["label"][:5]) == ["NA", "", "1.5", "a,b", 'say "hi"']
+
+
+def test_old_commented_csv_still_reads(tmp_path, fitted):
+    """A CSV of earlier versions: '# key: value' provenance lines, then the table."""
+    df = results_table(fitted)
+    attrs = clean_attrs({**df.attrs, "seed": 7})
+    path = tmp_path / "old.csv"
+    with open(path, "w", newline="") as fh:
+        fh.writelines(f"# {key}: {json.dumps(value)}\n" for key, value in attrs.items())
+        df.to_csv(fh, float_format="%.17g")
+    back = bayesmix.read_results(path)
+    # As before: a float column of whole numbers (dd of integer frames) was written as '3'.
+    pd.testing.assert_frame_equal(back, df, check_dtype=False)
+    assert back.attrs == attrs and back.attrs["prior"] == "beta:3,2.5"
+    np.testing.assert_array_equal(map_result_from_table(back).interval(0.8)[0],
+                                  fitted.interval(0.8)[0])  # fmt: skip
+
+
+def test_csv_without_metadata_reads_with_empty_attrs(tmp_path, fitted):
+    path = bayesmix.write_results(fitted, tmp_path / "r.csv")
+    (tmp_path / "r.csv-metadata.json").unlink()
+    back = bayesmix.read_results(path)
+    assert back.attrs == {}
+    pd.testing.assert_frame_equal(back, results_table(fitted), check_flags=False)
+
+
+def test_csv_and_its_metadata_are_refused_together(tmp_path, fitted):
+    csv_path, meta_path = tmp_path / "r.csv", tmp_path / "r.csv-metadata.json"
+    meta_path.write_text("{}")
+    with pytest.raises(FileExistsError, match=r"r.csv-metadata.json already exists; pass"):
+        bayesmix.write_results(fitted, csv_path)
+    assert not csv_path.exists() and meta_path.read_text() == "{}"  # nothing half-done
+    meta_path.unlink()
+    csv_path.write_text("precious")
+    with pytest.raises(FileExistsError, match=r"r.csv already exists; pass overwrite"):
+        bayesmix.write_results(fitted, csv_path)
+    assert csv_path.read_text() == "precious" and not meta_path.exists()
+    bayesmix.write_results(fitted, csv_path, overwrite=True)
+    assert bayesmix.read_results(csv_path).attrs["method"] == "map"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.csv-metadata.json"]
+
+
+def test_failed_write_leaves_no_half_pair(tmp_path, fitted):
+    def boom(tmp):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_all([(tmp_path / "a.json", lambda tmp: None), (tmp_path / "a.csv", boom)])
+    assert list(tmp_path.iterdir()) == []  # no target, no temporary file
+    # The CSV's rename fails (a folder is in its way): its metadata, renamed first, is removed.
+    (tmp_path / "r.csv").mkdir()
+    with pytest.raises(IsADirectoryError):
+        bayesmix.write_results(fitted, tmp_path / "r.csv", overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["r.csv"]
+
+
+def test_metadata_of_another_table_is_refused(tmp_path, fitted):
+    bayesmix.write_results(fitted, tmp_path / "r.csv")
+    bayesmix.write_results(fitted, tmp_path / "other.csv", prob=0.5)
+    (tmp_path / "other.csv-metadata.json").replace(tmp_path / "r.csv-metadata.json")
+    with pytest.raises(bayesmix.InputError, match=r"q25.*q05.*do not belong together"):
+        bayesmix.read_results(tmp_path / "r.csv")
 
 
 def test_results_format_from_extension(tmp_path, fitted):

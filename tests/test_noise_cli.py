@@ -176,7 +176,7 @@ def test_nuts_passes_noise_and_variance_to_a_sampler_that_takes_them(sim, tmp_pa
 
     def new_sample(frames, ref_a, ref_b, *more_refs, noise="gaussian", variance=None, **kw):
         seen.update(noise=noise, variance=variance, shape=np.shape(frames), **kw)
-        raise bayesmix.cli.UserError("sampler reached")
+        raise bayesmix.InputError("sampler reached")
 
     monkeypatch.setattr("bayesmix._nuts.sample", new_sample)
     argv = _fit(sim, tmp_path, "--method", "nuts", "--noise", "student_t:df=3", "--variance",

@@ -120,8 +120,10 @@ def test_inference_data_layout(nuts_run):
 def test_diagnose_passes_a_healthy_run_and_explains_a_poor_one(nuts_run):
     _, idata, _ = nuts_run
     diag = bayesmix.diagnose(idata)
+    assert diag.verdict == "pass", diag  # 2,001 variables: chance alone puts max R-hat > 1.01
     assert diag.divergences == 0 and diag.ess_bulk_min > 400
-    assert set(diag.to_dataframe().columns) == {"rhat", "ess_bulk", "ess_tail"}
+    assert set(diag.to_dataframe().columns) == {"rhat", "rhat_p", "rhat_limit", "ess_bulk",
+                                                "ess_tail"}  # fmt: skip
     assert len(diag.to_dataframe()) == 2001
     sim = bayesmix.simulate(30, shape=(8, 8), noise=0.3, seed=1)
     short = bayesmix.sample(sim.frames, sim.ref_a, sim.ref_b, num_chains=1, num_warmup=50,

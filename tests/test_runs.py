@@ -78,6 +78,6 @@ def test_resume_refuses_a_work_folder_of_other_inputs(tmp_path, big):
     assert main(_fit_args(big, out, "--overwrite")) == 0  # --overwrite starts again
     df = bayesmix.read_results(out)
     assert len(df) == 300_000 and not work.exists()
-    truth = np.loadtxt(big / "x_true.csv", delimiter=",", skiprows=3)[:, 1]
+    truth = np.loadtxt(big / "x_true.csv", delimiter=",", skiprows=1)[:, 1]  # header frame,x
     inside = (df["q05"].to_numpy() <= truth) & (truth <= df["q95"].to_numpy())
     assert abs(inside.mean() - 0.9) < 0.005  # 300,000 frames: binomial sd 0.05%
