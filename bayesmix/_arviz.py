@@ -244,6 +244,8 @@ def diagnose(idata: az.InferenceData, *, alpha: float = VERDICT_ALPHA) -> Diagno
     import pandas as pd
     from scipy.special import ndtri
 
+    from bayesmix import _convergence as conv
+
     if not hasattr(idata, "posterior") or "x" not in idata.posterior:
         raise InputError("diagnose needs the InferenceData of bayesmix.sample (posterior 'x')")
     if not 0.0 < alpha < 1.0:
@@ -269,11 +271,14 @@ def diagnose(idata: az.InferenceData, *, alpha: float = VERDICT_ALPHA) -> Diagno
     draws = np.concatenate(
         [np.asarray(v.values, np.float64).reshape(n_chains, n_draws, -1)
          for v in (x, *(full[n] for n in per_frame + scalars))], axis=2)  # fmt: skip
-    rhat = _rhat(draws, "rank")
-    ess_bulk = _ess(draws, "bulk")
-    ess_tail = _ess(draws, "tail")
+    rhat_bulk = conv.rhat(draws, method="z_scale")
+    rhat_folded = conv.rhat(draws, method="folded")
+    # ArviZ's rank R-hat, max(bulk, folded) as Python's max: bulk unless folded is larger.
+    rhat = np.where(rhat_folded > rhat_bulk, rhat_folded, rhat_bulk)
+    ess_bulk = conv.ess(draws, method="bulk")
+    ess_tail = conv.ess(draws, method="tail")
     n_vars = rhat.size
-    rhat_p, rhat_limit = _rhat_chance(draws, n_vars, alpha)
+    rhat_p, rhat_limit = _rhat_chance(draws, rhat_bulk, rhat_folded, alpha)
     table = pd.DataFrame(
         {"rhat": rhat, "rhat_p": rhat_p, "rhat_limit": rhat_limit, "ess_bulk": ess_bulk,
          "ess_tail": ess_tail},
@@ -336,41 +341,32 @@ def diagnose(idata: az.InferenceData, *, alpha: float = VERDICT_ALPHA) -> Diagno
     )
 
 
-def _rhat(draws: np.ndarray, method: str) -> np.ndarray:
-    """R-hat of each variable of ``draws``, shape (chain, draw, P) -> (P,): ArviZ's numbers,
-    vectorised over the variables (:mod:`bayesmix._convergence`)."""
-    from bayesmix import _convergence
-
-    return _convergence.rhat(draws, method=method)
-
-
-def _ess(draws: np.ndarray, method: str) -> np.ndarray:
-    """ESS of each variable of ``draws``, shape (chain, draw, P) -> (P,), as ArviZ's."""
-    from bayesmix import _convergence
-
-    return _convergence.ess(draws, method=method)
-
-
-def _rhat_chance(draws: np.ndarray, n_vars: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def _rhat_chance(draws: np.ndarray, rhat_bulk: np.ndarray, rhat_folded: np.ndarray,
+                 alpha: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Per variable, the chance of its R-hat from chains that are fine, and the R-hat limit.
 
-    The split chains' means scatter as their within-chain ESS says (the sum over chains of each
-    chain's own ESS: unlike the pooled ESS it does not drop when the chains disagree), so
-    ``F = (R^2 - 1 + 1/n) E / M`` is ``chi2(M - 1) / (M - 1)``; bulk and folded R-hat each get
-    their own ESS and limit, and the smaller p-value is doubled.
+    ``draws`` has shape (chain, draw, P); ``rhat_bulk`` and ``rhat_folded`` (P,) are its
+    rank-normalised split R-hats. The split chains' means scatter as their within-chain ESS
+    says (the sum over chains of each chain's own ESS: unlike the pooled ESS it does not drop
+    when the chains disagree), so ``F = (R^2 - 1 + 1/n) E / M`` is ``chi2(M - 1) / (M - 1)``;
+    bulk and folded R-hat each get their own ESS and limit, and the smaller p-value is doubled.
     """
     from scipy.stats import chi2
 
-    n_chains, n_draws = draws.shape[:2]
+    from bayesmix import _convergence as conv
+
+    n_chains, n_draws, n_vars = draws.shape
     m, n = 2 * n_chains, n_draws // 2
     if n_chains < 2 or n < 4:
         nan = np.full(n_vars, np.nan)
         return nan, nan
+    # Each chain as its own one-chain run: (1, draw, chain * P), one call for all chains.
+    per_chain = np.moveaxis(draws, 0, 1)[None]
     f_lim = chi2.isf(alpha / (2 * n_vars), m - 1) / (m - 1)
     p, limit = [], []
-    for rhat_method, ess_method in (("z_scale", "bulk"), ("folded", "folded")):
-        e = np.maximum(sum(_ess(draws[c : c + 1], ess_method) for c in range(n_chains)), 1.0)
-        f = (_rhat(draws, rhat_method) ** 2 - 1.0 + 1.0 / n) * e / m
+    for r, ess_method in ((rhat_bulk, "bulk"), (rhat_folded, "folded")):
+        e = np.maximum(conv.ess(per_chain, method=ess_method).sum(axis=0), 1.0)
+        f = (r**2 - 1.0 + 1.0 / n) * e / m
         p.append(chi2.sf(f * (m - 1), m - 1))
         limit.append(np.sqrt(np.maximum(1.0 - 1.0 / n + f_lim * m / e, 0.0)))
     return np.minimum(1.0, 2.0 * np.minimum(*p)), np.maximum(*limit)

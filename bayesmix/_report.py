@@ -10,6 +10,7 @@ the time to draw and the size of the page stop growing with N.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 from pathlib import Path
@@ -24,7 +25,7 @@ from bayesmix._model import make_model
 from bayesmix._results import MapResult
 from bayesmix._schema import label, model_attrs
 from bayesmix.noise import Gaussian, PerFrame, PoissonGaussian, StudentT, noise_spec
-from bayesmix.priors import Beta, Dirichlet, TruncatedNormal, Uniform, parse_prior
+from bayesmix.priors import Dirichlet, parse_prior
 
 __all__ = ["report"]
 
@@ -251,26 +252,27 @@ def _prior_curve(v: _View, k: int | None = None) -> tuple[np.ndarray, np.ndarray
     """The prior's density of x on a grid over its bounds, shape (G,) each; with K >= 3
     references, the Dirichlet's marginal of reference ``k`` (a Beta). None when the result does
     not record its prior."""
-    from scipy import stats
-
     prior = v.prior_obj
     if prior is None:
         return None
     lo, hi = v.bounds
     grid = np.linspace(lo, hi, 401)
-    # scipy for the known forms: the prior's own log_prob is JAX, seconds of compiling here.
     if isinstance(prior, Dirichlet):
+        from scipy import stats
+
         alpha = prior.concentrations
         grid = grid[1:-1]  # a concentration below 1 is infinite on the bounds
         return grid, stats.beta.pdf(grid, alpha[k], alpha.sum() - alpha[k])
-    if isinstance(prior, TruncatedNormal):
-        a, b = (lo - prior.loc) / prior.scale, (hi - prior.loc) / prior.scale
-        return grid, stats.truncnorm.pdf(grid, a, b, loc=prior.loc, scale=prior.scale)
-    if isinstance(prior, Uniform):
-        return grid, np.full(grid.shape, 1.0 / (hi - lo))
-    if isinstance(prior, Beta):
-        return grid, stats.beta.pdf(grid, prior.a, prior.b)
-    return grid, np.exp(np.asarray(prior.log_prob(grid), np.float64))
+    return grid, np.exp(np.asarray(_jitted_log_prob()(prior, grid), np.float64))
+
+
+@functools.cache
+def _jitted_log_prob() -> Any:
+    """The priors' own density (the one every inference path uses), jitted: run eagerly, its
+    JAX operations compile one by one, about a second per report."""
+    import jax
+
+    return jax.jit(lambda prior, x: prior.log_prob(x))
 
 
 def _prior_moments(v: _View) -> tuple[float, float] | None:

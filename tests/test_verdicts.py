@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import bayesmix
+from bayesmix import _convergence
 from bayesmix._arviz import ESS_MIN_PER_CHAIN, VERDICT_ALPHA, _rhat_chance
 from bayesmix._likelihood import MISFIT_FDR
 
@@ -88,6 +89,11 @@ def test_divergences_warn(healthy):
     assert any("5 divergent" in r for r in diag.reasons)
 
 
+def _chance(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    bulk, folded = (_convergence.rhat(draws, method=m) for m in ("z_scale", "folded"))
+    return _rhat_chance(draws, bulk, folded, VERDICT_ALPHA)
+
+
 def test_rhat_chance_is_calibrated_on_chains_that_are_fine():
     """The R-hat p-values of chains that are fine (AR(1), autocorrelation 0.5 and -0.3, as NUTS
     chains are, positively or negatively correlated) are at most uniform: the rate of p < a is
@@ -101,12 +107,12 @@ def test_rhat_chance_is_calibrated_on_chains_that_are_fine():
         draws[:, 0] = e[:, 0] / np.sqrt(1 - phi**2)
         for t in range(1, n_draws):
             draws[:, t] = phi * draws[:, t - 1] + e[:, t]
-        p, _ = _rhat_chance(draws, n_vars, VERDICT_ALPHA)
+        p, _ = _chance(draws)
         for a in (0.05, 0.01):
             assert np.mean(p < a) <= a + 3 * np.sqrt(a * (1 - a) / n_vars), (phi, a)
         shifted = draws.copy()
         shifted[0] += 1.0 / np.sqrt(1 - phi**2)  # one marginal sd
-        p_shift, _ = _rhat_chance(shifted, n_vars, VERDICT_ALPHA)
+        p_shift, _ = _chance(shifted)
         assert np.all(p_shift < VERDICT_ALPHA / n_vars), phi
 
 
