@@ -51,6 +51,15 @@ ESS_MIN_PER_CHAIN = 100
 #: 1000 draws, autocorrelation -0.3 to 0.8: 2.4 to 4.5 for bulk and tail ESS; the largest kept).
 ESS_LOG_SD = 4.5
 BFMI_MIN = 0.3  # Betancourt 2016
+# A failure (``Diagnostics.failed``) is beyond any warning: draws that do not describe the
+# posterior at all, which a chance fluctuation of chains that are fine does not produce.
+#: R-hat above this (and above the variable's chance limit): the chains have not mixed
+#: (the classic threshold; Vehtari et al. 2021 ask 1.01 of a run that passes).
+RHAT_FAIL = 1.1
+#: More than this fraction of the draws after warm-up divergent: the sampler cannot explore.
+DIVERGENT_FAIL = 0.5
+#: Fewer effective draws per chain than this (bulk ESS): the chains barely move.
+ESS_FAIL_PER_CHAIN = 5
 
 
 def to_inference_data(
@@ -162,10 +171,18 @@ class Diagnostics:
     ess_limit : float
         The lowest ESS estimate that chance explains for a chain meeting
         ``ESS_MIN_PER_CHAIN`` draws per chain, given the number of variables.
+    failures : tuple of str
+        Severe failures, in words, with what to do (empty for a usable run): an R-hat above
+        ``RHAT_FAIL`` (1.1) and above its chance limit, or a variable that never moved in any
+        chain; more than ``DIVERGENT_FAIL`` (half) of the draws divergent; a bulk ESS below
+        ``ESS_FAIL_PER_CHAIN`` (5) effective draws per chain. A failure is also a 'warn' (the
+        verdict keeps its two values); ``bayesmix fit`` exits with status 3 on one.
 
     Notes
     -----
     The rules, with their references, are in the documentation ("Convergence verdict").
+    A 'warn' alone happens on usable runs (a few divergences, an ESS somewhat short); a
+    failure means the draws do not describe the posterior.
     """
 
     verdict: str
@@ -179,6 +196,12 @@ class Diagnostics:
     n_draws: int
     table: pd.DataFrame = field(repr=False)
     ess_limit: float = float("nan")
+    failures: tuple[str, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        """True when the run failed severely (see ``failures``): do not use its draws."""
+        return bool(self.failures)
 
     def to_dataframe(self) -> pd.DataFrame:
         """Per-variable R-hat, bulk and tail ESS, worst first."""
@@ -191,7 +214,8 @@ class Diagnostics:
             f"{self.divergences} divergences, BFMI min {np.min(self.bfmi):.2f} "
             f"({self.n_chains} chains x {self.n_draws} draws)"
         )
-        return "\n".join([head, *(f"  - {r}" for r in self.reasons)])
+        lines = [head, *(f"  - {r}" for r in self.reasons)]
+        return "\n".join(lines + [f"FAILED: {f}" for f in self.failures])
 
 
 def diagnose(idata: az.InferenceData, *, alpha: float = VERDICT_ALPHA) -> Diagnostics:
@@ -210,7 +234,8 @@ def diagnose(idata: az.InferenceData, *, alpha: float = VERDICT_ALPHA) -> Diagno
     Returns
     -------
     Diagnostics
-        ``verdict`` 'pass' or 'warn' with the ``reasons``; ``to_dataframe()`` per variable.
+        ``verdict`` 'pass' or 'warn' with the ``reasons``; ``failed`` with the ``failures``
+        when the run is beyond a warning; ``to_dataframe()`` per variable.
 
     Notes
     -----
@@ -229,6 +254,11 @@ def diagnose(idata: az.InferenceData, *, alpha: float = VERDICT_ALPHA) -> Diagno
     compared with the floor of ``ESS_MIN_PER_CHAIN`` per chain, allowing for its own scatter
     (sd of its log about ``ESS_LOG_SD / sqrt(ESS)``) over the 2P estimates. Divergent
     transitions and a BFMI below 0.3 always warn: they are not scatter.
+
+    A run *fails* (``failed``, beyond a warning) when an R-hat exceeds both ``RHAT_FAIL`` and
+    its chance limit (or a variable never moved in any chain), when more than
+    ``DIVERGENT_FAIL`` of the draws diverged, or when a bulk ESS is below
+    ``ESS_FAIL_PER_CHAIN`` per chain: none of these comes from chains that are fine.
 
     Examples
     --------
@@ -298,7 +328,9 @@ def diagnose(idata: az.InferenceData, *, alpha: float = VERDICT_ALPHA) -> Diagno
     else:
         bad = table[~(table["rhat_p"] >= alpha / n_vars)]
         if len(bad):
-            worst = bad["rhat_p"].idxmin()
+            p = bad["rhat_p"]
+            # Only NaN p-values: chains that never moved (a failure, below); name the first.
+            worst = p.idxmin() if p.notna().any() else p.index[0]
             reasons.append(
                 f"R-hat {bad.loc[worst, 'rhat']:.3f} ({worst}) is more than chains of "
                 f"{n_draws} draws give by chance over {n_vars} variables (limit "
@@ -326,6 +358,9 @@ def diagnose(idata: az.InferenceData, *, alpha: float = VERDICT_ALPHA) -> Diagno
         )
     if np.any(bfmi < BFMI_MIN):
         reasons.append(f"BFMI {np.min(bfmi):.2f} < {BFMI_MIN}: the energy is poorly explored")
+    # A variable identical in every draw of every chain: no step was ever accepted.
+    frozen = dict(zip(labels, np.ptp(draws, axis=(0, 1)) == 0, strict=True))
+    failures = _failures(table, frozen, n_chains, n_draws, divergences)
     return Diagnostics(
         verdict="warn" if reasons else "pass",
         reasons=tuple(reasons),
@@ -338,7 +373,42 @@ def diagnose(idata: az.InferenceData, *, alpha: float = VERDICT_ALPHA) -> Diagno
         n_draws=n_draws,
         table=table,
         ess_limit=ess_limit,
+        failures=failures,
     )
+
+
+def _failures(table: pd.DataFrame, frozen: dict[str, bool], n_chains: int, n_draws: int,
+              divergences: int) -> tuple[str, ...]:  # fmt: skip
+    """The severe failures of a run (``Diagnostics.failures``), each with what to do."""
+    out = []
+    longer = "run a longer warm-up (num_warmup, --warmup) and more draws"
+    still = [name for name, f in frozen.items() if f]
+    if still:
+        out.append(f"{len(still)} variable(s) never moved in any chain (e.g. {still[0]}): "
+                   f"the sampler rejected every step; {longer}")  # fmt: skip
+    if n_chains >= 2:
+        # The chance limit is unknown (NaN) for very short chains: then 1.1 alone.
+        limit = np.fmax(table["rhat_limit"].to_numpy(), RHAT_FAIL)
+        far = table.index[table["rhat"].to_numpy() > limit]
+        if len(far):
+            worst = table.loc[far, "rhat"].idxmax()
+            out.append(
+                f"R-hat {table.loc[worst, 'rhat']:.3g} ({worst}) is far from 1 (above "
+                f"{RHAT_FAIL} and what chance explains) for {len(far)} variable(s): the chains "
+                f"disagree; {longer}, or look for a multimodal posterior"
+            )
+    total = n_chains * n_draws
+    if total and divergences > DIVERGENT_FAIL * total:
+        out.append(f"{divergences} of {total} draws ({divergences / total:.0%}) are divergent: "
+                   "the sampler cannot explore this posterior; check the model and the frames "
+                   "at a bound, or raise target_accept")  # fmt: skip
+    ess = table["ess_bulk"]
+    floor = ESS_FAIL_PER_CHAIN * n_chains
+    if len(ess) and float(ess.min()) < floor:
+        out.append(f"bulk ESS {float(ess.min()):.1f} ({ess.idxmin()}) is below {floor} "
+                   f"({ESS_FAIL_PER_CHAIN} effective draws per chain): the chains barely move; "
+                   f"{longer}")  # fmt: skip
+    return tuple(out)
 
 
 def _rhat_chance(draws: np.ndarray, rhat_bulk: np.ndarray, rhat_folded: np.ndarray,

@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_all",
     "check_variance",
+    "in_units",
     "prepare",
     "spectral_frames",
     "work_dtype",
@@ -80,6 +81,10 @@ class Stack(NamedTuple):
     frame_shape: tuple[int, ...]  #: S
     dtype: np.dtype  #: float dtype the pass computes in (float32 or float64)
     more_refs: np.ndarray | None = None  #: float64, shape (K - 2, P): references beyond A, B
+    #: The pass reads frames / scale (a power of two, so exactly) against references already
+    #: divided by it: 1.0 unless the data's level is beyond what the pass's dtype sums safely
+    #: (see :func:`in_units`).
+    scale: float = 1.0
 
     @property
     def refs(self) -> np.ndarray:
@@ -94,11 +99,153 @@ class Stack(NamedTuple):
 
 
 def work_dtype(dtype: np.dtype) -> np.dtype:
-    """Float dtype used for a stack of ``dtype``: exact for every value the input can hold."""
+    """Float dtype used for a stack of ``dtype``: exact for every value the input can hold
+    (extended precision is rounded to float64, below any noise).
+
+    Examples
+    --------
+    >>> [str(work_dtype(t)) for t in ("u2", "f2", "f4", "i4", "f8", "longdouble")]
+    ['float32', 'float32', 'float32', 'float64', 'float64', 'float64']
+    """
     dtype = np.dtype(dtype)
-    if dtype == np.float64 or (dtype.kind in "iu" and dtype.itemsize > 2):
+    if dtype.itemsize > 4 if dtype.kind == "f" else dtype.itemsize > 2:
         return np.dtype(np.float64)
     return np.dtype(np.float32)
+
+
+def _check_extended(frames: Any) -> None:
+    """Extended-precision frames are read as float64: refuse values beyond its range."""
+    dtype = np.dtype(frames.dtype)
+    if dtype.kind != "f" or dtype.itemsize <= 8 or not isinstance(frames, np.ndarray):
+        return
+    big = np.abs(frames) > np.finfo(np.float64).max
+    if big.any():
+        raise InputError(
+            f"frames of dtype {dtype} hold {int(big.sum())} value(s) beyond float64's range "
+            "(about 1e308), which bayesmix computes in; divide the frames and references by a "
+            "unit near their level"
+        )
+
+
+def _frame_dim_first(frames: Any) -> Any:
+    """An xarray stack with its ``frame`` dimension first (as :func:`read_frames` returns it)."""
+    dims = tuple(getattr(frames, "dims", ()) or ())
+    if "frame" in dims and dims[0] != "frame" and hasattr(frames, "transpose"):
+        return frames.transpose("frame", ...)
+    return frames
+
+
+def _aligned(name: str, value: Any, frame_dims: tuple) -> Any:
+    """A reference (or mask) with dimension names laid out as the frames' (after ``frame``)."""
+    dims = tuple(getattr(value, "dims", ()) or ())
+    if not dims or not frame_dims or not isinstance(dims[0], str):
+        return value
+    if set(dims) != set(frame_dims) or len(dims) != len(frame_dims):
+        raise InputError(
+            f"{name} has dimensions {dims} but each frame has {frame_dims}; name the same "
+            "dimensions (e.g. rename or transpose), or pass plain arrays to match by position"
+        )
+    return value.transpose(*frame_dims)
+
+
+def _unmasked_frames(frames: Any) -> Any:
+    """A ``numpy.ma`` stack as floats with NaN at its masked pixels (left out of their frame)."""
+    if not _is_masked(frames):
+        return frames
+    dtype = work_dtype(frames.dtype) if np.dtype(frames.dtype).kind in "fiu" else frames.dtype
+    return np.ma.filled(frames.astype(dtype), np.nan)
+
+
+def _reference_mask(refs: Sequence[Any], mask: Any) -> Any:
+    """``mask`` with the pixels masked in any ``numpy.ma`` reference left out."""
+    masked = [np.ma.getmaskarray(r) for r in refs if _is_masked(r)]
+    if not masked:
+        return mask
+    keep = ~np.logical_or.reduce(masked)
+    if mask is None:
+        return keep
+    m = np.asarray(mask)
+    return m & keep if m.dtype == np.bool_ and m.shape == keep.shape else m
+
+
+def _shape_hint(shape: tuple[int, ...], ref_shape: tuple[int, ...], stream: bool) -> str:
+    """How to fix a stack whose frames do not have the references' shape, where it is clear."""
+    if stream:
+        return f"; each chunk of an iterator must have shape (k, *{ref_shape})"
+    if shape == ref_shape:
+        return "; a single frame needs a leading axis: frames[None]"
+    if shape[:-1] == ref_shape:
+        return ("; the frame axis looks last (shape (*S, N)): move it first with "
+                "np.moveaxis(frames, -1, 0)")  # fmt: skip
+    if shape[1:-1] == ref_shape:
+        return (f"; the frames have an extra last axis of {shape[-1]} (channels?) that the "
+                "references lack: give references with the same channels, or select one")
+    if shape[1:] == ref_shape[:-1]:
+        return (f"; the references have an extra last axis of {ref_shape[-1]} (channels?) that "
+                "the frames lack")
+    return ""
+
+
+#: |log2| of the data's level within which the pass sums squares in the work dtype without
+#: scaling: float32 sums of squares of residuals 1e-4 below the data's level stay normal and
+#: block sums far below overflow (2^-126 .. 2^127); float64 statistics of frames of up to
+#: 1e6 pixels stay within 2^-1022 .. 2^1023.
+_SAFE_LOG2 = {np.dtype(np.float32): 32, np.dtype(np.float64): 480}
+
+
+def level(values: np.ndarray) -> float:
+    """The power of two nearest the RMS of the finite ``values`` (0.0 when none is non-zero).
+
+    Dividing by a power of two is exact in floating point, so a stack in other units gives
+    the same numbers bit for bit wherever neither under- nor overflows.
+
+    Examples
+    --------
+    >>> level(np.array([3e-25, -5e-25]))
+    4.1359030627651384e-25
+    >>> level(np.array([1.0, 1.0]))
+    1.0
+    """
+    v = np.asarray(values, np.float64).reshape(-1)
+    v = v[np.isfinite(v)]
+    top = float(np.max(np.abs(v))) if v.size else 0.0
+    if top == 0.0:
+        return 0.0
+    rms = top * float(np.sqrt(np.mean((v / top) ** 2)))  # no square under- or overflows
+    return float(2.0 ** round(np.log2(rms)))
+
+
+def _first_frame(frames: Any) -> np.ndarray:
+    """The stack's first frame, read on its own (a lazy stack reads one frame)."""
+    if isinstance(frames, ChunkStream):
+        return np.asarray(frames._first[0])
+    first = frames[0]
+    compute = getattr(first, "compute", None)  # dask
+    return np.asarray(first if compute is None else compute())
+
+
+def in_units(stack: Stack, *, from_frames: bool = False) -> Stack:
+    """``stack`` ready for a pass in its work dtype: itself when the data's level is within
+    what that dtype sums safely, else rescaled by that level (``Stack.scale``).
+
+    The level is the references' (``from_frames``: the first frame's, for models whose
+    references may be in other units than the frames, e.g. with a gain). float64 data beyond
+    about 1e+/-144 is refused: its sums of squares would leave float64's range.
+    """
+    values = _first_frame(stack.frames) if from_frames else stack.refs
+    s = level(values)
+    if s == 0.0 and from_frames:
+        s = level(stack.refs)
+    if s == 0.0 or abs(np.log2(s)) <= _SAFE_LOG2[np.dtype(stack.dtype)]:
+        return stack
+    if np.dtype(stack.dtype) == np.float64:
+        raise InputError(
+            f"the data's level is about {s:.3g}: sums of squares of such values leave float64's "
+            "range (about 1e-308 to 1e308); divide the frames and references by a unit near "
+            f"{s:.0e} (the weights do not depend on it; sigma scales with it)"
+        )
+    more = None if stack.more_refs is None else stack.more_refs / s
+    return stack._replace(ref_a=stack.ref_a / s, ref_b=stack.ref_b / s, more_refs=more, scale=s)
 
 
 def _as_array(name: str, value: Any) -> Any:
@@ -120,6 +267,8 @@ def _check_numeric(name: str, dtype: Any) -> None:
 
 
 def _reference(name: str, value: Any) -> np.ndarray:
+    if _is_masked(value):  # its masked pixels are left out by the mask (_reference_mask)
+        value = np.ma.filled(np.ma.asarray(value, np.float64), 0.0)
     ref = np.asarray(_as_array(name, value))
     _check_numeric(name, ref.dtype)
     if ref.size == 0:
@@ -178,6 +327,14 @@ def prepare(
     Raises :class:`bayesmix.InputError` (a ``ValueError``) with what was expected, what was
     received and how to fix it.
     """
+    if not isinstance(frames, (Iterator, ChunkStream)):
+        frames = _unmasked_frames(_frame_dim_first(frames))
+        frame_dims = tuple(getattr(frames, "dims", ()) or ())[1:]
+        ref_a, ref_b, mask = (_aligned(n, v, frame_dims) for n, v in
+                              (("ref_a", ref_a), ("ref_b", ref_b), ("mask", mask)))  # fmt: skip
+        more_refs = tuple(_aligned(f"reference {k + 3}", r, frame_dims)
+                          for k, r in enumerate(more_refs))  # fmt: skip
+    mask = _reference_mask((ref_a, ref_b, *more_refs), mask)
     a = _reference("ref_a", ref_a)
     b = _reference("ref_b", ref_b)
     if a.shape != b.shape:
@@ -197,9 +354,10 @@ def prepare(
     shape = tuple(frames.shape)
     if shape[1:] != a.shape:
         raise InputError(
-            f"frames must have shape (N, *S) with S = reference shape {a.shape}, got {shape}; "
-            f"a single frame needs a leading axis: frames[None]"
+            f"frames must have shape (N, *S) with S = reference shape {a.shape}, got {shape}"
+            + _shape_hint(shape, a.shape, isinstance(frames, ChunkStream))
         )
+    _check_extended(frames)
     if shape[0] == 0:
         raise InputError("frames is an empty stack (0 frames); nothing to fit")
 

@@ -236,16 +236,19 @@ def gain_centred_loglik(
 
 @singledispatch
 def centred_reference(stats: Any, x_map: np.ndarray, sigma_ref: float) -> tuple[Any, Any, float]:
-    """``(stats, ref, sse_ref)`` for :func:`centred_total`, built in float64 at the MAP."""
+    """``(stats, ref, sse_ref)`` for :func:`centred_total`, built in float64 at the MAP, in
+    units of ``sigma_ref`` (the sampler then sees O(1) numbers whatever the data's units)."""
     raise NotImplementedError(f"no centred likelihood for {type(stats).__name__}")
 
 
 @centred_reference.register
 def _(stats: FrameStats, x_map: np.ndarray, sigma_ref: float) -> tuple[Any, Any, float]:
+    # In units of sigma_ref, as the gain model's: O(1) numbers whatever the data's units.
+    s2 = float(sigma_ref) ** 2
+    scaled = stats._replace(rss=np.asarray(stats.rss) / s2, dd=np.asarray(stats.dd) / s2)
     x_map = np.asarray(x_map, np.float64)
-    sse = np.asarray(stats.rss) + np.asarray(stats.dd) * (x_map - np.asarray(stats.xhat)) ** 2
-    sse_ref = float(np.sum(sse))
-    return stats, x_map, sse_ref
+    sse = scaled.rss + scaled.dd * (x_map - np.asarray(stats.xhat)) ** 2
+    return scaled, x_map, float(np.sum(sse))
 
 
 @centred_reference.register
@@ -268,13 +271,15 @@ def _(stats: GainStats, x_map: np.ndarray, sigma_ref: float) -> tuple[Any, Any, 
 
 @singledispatch
 def centred_total(stats: Any, x, u, ref, sse_ref, sigma_ref) -> jnp.ndarray:
-    """The model's total log-likelihood in its float32-safe centred form (up to a constant)."""
+    """The model's total log-likelihood in its float32-safe centred form (up to a constant),
+    with ``sigma = sigma_ref exp(u)`` and ``stats``, ``ref``, ``sse_ref`` from
+    :func:`centred_reference` (already in units of sigma_ref)."""
     raise NotImplementedError(f"no centred likelihood for {type(stats).__name__}")
 
 
 @centred_total.register
 def _(stats: FrameStats, x, u, ref, sse_ref, sigma_ref) -> jnp.ndarray:
-    return centred_loglik(x, u, stats, ref, sse_ref, sigma_ref)
+    return centred_loglik(x, u, stats, ref, sse_ref, 1.0)  # stats in units of sigma_ref
 
 
 @centred_total.register

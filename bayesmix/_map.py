@@ -110,6 +110,12 @@ def _map_core(stats, valid, prior, ig, sigma2_0, tol, *, sigma_method, max_iter,
     return summ, s2, it, converged
 
 
+def _flat_sd(prior: XPrior) -> float:
+    """The sd of a flat prior on the prior's bounds."""
+    lo, hi = prior.bounds
+    return (hi - lo) / math.sqrt(12.0)
+
+
 def _prior_sd(prior: XPrior) -> float:
     """The prior's spread on x (its sd; for a truncated normal, the smaller of scale and the
     sd of a flat prior on its bounds)."""
@@ -129,15 +135,36 @@ def _warn_if_uninformative(stats: FrameStats, sigma: float, prior: XPrior,
     (or too few pixels) for the noise. The weights are then mostly the prior's."""
     dd = float(np.median(stats.dd))
     width = sigma / math.sqrt(dd) if dd > 0 else math.inf
-    spread = _prior_sd(prior)
+    # Against the bounds, not the prior: a strong prior is the user's choice, not a sign
+    # that the references are too alike.
+    spread = _flat_sd(prior)
     if width > spread:
         warnings.warn(
             f"the references differ little for this noise: a frame alone pins x down to about "
-            f"sigma/||A - B|| = {width:.3g} (median over frames), wider than the prior's spread "
-            f"{spread:.3g}, so the weights mostly reflect the prior; check that A and B are the "
-            "right references, or use more pixels per frame",
+            f"sigma/||A - B|| = {width:.3g} (median over frames), wider than a flat prior on "
+            f"the bounds ({spread:.3g}), so the weights mostly reflect the prior; check that A "
+            "and B are the right references, or use more pixels per frame",
             RuntimeWarning,
             stacklevel=stacklevel,
+        )
+
+
+def check_sigma(sigma: Any) -> None:
+    """A known noise scale: one positive finite real number (or None: learn it)."""
+    if sigma is None:
+        return
+    if isinstance(sigma, (str, bytes, bool, np.bool_)) or np.ndim(sigma) != 0 or (
+        np.asarray(sigma).dtype.kind not in "fiu"
+    ):
+        shape = f" of shape {np.shape(sigma)}" if np.ndim(sigma) else ""
+        raise InputError(
+            f"sigma must be one positive number (the known noise scale, in the data's units), "
+            f"got {type(sigma).__name__}{shape} {sigma!r}; pass e.g. sigma=0.05, or None to "
+            "learn it"
+        )
+    if not (np.isfinite(sigma) and sigma > 0):
+        raise InputError(
+            f"sigma must be a positive finite noise scale, or None to learn it, got {sigma!r}"
         )
 
 
@@ -151,10 +178,7 @@ def _check_options(
         raise InputError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (np.isfinite(tol) and tol > 0):
         raise InputError(f"tol must be a positive number, got {tol!r}")
-    if sigma is not None and not (np.isfinite(sigma) and sigma > 0):
-        raise InputError(
-            f"sigma must be a positive finite noise scale, or None to learn it, got {sigma!r}"
-        )
+    check_sigma(sigma)
     if model.gain and sigma_method == "joint":
         raise InputError(
             "sigma_method='joint' is not available with gain=True (the gain is integrated out, "
@@ -255,6 +279,22 @@ def _check_stats(stats: Any) -> None:
             )
     if np.any(np.asarray(stats.rss) < 0):
         raise InputError("stats.rss has negative entries: a residual sum of squares is >= 0")
+    n = np.asarray(stats.n, np.float64)
+    if np.any(n != np.round(n)) or np.any(n < 1):
+        bad = np.flatnonzero((n != np.round(n)) | (n < 1))
+        raise InputError(
+            f"stats.n must count each frame's valid pixels (whole numbers >= 1), got "
+            f"{n[bad[:3]].tolist()} for frame(s) {bad[:3].tolist()}"
+        )
+    if isinstance(stats, (BasisStats, SimplexStats)):
+        chol = np.asarray(stats.chol, np.float64)
+        diag = np.diagonal(chol, axis1=-2, axis2=-1)
+        if np.any(np.tril(chol, -1) != 0) or np.any(diag == 0):
+            raise InputError(
+                "stats.chol must hold upper-triangular, non-singular factors (chol^T chol = each "
+                "frame's Gram matrix of the references); recompute the statistics with "
+                "bayesmix.frame_stats"
+            )
     if isinstance(stats, FrameStats) and np.any(np.asarray(stats.dd) <= 0):
         raise InputError("stats.dd must be > 0 (||A - B||^2 over each frame's pixels)")
 
@@ -543,9 +583,9 @@ def _warn_if_prior_only(sd: np.ndarray, prior: XPrior, stacklevel: int = 5) -> N
     """Warn when even the best-determined tenth of the frames says little more than the prior:
     the references differ too little for the noise (with gain, frames without mixture are
     expected to say nothing, so the criterion looks only at the best frames)."""
-    spread = _prior_sd(prior)
+    spread = min(_prior_sd(prior), _flat_sd(prior))
     best = float(np.quantile(sd, 0.1))
-    if best > 0.9 * spread:
+    if best > 0.9 * spread and best > 0.5 * _flat_sd(prior):
         warnings.warn(
             f"the frames say little about x: even the best-determined 10% have a posterior sd "
             f"of {best:.3g} or more, close to the prior's spread {spread:.3g}, so the weights "

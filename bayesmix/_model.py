@@ -23,7 +23,6 @@ statistics its likelihood needs, and the posterior methods registered for them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -321,7 +320,8 @@ def check_design(
                 "combination of the others), so their weights are not identifiable; drop the "
                 "redundant reference"
             )
-        if np.linalg.matrix_rank(design) < n_par:
+        # Rows scaled to unit norm: the references are in the data's units, the basis is not.
+        if np.linalg.matrix_rank(design / np.linalg.norm(design, axis=1)[:, None]) < n_par:
             raise InputError(
                 "the background basis explains a combination of the references (the design "
                 "[background, references] is linearly dependent): the weights are not "
@@ -343,7 +343,7 @@ def check_design(
         ):
             coef, *_ = np.linalg.lstsq(bg.T, vec, rcond=None)
             left = np.linalg.norm(vec - bg.T @ coef)
-            if not left > 1e-9 * max(np.linalg.norm(vec), math.ulp(1.0)):
+            if not left > 1e-9 * np.linalg.norm(vec):  # relative: the data may be in any unit
                 raise InputError(
                     f"the background basis explains {name} entirely (collinear with the "
                     "references): the weight x is not identifiable; use a background basis "

@@ -67,12 +67,14 @@ def _log_prior_x(prior: XPrior, x):
     return prior.log_prob(jnp.clip(x, lo + eps, hi - eps))
 
 
-def _model(stats, x_ref, sse_ref, sigma_ref, ig, affine, u_scale, prior):
+def _model(stats, x_ref, sse_ref, ig, affine, u_scale, prior):
     """NumPyro model on the statistics, in standardised coordinates.
 
     ``w`` (one per frame) and ``v`` are the sampled coordinates; the weights are
     ``x = lo + span * sigmoid(loc + scale * w)`` and the noise scale
-    ``sigma = sigma_ref * exp(u_scale * v)``. ``loc``/``scale`` come from the analytic posterior
+    ``sigma = sigma_ref * exp(u_scale * v)``, sampled in units of sigma_ref (``stats``,
+    ``sse_ref`` and the inverse-gamma's beta ``ig[1]`` divided by it: O(1) numbers in float32
+    whatever the data's units). ``loc``/``scale`` come from the analytic posterior
     at the MAP and ``u_scale = 1 / sqrt(2 n)``, so the posterior is close to a standard normal in
     every coordinate: NUTS then needs few leapfrog steps, and the mass matrix adaptation starts
     from the right scale (a regularised diagonal estimate cannot resolve sigma's relative width
@@ -94,9 +96,9 @@ def _model(stats, x_ref, sse_ref, sigma_ref, ig, affine, u_scale, prior):
     numpyro.factor("prior_x", jnp.sum(_log_prior_x(prior, x) + log_s + log_1ms))
     # Jeffreys on sigma is flat in u = log(sigma / sigma_ref); the inverse-gamma on sigma^2 adds
     # -2 alpha u - beta / sigma^2 (the Jacobian included).
-    numpyro.factor("sigma_prior", -2.0 * ig[0] * u - ig[1] * jnp.exp(-2.0 * u) / sigma_ref**2)
-    numpyro.deterministic("sigma", sigma_ref * jnp.exp(u))
-    numpyro.factor("loglik", centred_total(stats, x, u, x_ref, sse_ref, sigma_ref))
+    numpyro.factor("sigma_prior", -2.0 * ig[0] * u - ig[1] * jnp.exp(-2.0 * u))
+    numpyro.deterministic("sigma", jnp.exp(u))  # in units of sigma_ref
+    numpyro.factor("loglik", centred_total(stats, x, u, x_ref, sse_ref, 1.0))
 
 
 def _stick_log_x(t):
@@ -149,7 +151,7 @@ def _simplex_centred(stats: SimplexStats, x, u, x_ref, sse_ref):
     return -0.5 * sse_ref * jnp.expm1(-2.0 * u) - 0.5 * ds * jnp.exp(-2.0 * u) - n * u
 
 
-def _simplex_model(stats, x_ref, sse_ref, sigma_ref, ig, affine, u_scale, prior):
+def _simplex_model(stats, x_ref, sse_ref, ig, affine, u_scale, prior):
     """NumPyro model for K >= 3 references, in standardised coordinates.
 
     ``w`` (N, K-1) and ``v`` are sampled; the weights are the stick-breaking image of
@@ -171,8 +173,8 @@ def _simplex_model(stats, x_ref, sse_ref, sigma_ref, ig, affine, u_scale, prior)
     u = u_scale * v
     # The Dirichlet, plus the Jacobian of x in t (that of t in w is constant).
     numpyro.factor("prior_x", jnp.sum(prior.log_prob_log(log_x)) + jnp.sum(log_jac))
-    numpyro.factor("sigma_prior", -2.0 * ig[0] * u - ig[1] * jnp.exp(-2.0 * u) / sigma_ref**2)
-    numpyro.deterministic("sigma", sigma_ref * jnp.exp(u))
+    numpyro.factor("sigma_prior", -2.0 * ig[0] * u - ig[1] * jnp.exp(-2.0 * u))
+    numpyro.deterministic("sigma", jnp.exp(u))  # in units of sigma_ref
     numpyro.factor("loglik", _simplex_centred(stats, x, u, x_ref, sse_ref))
 
 
@@ -444,7 +446,13 @@ def _flat_start_w(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return logit(np.clip((x - lo) / (hi - lo), 1e-12, 1.0 - 1e-12))
 
 
-def _walk_model(stats, x_ref, sse_ref, sigma_ref, ig, u_scale, data, qs, *, flat_start: bool,
+def _ig_in_units(fit: MapResult, sigma_ref: float) -> np.ndarray:
+    """The inverse-gamma's (alpha, beta) on sigma^2 in units of sigma_ref^2 (Jeffreys: 0, 0)."""
+    alpha, beta = np.asarray(fit.sigma_prior.ig_params, np.float64)
+    return np.array([alpha, beta / float(sigma_ref) ** 2])
+
+
+def _walk_model(stats, x_ref, sse_ref, ig, u_scale, data, qs, *, flat_start: bool,
                 learn_q: bool, learn_sigma: bool):  # fmt: skip
     """NumPyro model of the random walk, non-centred and exact within the bounds.
 
@@ -488,11 +496,11 @@ def _walk_model(stats, x_ref, sse_ref, sigma_ref, ig, u_scale, data, qs, *, flat
     if learn_sigma:
         v = numpyro.sample("v", dist.ImproperUniform(dist.constraints.real, (), ()))
         u = u_scale * v
-        numpyro.factor("sigma_prior", -2.0 * ig[0] * u - ig[1] * jnp.exp(-2.0 * u) / sigma_ref**2)
+        numpyro.factor("sigma_prior", -2.0 * ig[0] * u - ig[1] * jnp.exp(-2.0 * u))
     else:
         u = jnp.zeros((), w.dtype)
-    numpyro.deterministic("sigma", sigma_ref * jnp.exp(u))
-    numpyro.factor("loglik", centred_total(stats, x, u, x_ref, sse_ref, sigma_ref))
+    numpyro.deterministic("sigma", jnp.exp(u))  # in units of sigma_ref
+    numpyro.factor("loglik", centred_total(stats, x, u, x_ref, sse_ref, 1.0))
 
 
 #: Bounds of the sd of log q that scales q's sampled coordinate (the fast path's curvature
@@ -591,9 +599,8 @@ def _sample_walk(fit: MapResult, *, times, sequence_id, num_chains, num_warmup, 
         init["v"] = 0.5 * rng.standard_normal(num_chains)
     if learn_q:
         init["v_q"] = 0.5 * rng.standard_normal(num_chains)
-    ig = np.asarray(fit.sigma_prior.ig_params, np.float64)
-    args = (st_c, ref, np.float64(sse_ref), np.float64(sigma_ref), ig, np.float64(u_scale), data,
-            qs)  # fmt: skip
+    args = (st_c, ref, np.float64(sse_ref), _ig_in_units(fit, sigma_ref), np.float64(u_scale),
+            data, qs)  # fmt: skip
     model_fn = partial(_walk_model, flat_start=flat, learn_q=learn_q, learn_sigma=learn_sigma)
     # Always float64 (WALK_DTYPE): the whitening factors Q(q), whose walk part (1 / q^2) dwarfs
     # the frames' precision at small q; float32 loses it there (measured: a chain stuck with a
@@ -606,7 +613,7 @@ def _sample_walk(fit: MapResult, *, times, sequence_id, num_chains, num_warmup, 
     back = np.empty(n, np.int64)
     back[od.order] = np.arange(n)
     x = draws["x"][..., back]  # input order
-    sigma = draws["sigma"]
+    sigma = sigma_ref * np.asarray(draws["sigma"], np.float64)
     q = draws["q"] / root_unit  # per unit of the caller's time
     loglik = None
     if log_likelihood:
@@ -755,11 +762,11 @@ def _sample_stats(stats, *, model, num_chains, num_warmup, num_samples, seed, pr
             loc, scale = _standardise(fit)
             # Chains start at independent draws of the standardised posterior: the typical set.
             init = {"w": rng.standard_normal((num_chains, n)), "v": rng.standard_normal(num_chains)}
-        # The simplex's sse_ref is in units of sigma_ref^2 already; sigma_ref enters the sigma
-        # prior. The data, the starting point and the prior's parameters are all traced.
+        # The sampler works in units of sigma_ref (the data, sse_ref, the sigma prior's scale,
+        # its sigma): O(1) numbers in float32 whatever the data's units. The data, the starting
+        # point and the prior's parameters are all traced.
         model_fn = _simplex_model if simplex else _model
-        args = (st_c, x_ref if simplex else ref, np.float64(sse_ref), np.float64(sigma_ref),
-                np.asarray(fit.sigma_prior.ig_params, np.float64),
+        args = (st_c, x_ref if simplex else ref, np.float64(sse_ref), _ig_in_units(fit, sigma_ref),
                 _SimplexFrame(loc, root) if simplex else _Frame(loc, scale), np.float64(u_scale),
                 fit.prior)  # fmt: skip
         draws, extra, seconds = run_nuts(
@@ -768,7 +775,7 @@ def _sample_stats(stats, *, model, num_chains, num_warmup, num_samples, seed, pr
             progress=progress, seed=seed,
         )  # fmt: skip
         x = draws["x"]
-        sigma = draws["sigma"]
+        sigma = sigma_ref * np.asarray(draws["sigma"], np.float64)
         loglik = None
         if log_likelihood and simplex:
             loglik = _simplex_loglik(red, x, sigma)
@@ -954,7 +961,11 @@ def _sample_per_frame(fit: MapResult, *, num_chains, num_warmup, num_samples, se
     x_ref = np.asarray(fit.mean, np.float64)
     s_ref = np.log(np.asarray(fit.sigma_frame, np.float64))
     s2 = np.exp(2.0 * s_ref)
-    mu0 = float(fit.noise_params["log_sigma_mu"])
+    # log sigma in units of the population's typical sigma: O(1) numbers in float32, whose
+    # exp(log sigma) would under- or overflow for data in units far from 1.
+    log_unit = float(fit.noise_params["log_sigma_mu"])
+    s_ref = s_ref - log_unit
+    mu0 = 0.0
     tau0 = float(fit.noise_params["log_sigma_tau"])
     width = 1.0 / np.sqrt(2.0 * np.maximum(nn - 1.0, 0.5))  # a frame's sd of log sigma_i
     if centring not in ("noncentred", "auto"):
@@ -991,7 +1002,7 @@ def _sample_per_frame(fit: MapResult, *, num_chains, num_warmup, num_samples, se
         progress=progress, seed=seed,
     )  # fmt: skip
     x = draws["x"]
-    sigma_frame = draws["sigma_frame"]
+    sigma_frame = math.exp(log_unit) * np.asarray(draws["sigma_frame"], np.float64)
     loglik = None
     if log_likelihood:
         with x64():
@@ -1001,18 +1012,18 @@ def _sample_per_frame(fit: MapResult, *, num_chains, num_warmup, num_samples, se
             loglik = loglik + np.asarray(offset, np.float64)
     background = _background_at_mean(stats, x)
     idata = to_inference_data(
-        x=x, sigma=draws["sigma"], extra=extra, log_likelihood=loglik, fit=fit,
-        background=background,
+        x=x, sigma=math.exp(log_unit) * np.asarray(draws["sigma"], np.float64), extra=extra,
+        log_likelihood=loglik, fit=fit, background=background,
         attrs={
             "sampling_time": seconds, "num_warmup": int(num_warmup), "seed": int(seed),
             "chain_method": method, "dtype": dtype, "target_accept": float(target_accept),
-            "log_sigma_mu_prior": f"normal({mu0:.6g}, {MU_PRIOR_SD:g})",
+            "log_sigma_mu_prior": f"normal({log_unit:.6g}, {MU_PRIOR_SD:g})",
             "log_sigma_tau_prior": f"half_normal({TAU_PRIOR_SD:g})",
         },
     )  # fmt: skip
     return _add_posterior(idata, {
         "sigma_frame": (sigma_frame, ("frame",)),
-        "log_sigma_mu": (draws["log_sigma_mu"], ()),
+        "log_sigma_mu": (log_unit + np.asarray(draws["log_sigma_mu"], np.float64), ()),
         "log_sigma_tau": (draws["log_sigma_tau"], ()),
     })  # fmt: skip
 
@@ -1212,7 +1223,7 @@ def _sample_pixels(stack, model: MixingModel, variance: Any, *, num_chains, num_
     from scipy.special import gammaln
 
     from bayesmix._arviz import to_inference_data
-    from bayesmix._io import _check_variance_values
+    from bayesmix._io import _check_variance_values, level
     from bayesmix._map import _fit_noise
     from bayesmix._model import check_design
     from bayesmix._reweight import _t_const as t_const
@@ -1313,8 +1324,12 @@ def _sample_pixels(stack, model: MixingModel, variance: Any, *, num_chains, num_
         root = np.swapaxes(np.linalg.inv(chol), 1, 2)
     else:
         cond, root = np.zeros((n, 0)), np.zeros((n, 0, 0))
-    data = _PixelData(y=y, r0=r0, ok=okf, scale0=np.where(ok, scale0, 1.0), aux=aux, diff=diff,
-                      bg=bg, x0=x0, c0=c0, cond=cond, root=root, const=const)  # fmt: skip
+    # Student-t pixels in units of their scale (the model reads only ratios to it): O(1)
+    # numbers in float32 whatever the data's units. Counts are in their own unit already.
+    unit = level(scale0[ok]) if kind == "student_t" else 1.0
+    data = _PixelData(y=y / unit, r0=r0 / unit, ok=okf, scale0=np.where(ok, scale0, 1.0) / unit,
+                      aux=aux, diff=diff / unit, bg=bg, x0=x0, c0=c0 / unit, cond=cond / unit,
+                      root=root / unit, const=const)  # fmt: skip
     loc, scale = _standardise(res)
     rng = np.random.default_rng(seed)
     init = {"w": rng.standard_normal((num_chains, n))}
@@ -1336,6 +1351,8 @@ def _sample_pixels(stack, model: MixingModel, variance: Any, *, num_chains, num_
     loglik = draws["frame_ll"] + const if log_likelihood else None
     shape = x.shape[:2]
     sigma = s0 * draws["sigma_rel"] if kind == "student_t" else np.ones(shape)
+    if n_bg:
+        draws["background"] = unit * np.asarray(draws["background"], np.float64)
     background = draws["background"].mean(axis=(0, 1)) if n_bg else None
     idata = to_inference_data(
         x=x, sigma=sigma, extra=extra, log_likelihood=loglik, fit=res, background=background,

@@ -2,9 +2,12 @@
 
 Supported sources:
 
-- multi-page TIFF (``.tif``, ``.tiff``), one frame per page;
+- multi-page TIFF (``.tif``, ``.tiff``), one frame per page; an ImageJ or OME hyperstack (or
+  a TIFF with tifffile's axes metadata) by its axes: one frame per time point (``T``; ``Z``
+  when there is no ``T``), channels (``C``) last in each frame, like an RGB image's samples;
 - a folder, or a glob pattern, of PNG/TIFF images, one frame per file in natural sort order
-  (``img2.png`` before ``img10.png``);
+  (``img2.png`` before ``img10.png``); only ``*`` and ``?`` are wildcards (``[`` and ``]``
+  match themselves, so ``scan[1]/*.png`` reads the folder named ``scan[1]``);
 - ``.npy``, memory-mapped and loaded with ``allow_pickle=False``;
 - ``.npz``: ``file.npz:name`` picks an array (the name may be left out when there is one);
 - HDF5 (``.h5``, ``.hdf5``, ``.he5``, ``.nxs``): ``file.h5:/group/dataset``, read lazily;
@@ -90,7 +93,8 @@ def _read_npy(path: Path) -> np.ndarray:
 
 def _read_npz(path: Path, key: str | None) -> np.ndarray:
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        # Our own handle: numpy leaves its own open when the archive is corrupt.
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
             names = list(npz.files)
             if key is None:
                 if len(names) != 1:
@@ -151,18 +155,100 @@ def _read_zarr(path: Path, key: str | None) -> Any:
     return node
 
 
-class TiffStack:
-    """The pages of a multi-page TIFF as a lazy array of shape (pages, *page_shape).
+# tifffile's axis letters: T time, Z slice, C channel, Y and X the plane, S a page's samples (RGB);
+# Q and I are its letters for pages whose meaning it does not know (a plain multi-page TIFF).
+_TIFF_AXES = "TZCYXS"
+_GENERIC_AXES = "QI"
+_TIFF_AXES_HELP = (
+    "supported: T (time: one frame each), Z (slices: one frame each when there is no T, else "
+    "part of each frame), C (channels, kept last in each frame), Y, X and S (samples, e.g. RGB)"
+)
 
-    Slicing reads only those pages, so the statistics pass streams the file chunk by chunk.
-    Opening checks the file's structure (every page listed, every page's data inside the file),
-    so a truncated or corrupt TIFF fails here, not half-way through a fit.
+
+class _TiffLayout(NamedTuple):
+    """How a TIFF's pages make frames."""
+
+    #: page indices, shape (frames, pages per frame), in the order the frame's array is stacked
+    pages: np.ndarray
+    #: shape of one frame's pages before the transpose, e.g. (Z, C, Y, X)
+    stacked: tuple[int, ...]
+    #: transpose of ``stacked`` that puts channels (C, then S) last
+    order: tuple[int, ...]
+    #: the frame axis ('T', 'Z') of a hyperstack; None for one frame per page (or one frame)
+    frame_axis: str | None
+    #: the series the page indices count in; None for the whole file's pages
+    series: int | None
+
+
+def _channels_last(axes: str) -> tuple[int, ...]:
+    """Axis order that moves C, then S, after the others: 'CYX' -> (1, 2, 0)."""
+    rest = [i for i, a in enumerate(axes) if a not in "CS"]
+    return (*rest, *(axes.index(a) for a in "CS" if a in axes))
+
+
+def _tiff_layout(path: Path, tif: Any, n_pages: int) -> _TiffLayout:
+    """The frames of a TIFF from its axes (tifffile's ``series[0].axes``, squeezed).
+
+    ImageJ and OME hyperstacks (and tifffile's own axes metadata) name their axes: T is the
+    frame axis, else Z; the other axes stay in each frame, channels last. A plain multi-page
+    TIFF (axes only Q/I and the page's) keeps one frame per page.
+    """
+    series = tif.series
+    axes = series[0].axes if series else ""
+    if not set(axes) - set(_GENERIC_AXES) - set("YXS"):
+        # One frame per page (of every series: pages written one by one are series of their own).
+        page_axes = tif.pages[0].axes
+        order = _channels_last(page_axes)
+        return _TiffLayout(np.arange(n_pages)[:, None], tuple(tif.pages[0].shape), order, None,
+                           None)  # fmt: skip
+    if len(series) > 1:
+        raise InputError(
+            f"cannot read {path} as TIFF: it holds {len(series)} image series (axes "
+            f"{', '.join(s.axes for s in series[:5])}); bayesmix reads a file with one: save "
+            "each series (e.g. each position or well) as its own file"
+        )
+    s = series[0]
+    page_axes = s.keyframe.axes
+    n_lead = len(axes) - len(page_axes)
+    unknown = sorted(set(axes) - set(_TIFF_AXES))
+    # The page's axes must close the series' (tifffile guarantees it; never guess otherwise).
+    paged = axes.endswith(page_axes) and tuple(s.shape[n_lead:]) == tuple(s.keyframe.shape)
+    if unknown or not paged:
+        what = f"axis {', '.join(unknown)}" if unknown else "its layout"
+        raise InputError(
+            f"cannot read {path} as a stack of frames: its axes {axes!r} (shape {s.shape}) "
+            f"cannot be mapped to frames ({what}); {_TIFF_AXES_HELP}. Re-save it as a T(Z)(C)YX "
+            "hyperstack, or read it with tifffile and pass the array in the (N, *S) shape you want"
+        )
+    lead = axes[:n_lead]
+    lead_shape = tuple(s.shape[: len(lead)])
+    grid = np.arange(int(np.prod(lead_shape, dtype=np.int64))).reshape(lead_shape)
+    frame_axis = next((a for a in "TZ" if a in lead), None)
+    if frame_axis is None:  # e.g. CYX: one multi-channel frame, like one RGB image
+        pages, rest = grid.reshape(1, -1), lead
+    else:
+        i = lead.index(frame_axis)
+        pages = np.moveaxis(grid, i, 0).reshape(lead_shape[i], -1)
+        rest = lead[:i] + lead[i + 1 :]
+    stacked = tuple(s.shape[lead.index(a)] for a in rest) + tuple(s.keyframe.shape)
+    return _TiffLayout(pages, stacked, _channels_last(rest + page_axes), frame_axis, 0)
+
+
+class TiffStack:
+    """The frames of a TIFF as a lazy array of shape (frames, *frame_shape).
+
+    A plain multi-page TIFF has one frame per page; an ImageJ or OME hyperstack one per time
+    point (or slice), its channels last in each frame (see :func:`_tiff_layout`). Slicing reads
+    only those frames' pages, so the statistics pass streams the file chunk by chunk. Opening
+    checks the file's structure (every page listed, every page's data inside the file), so a
+    truncated or corrupt TIFF fails here, not half-way through a fit.
     """
 
     def __init__(self, path: Path) -> None:
         import tifffile
 
         self.path = path
+        self._tif: Any = None
         problems: list[str] = []
         handler = _Collect(problems)
         log = logging.getLogger("tifffile")
@@ -181,15 +267,22 @@ class TiffStack:
                     break
             if pages and any(p.shape != pages[0].shape or p.dtype != pages[0].dtype for p in pages):
                 problems.append("its pages differ in shape or dtype")
+            layout = None if problems else _tiff_layout(path, self._tif, len(pages))
         except Exception as exc:
+            if self._tif is not None:
+                self._tif.close()
+            if isinstance(exc, InputError):
+                raise
             raise _fail(path, "TIFF", exc) from None
         finally:
             log.removeHandler(handler)
             log.propagate = propagate
-        if problems:
+        if problems or layout is None:
             self._tif.close()
             raise InputError(f"cannot read {path} as TIFF: {problems[0]} (corrupt or truncated?)")
-        self.shape = (len(pages), *pages[0].shape)
+        self._layout = layout
+        self.frame_axis = layout.frame_axis
+        self.shape = (len(layout.pages), *(layout.stacked[i] for i in layout.order))
         self.dtype = np.dtype(pages[0].dtype)
         self.ndim = len(self.shape)
 
@@ -198,14 +291,17 @@ class TiffStack:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, slice):
-            pages = list(range(*key.indices(self.shape[0])))
-            if not pages:
+            frames = list(range(*key.indices(self.shape[0])))
+            if not frames:
                 return np.empty((0, *self.shape[1:]), self.dtype)
+            layout = self._layout
             try:
-                data = self._tif.asarray(key=pages)
+                data = self._tif.asarray(key=layout.pages[frames].ravel().tolist(),
+                                         series=layout.series)  # fmt: skip
             except Exception as exc:
                 raise _fail(self.path, "TIFF", exc) from None
-            return data.reshape(len(pages), *self.shape[1:])
+            data = data.reshape(len(frames), *layout.stacked)
+            return data.transpose(0, *(i + 1 for i in layout.order))
         if isinstance(key, (int, np.integer)):
             return self[int(key) : int(key) + 1 or None][0]
         return np.asarray(self[:])[key]
@@ -216,6 +312,12 @@ class TiffStack:
 
     def __repr__(self) -> str:
         return f"TiffStack({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def __del__(self) -> None:
+        # The file stays open while the stack is read lazily; close it with the stack.
+        tif = getattr(self, "_tif", None)
+        if tif is not None:
+            tif.close()
 
 
 class _Collect(logging.Handler):
@@ -228,16 +330,31 @@ class _Collect(logging.Handler):
 
 
 def _read_tiff(path: Path) -> Frames:
-    """Every page of a TIFF, one frame each (a single page is one frame), read lazily."""
+    """A TIFF's frames, read lazily: one per page, or per time point (slice) of a hyperstack."""
     stack = TiffStack(path)
-    return Frames(stack, np.asarray([f"{path.name}:{i}" for i in range(len(stack))]))
+    if stack.frame_axis is None:
+        labels = [f"{path.name}:{i}" for i in range(len(stack))]
+    else:  # a hyperstack: the frame's index along its axis, e.g. stack.tif:T=3
+        labels = [f"{path.name}:{stack.frame_axis}={i}" for i in range(len(stack))]
+    return Frames(stack, np.asarray(labels))
+
+
+def _read_tiff_image(path: Path) -> np.ndarray:
+    """A whole TIFF as one array (a folder's image, a reference), its channels last."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        data = series.asarray()
+        axes = series.axes
+    if len(axes) != data.ndim:  # tifffile's axes should always match; never guess
+        return data
+    return data.transpose(_channels_last(axes))
 
 
 def _read_image(path: Path) -> np.ndarray:
     if path.suffix.lower() in _TIFF:
-        import tifffile
-
-        reader, kind = tifffile.imread, "TIFF"
+        reader, kind = _read_tiff_image, "TIFF"
     else:
         import imageio.v3 as iio
 
@@ -293,9 +410,11 @@ def read_frames(
     Parameters
     ----------
     source : str, path or array
-        A ``.tif``/``.tiff`` (one frame per page), ``.npy``, ``.npz``, HDF5 or ``.zarr`` file; a
-        folder or glob pattern of PNG/TIFF images (one frame each, natural sort order); or a
-        numpy, dask or xarray array (xarray: dimension ``frame`` first).
+        A ``.tif``/``.tiff`` (one frame per page; an ImageJ/OME hyperstack one per time point,
+        else per slice, channels last: ``TCYX`` gives frames of shape (Y, X, C)), ``.npy``,
+        ``.npz``, HDF5 or ``.zarr`` file; a folder or glob pattern of PNG/TIFF images (one frame
+        each, natural sort order; only ``*`` and ``?`` are wildcards, ``[`` and ``]`` match
+        themselves); or a numpy, dask or xarray array (xarray: dimension ``frame`` first).
     key : str, optional
         Array inside a ``.npz``, HDF5 or zarr container; also given as ``file.h5:/dataset``.
     progress : callable, optional
@@ -308,9 +427,9 @@ def read_frames(
     Returns
     -------
     Frames
-        ``data`` of shape (N, *S) (lazy for ``.npy``, HDF5, zarr and dask), and ``source``, the
-        file (and page) of each frame where known, else None; ``map_shape`` for a spectrum
-        image.
+        ``data`` of shape (N, *S) (lazy for ``.npy``, TIFF, HDF5, zarr and dask), and
+        ``source``, the file (and page, ``stack.tif:3``, or hyperstack index, ``stack.tif:T=3``)
+        of each frame where known, else None; ``map_shape`` for a spectrum image.
 
     Examples
     --------
@@ -332,13 +451,18 @@ def read_frames(
         if isinstance(spectral_axis, bool) or not isinstance(spectral_axis, (int, np.integer)):
             raise InputError(f"spectral_axis must be an integer axis, got {spectral_axis!r}")
         cube = read_frames(source, key=key, progress=progress).data
-        data, shape = spectral_frames(cube, spectral_axis)
+        try:
+            data, shape = spectral_frames(cube, spectral_axis)
+        except InputError as exc:
+            if not isinstance(source, (str, os.PathLike)):
+                raise
+            raise InputError(f"{os.fspath(source)}: {exc}") from None  # say which file
         return Frames(data, None, shape)
     if not isinstance(source, (str, os.PathLike)):
         return _from_object(source)
     text = os.fspath(source)
-    if any(c in text for c in "*?[") and not Path(text).exists():
-        return _read_images([Path(p) for p in glob.glob(text) if _is_image(p)], text, progress)
+    if _WILDCARDS.search(text) and not Path(text).exists():
+        return _read_pattern(text, progress)
     path, key = _split_key(text, key)
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
@@ -350,6 +474,38 @@ def read_frames(
     if suffix == ".png":
         return Frames(_read_image(path)[None], np.asarray([path.name]))
     return Frames(_read_array(path, key), None)
+
+
+#: Only * and ? are wildcards in a frames pattern: [ and ] are common in folder names.
+_WILDCARDS = re.compile(r"[*?]")
+
+
+def _expand_pattern(pattern: str) -> list[Path]:
+    """The paths a frames pattern matches: ``*`` and ``?`` are wildcards, ``[`` and ``]`` match
+    themselves (``scan[1]/*.png`` is the folder ``scan[1]``, never ``scan1``)."""
+    return [Path(p) for p in glob.glob(pattern.replace("[", "[[]"))]
+
+
+def _read_pattern(pattern: str, progress: Any = None) -> Frames:
+    """The images a glob pattern matches, one frame each; an error names the pattern."""
+    matches = _expand_pattern(pattern)
+    images = [p for p in matches if _is_image(p)]
+    if images:
+        return _read_images(images, pattern, progress)
+    rule = "only * and ? are wildcards; [ and ] match themselves"
+    if matches:
+        names = ", ".join(sorted(p.name for p in matches)[:3])
+        raise InputError(
+            f"the pattern {pattern!r} matches {len(matches)} path(s) but no PNG or TIFF image "
+            f"({', '.join(_IMAGES)}), e.g. {names}; a pattern of frames names image files, "
+            "one frame each"
+        )
+    # The folder part before the first wildcard: name it when it is missing (a typo there).
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if _WILDCARDS.search(part))
+    fixed = Path(*parts[:first]) if first else Path(".")
+    where = "" if fixed.is_dir() else f"; the folder {str(fixed)!r} does not exist"
+    raise InputError(f"no file matches the pattern {pattern!r} ({rule}){where}")
 
 
 def _is_image(p: str | Path) -> bool:

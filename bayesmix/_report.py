@@ -23,11 +23,14 @@ from bayesmix._io import atomic_write, prepare
 from bayesmix._likelihood import MISFIT_FDR, misfit_qvalues
 from bayesmix._model import make_model
 from bayesmix._results import MapResult
-from bayesmix._schema import label, model_attrs
+from bayesmix._schema import interval_labels, model_attrs, percent
 from bayesmix.noise import Gaussian, PerFrame, PoissonGaussian, StudentT, noise_spec
 from bayesmix.priors import Dirichlet, parse_prior
 
-__all__ = ["report"]
+__all__ = ["REPORT_SUFFIXES", "check_report_path", "report"]
+
+#: The suffixes a report's path may have: the report is one HTML page, whatever the name says.
+REPORT_SUFFIXES = (".html", ".htm")
 
 #: The sections every report has, in page order.
 SECTIONS = (
@@ -119,7 +122,6 @@ class _View:
             )
         from bayesmix._writers import table_ref_names
 
-        tail = 0.5 * (1 - prob)
         df = results_table(result, prob=prob)
         self.table = df
         #: K >= 3 references: their names (the per-reference columns), else None.
@@ -173,17 +175,18 @@ class _View:
         bg_cols = [c for c in df.columns if c.startswith("background_")]
         self.background = df[bg_cols].to_numpy() if bg_cols else None
         if self.names is not None:
-            self._simplex_columns(df, tail)
+            self._simplex_columns(df, prob)
             return
         self.center = df["mean"].to_numpy(np.float64)
         self.sd = df["sd"].to_numpy(np.float64)
-        self.lo = df[label(tail)].to_numpy(np.float64)
-        self.hi = df[label(1 - tail)].to_numpy(np.float64)
+        lo_name, hi_name = interval_labels(prob)
+        self.lo = df[lo_name].to_numpy(np.float64)
+        self.hi = df[hi_name].to_numpy(np.float64)
         self.x_map = df["x_map"].to_numpy(np.float64)
         self.gain = df["gain"].to_numpy() if "gain" in df else None
         self.xhat = _least_squares(df)
 
-    def _simplex_columns(self, df: Any, tail: float) -> None:
+    def _simplex_columns(self, df: Any, prob: float) -> None:
         """K >= 3: the per-reference columns as (N, K) arrays."""
 
         def per_ref(var: str) -> np.ndarray:
@@ -191,8 +194,9 @@ class _View:
 
         self.center = per_ref("mean")
         self.sd = per_ref("sd")
-        self.lo = per_ref(label(tail))
-        self.hi = per_ref(label(1 - tail))
+        lo_name, hi_name = interval_labels(prob)
+        self.lo = per_ref(lo_name)
+        self.hi = per_ref(hi_name)
         self.x_map = per_ref("x_map")
         self.mc_se = per_ref("mc_se") if all(f"mc_se_{r}" in df for r in self.names) else None
         self.gain = None
@@ -311,7 +315,7 @@ def _sorted_band(ax: Any, center: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     ranks = _thin(n, _BAND_POINTS)
     idx = np.argsort(center, kind="stable")[ranks]
     ax.fill_between(ranks, lo[idx], hi[idx], color=color, alpha=0.3, lw=0,
-                    label=f"{prob:.0%} interval")  # fmt: skip
+                    label=f"{percent(prob)} interval")  # fmt: skip
     ax.plot(ranks, center[idx], color=color, lw=1.2, label="posterior mean")
     ax.set_xlim(0, max(n - 1, 1))
     return int(ranks.size)
@@ -333,12 +337,12 @@ def _weights_html(v: _View, prob: float) -> str:
     ax.set_ylabel("x (weight of reference A)")
     ax.set_ylim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
     ax.legend(loc="upper left")
-    ax.set_title(f"Posterior mean and {prob:.0%} interval of every frame, sorted")
+    ax.set_title(f"Posterior mean and {percent(prob)} interval of every frame, sorted")
     fig.tight_layout()
     band = _fig_html(
         fig, "frames sorted by estimate, with their intervals",
         f"Frames sorted by their posterior mean (not in input order): the curve is the sorted "
-        f"estimates, the band each frame's {prob:.0%} interval.{_thinned_words(drawn, n)}",
+        f"estimates, the band each frame's {percent(prob)} interval.{_thinned_words(drawn, n)}",
     )  # fmt: skip
     return band + _row(_distribution_fig(v), _pull_fig(v)) + _row(_sd_fig(v))
 
@@ -503,8 +507,8 @@ def _truth_html(v: _View, truth: np.ndarray, prob: float) -> str:
     sd = float(np.sqrt(prob * (1.0 - prob) / n))
     z = (cover - prob) / sd
     rows = {
-        f"coverage of the {prob:.0%} intervals": f"{cover:.2%} (binomial sd {sd:.2%}, "
-        f"{z:+.1f} sd from {prob:.0%})",
+        f"coverage of the {percent(prob)} intervals": f"{cover:.2%} (binomial sd {sd:.2%}, "
+        f"{z:+.1f} sd from {percent(prob)})",
         "RMSE of the posterior mean": f"{np.sqrt(np.mean((v.center - truth) ** 2)):.4g}",
         "RMSE of the MAP": f"{np.sqrt(np.mean((v.x_map - truth) ** 2)):.4g}",
     }
@@ -548,18 +552,18 @@ def _truth_html(v: _View, truth: np.ndarray, prob: float) -> str:
         err = np.sqrt(prob * (1.0 - prob) / count)
     bx.errorbar(mid, rate, yerr=2 * err, fmt="o", color="tab:blue", ms=4, capsize=3,
                 label="measured (+/- 2 binomial sd)")  # fmt: skip
-    bx.axhline(prob, color="k", lw=0.9, ls="--", label=f"nominal {prob:.0%}")
+    bx.axhline(prob, color="k", lw=0.9, ls="--", label=f"nominal {percent(prob)}")
     bx.set_xlim(t0, t1)
     bx.set_ylim(max(0.0, min(float(np.nanmin(rate - 2 * err)), prob) - 0.05), 1.02)
     bx.set_xlabel("true x (bins of equal counts)")
     bx.set_ylabel("coverage")
     bx.legend(loc="lower left", fontsize=8)
-    bx.set_title(f"Coverage of the {prob:.0%} intervals")
+    bx.set_title(f"Coverage of the {percent(prob)} intervals")
     fig.tight_layout()
     return table + f"<p>Coverage {cover:.2%} of {n} frames: {verdict}.</p>" + _fig_html(
         fig, "estimate against truth and coverage",
         f"Left: posterior mean against the true weight ({what}). Right: the share of frames "
-        f"whose {prob:.0%} interval holds the truth, in {count.size} bins of the true weight "
+        f"whose {percent(prob)} interval holds the truth, in {count.size} bins of the true weight "
         "with +/- 2 binomial sd; true weights beyond the prior's bounds cannot be covered.",
     )  # fmt: skip
 
@@ -875,7 +879,7 @@ def _sequence_plot(v: _View, w: _Walk, prob: float) -> str:
                     label=w.alone_what)  # fmt: skip
         tl = w.times[line]
         ax.fill_between(tl, v.lo[line], v.hi[line], color="tab:blue", alpha=0.3, lw=0,
-                        label=f"{prob:.0%} interval (random walk)")  # fmt: skip
+                        label=f"{percent(prob)} interval (random walk)")  # fmt: skip
         ax.plot(tl, v.center[line], color="tab:blue", lw=1.0, label="posterior mean")
         ax.set_ylim(v.bounds[0] - 0.02, v.bounds[1] + 0.02)
         ax.set_xlim(t.min() - 0.5 if t.size == 1 else t.min(), t.max() + 0.5 if t.size == 1
@@ -949,7 +953,8 @@ def _sequence_html(v: _View, result: Any, prob: float) -> str:
     out.append(_sequence_plot(v, w, prob))
     left = w.n_sequences - min(w.n_sequences, _MAX_PANELS)
     text = (f"Each panel is one sequence over time: the posterior mean of x along the random "
-            f"walk with its {prob:.0%} interval (blue), and {html.escape(w.alone_what)} (grey).")
+            f"walk with its {percent(prob)} interval (blue), and {html.escape(w.alone_what)} "
+            "(grey).")  # fmt: skip
     if left:
         text += f" The first {_MAX_PANELS} sequences are drawn; {left} more are not shown."
     if np.bincount(w.codes).max() > _MAX_BARS:
@@ -1190,12 +1195,13 @@ def _simplex_weights_html(v: _View, prob: float) -> str:
         ax.set_xlabel(f"frames sorted by weight of {name} (rank)", fontsize=9)
         ax.set_ylabel(f"weight of {name}")
     axes[0].legend(loc="upper left", fontsize=8)
-    fig.suptitle(f"Each reference's weight, frames sorted: posterior mean and {prob:.0%} interval")
+    fig.suptitle(f"Each reference's weight, frames sorted: posterior mean and {percent(prob)} "
+                 "interval")  # fmt: skip
     fig.tight_layout()
     out += _fig_html(
         fig, "sorted weights of each reference, with their intervals",
         "One panel per reference, its frames sorted by their posterior mean weight (not in "
-        f"input order), with each frame's {prob:.0%} interval.{_thinned_words(drawn, n)}",
+        f"input order), with each frame's {percent(prob)} interval.{_thinned_words(drawn, n)}",
     )  # fmt: skip
 
     fig, axes = _panels(k, 4.0, 3.0)
@@ -1381,6 +1387,45 @@ def _simplex_body(v: _View, result: Any, prob: float, frames: Any, refs: list[An
     }
 
 
+def check_report_path(path: str | Path) -> Path:
+    """The path of a report, checked before any work: it must end in ``.html`` or ``.htm``.
+
+    Parameters
+    ----------
+    path : str or Path
+        Where the report is to be written.
+
+    Returns
+    -------
+    Path
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises
+    ------
+    InputError
+        The suffix is not one of :data:`REPORT_SUFFIXES` (any case): the page would be HTML
+        whatever the name says, so a ``.pdf`` would hold HTML.
+
+    Examples
+    --------
+    >>> check_report_path("r.pdf")
+    Traceback (most recent call last):
+    ...
+    bayesmix._errors.InputError: the report is an HTML file ... e.g. 'r.html'; got 'r.pdf' ...
+    """
+    path = Path(path)
+    if path.suffix.lower() not in REPORT_SUFFIXES:
+        got = f"suffix {path.suffix!r}" if path.suffix else "no suffix"
+        # A folder ('.', '/') has no name to give a suffix: suggest a file in it.
+        like = path.with_suffix(".html") if path.name else path / "report.html"
+        raise InputError(
+            f"the report is an HTML file (one self-contained page): give a path ending in .html "
+            f"or .htm, e.g. '{like}'; got '{path}' ({got}). To share it as a PDF, open the "
+            "HTML in a browser and print it to PDF"
+        )
+    return path
+
+
 def report(
     result: Any,
     path: str | Path,
@@ -1404,7 +1449,8 @@ def report(
     result : MapResult or arviz.InferenceData
         From :func:`bayesmix.fit_map` or :func:`bayesmix.sample`.
     path : str or Path
-        Where to write the HTML (atomically; an existing file is kept unless ``overwrite``).
+        Where to write the HTML (atomically; an existing file is kept unless ``overwrite``);
+        it must end in ``.html`` or ``.htm``.
     frames, ref_a, ref_b, mask : optional
         The data of the fit, for the residual image (one pass for the mean frame).
     more_refs : sequence of arrays, optional
@@ -1443,9 +1489,11 @@ def report(
     Raises
     ------
     InputError
+        ``path`` does not end in ``.html`` or ``.htm`` (checked first, before any work),
         ``result`` is not a fit, ``prob`` is not in (0, 1), or ``truth`` or ``more_refs`` do
         not match the result.
     """
+    path = check_report_path(path)
     if not 0 < prob < 1:
         raise InputError(f"prob must be in (0, 1), got {prob}")
     v = _View(result, prob)

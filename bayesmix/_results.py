@@ -11,7 +11,7 @@ import numpy as np
 from bayesmix._errors import InputError
 from bayesmix._model import MixingModel, make_model
 from bayesmix._posterior import posterior_quantiles
-from bayesmix._schema import MAP_DIMS, REF_VARS, frame_table
+from bayesmix._schema import MAP_DIMS, REF_VARS, frame_table, label_quantile
 from bayesmix._stats import FrameStats
 from bayesmix.priors import SigmaPrior, XPrior, prior_spec
 
@@ -290,6 +290,10 @@ class MapResult:
     def to_dataframe(self, prob: float = 0.9) -> pd.DataFrame:
         """One row per frame: MAP, mean, sd, the ``prob`` interval, R^2, flags, statistics.
 
+        The interval's columns are named by their quantiles' exact percentages: ``q05``,
+        ``q95`` for 0.9, ``q2.5``, ``q97.5`` for 0.95, ``q0.000005``, ``q99.999995`` for
+        0.9999999 (:func:`bayesmix._schema.interval_labels`).
+
         Flags: ``at_bound`` (the posterior piles up at a bound of the prior: the frame asks for a
         weight outside it) and ``misfit_p`` (chi-square p-value of the frame's residual: tiny
         when the two references do not explain the frame).
@@ -353,8 +357,10 @@ class MapResult:
             coords = {d: np.arange(n) for d, n in zip(dims, shape, strict=True)}
         per_ref = {}
         taken = set()
-        quantile_vars = tuple(c.rsplit("_", 1)[0] for c in df.columns
-                              if c.startswith("q") and c.endswith("_" + names[0]))  # fmt: skip
+        # The interval's columns 'q05_<name>', ...: names may hold '_' themselves ('ref_a').
+        end = "_" + names[0]
+        quantile_vars = tuple(var for var in (c[: -len(end)] for c in df.columns if c.endswith(end))
+                              if label_quantile(var) is not None)  # fmt: skip
         for var in REF_VARS + quantile_vars:
             cols = [f"{var}_{r}" for r in names]
             if var in taken or not all(c in df.columns for c in cols):

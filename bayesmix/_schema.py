@@ -9,6 +9,8 @@ results file rebuilds its fit. ArviZ itself is called only in :mod:`bayesmix._ar
 
 from __future__ import annotations
 
+import decimal
+import re
 from collections.abc import Mapping
 from functools import singledispatch
 from typing import TYPE_CHECKING, Any
@@ -27,9 +29,12 @@ __all__ = [
     "REF_VARS",
     "TEMPORAL_COLUMNS",
     "frame_table",
-    "label",
+    "interval_labels",
+    "interval_prob",
+    "label_quantile",
     "map_coords",
     "model_attrs",
+    "percent",
     "stats_columns",
     "stats_from_columns",
     "temporal_from_columns",
@@ -39,10 +44,84 @@ __all__ = [
 MAP_DIMS = ("y", "x")
 
 
-def label(q: float) -> str:
-    """Column name of a quantile: 0.05 -> 'q05', 0.975 -> 'q97.5'."""
-    s = f"{100 * q:g}"
-    return "q" + (s if "." in s else s.zfill(2))
+#: Exact decimal arithmetic for labels: a float's shortest decimal has at most 17 digits and an
+#: exponent down to -324, so 400 digits never round (Inexact would raise).
+_EXACT = decimal.Context(prec=400, traps=[decimal.Inexact, decimal.InvalidOperation])
+
+#: A quantile column: 'q' and a plain decimal percentage ('q05', 'q2.5', 'q99.999995').
+_LABEL = re.compile(r"q(\d+(?:\.\d+)?)")
+
+
+def _decimal(value: float) -> decimal.Decimal:
+    """The shortest decimal that reads back as the float ``value`` (its ``repr``), exactly."""
+    return decimal.Decimal(repr(float(value)))
+
+
+def _plain(d: decimal.Decimal) -> str:
+    """A decimal as plain digits, never scientific notation, no trailing zeros: 5.000 -> '5'."""
+    text = format(d, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def percent(prob: float) -> str:
+    """A probability as an exact percentage for text: 0.9 -> '90%', 0.9999999 -> '99.99999%'."""
+    return _plain(_EXACT.multiply(_decimal(prob), 100)) + "%"
+
+
+def interval_labels(prob: float) -> tuple[str, str]:
+    """Column names of the ends of the equal-tailed ``prob`` interval.
+
+    Each is ``q`` and the percentage of its quantile, ``50 (1 - prob)`` and ``100 - 50 (1 -
+    prob)``, computed exactly from the shortest decimal of ``prob``: plain digits (never
+    scientific notation), never rounded, so the two labels differ for every prob in (0, 1) and
+    :func:`interval_prob` reads ``prob`` back. A whole percentage below 10 keeps a leading zero
+    (``q05``), as files have always had.
+
+    Parameters
+    ----------
+    prob : float
+        Probability of the interval, in (0, 1).
+
+    Returns
+    -------
+    tuple of str
+        The lower and the upper label.
+
+    Examples
+    --------
+    >>> interval_labels(0.9)
+    ('q05', 'q95')
+    >>> interval_labels(0.95)
+    ('q2.5', 'q97.5')
+    >>> interval_labels(0.9999999)
+    ('q0.000005', 'q99.999995')
+    """
+    tail = _EXACT.multiply(_EXACT.subtract(1, _decimal(prob)), 50)
+    return _label_text(tail), _label_text(_EXACT.subtract(100, tail))
+
+
+def _label_text(pct: decimal.Decimal) -> str:
+    text = _plain(pct)
+    return "q" + (text if "." in text else text.zfill(2))
+
+
+def label_quantile(name: str) -> float | None:
+    """The quantile a column name stands for (``'q2.5'`` -> 0.025), None if it names none."""
+    match = _LABEL.fullmatch(name)
+    return None if match is None else float(_EXACT.divide(decimal.Decimal(match[1]), 100))
+
+
+def interval_prob(lower: str, upper: str) -> float:
+    """The probability of the interval between two quantile columns, the inverse of
+    :func:`interval_labels`: ``interval_prob('q05', 'q95')`` is 0.9."""
+    ends = [_LABEL.fullmatch(name) for name in (lower, upper)]
+    if ends[0] is None or ends[1] is None:
+        raise InputError(
+            f"expected two quantile column names such as 'q05' and 'q95', got {lower!r} and "
+            f"{upper!r}; pass the interval's columns of a results table"
+        )
+    lo, hi = (decimal.Decimal(m[1]) for m in ends)
+    return float(_EXACT.divide(_EXACT.subtract(hi, lo), 100))
 
 
 @singledispatch
@@ -162,11 +241,11 @@ def frame_table(
     """One row per frame, the same columns for every inference path.
 
     Columns, in order: map coordinates (spectrum images), ``x_map``, ``mean``, ``sd``, the
-    equal-tailed ``prob`` interval (``q05``, ``q95`` for 0.9), ``gain`` and ``gain_sd`` (gain
-    model), ``background_0..`` (background coefficients' posterior means), ``r2``, ``at_bound``,
-    ``misfit_p`` and its Benjamini-Hochberg q-value ``misfit_q`` (a frame is badly fit when
-    ``misfit_q < 0.05``), the statistics (:func:`stats_columns`), then ``extra`` (e.g. NUTS'
-    ``rhat``, ``ess_bulk``).
+    equal-tailed ``prob`` interval (``q05``, ``q95`` for 0.9: :func:`interval_labels`), ``gain``
+    and ``gain_sd`` (gain model), ``background_0..`` (background coefficients' posterior
+    means), ``r2``, ``at_bound``, ``misfit_p`` and its Benjamini-Hochberg q-value ``misfit_q``
+    (a frame is badly fit when ``misfit_q < 0.05``), the statistics (:func:`stats_columns`),
+    then ``extra`` (e.g. NUTS' ``rhat``, ``ess_bulk``).
 
     With K >= 3 references (``names`` given, per-frame values of shape (N, K)) each per-weight
     variable is one column per reference, ``x_map_<name>``, ``mean_<name>``, ..., with
@@ -174,9 +253,9 @@ def frame_table(
     """
     import pandas as pd
 
-    tail = 0.5 * (1.0 - prob)
+    lo_name, hi_name = interval_labels(prob)
     cols: dict[str, np.ndarray] = dict(map_coords(map_shape, len(x_map)))
-    per = {"x_map": x_map, "mean": mean, "sd": sd, label(tail): lo, label(1.0 - tail): hi}
+    per = {"x_map": x_map, "mean": mean, "sd": sd, lo_name: lo, hi_name: hi}
     if mc_se is not None:
         per["mc_se"] = mc_se
     for var, values in per.items():

@@ -26,14 +26,16 @@ import mmap
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import singledispatch
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numba as nb
 import numpy as np
 
 from bayesmix._errors import InputError
-from bayesmix._io import ChunkStream, Stack, prepare
+from bayesmix._io import ChunkStream, Stack, in_units, level, prepare
 from bayesmix._stats_jax import basis_kernel as jax_basis_kernel
 from bayesmix._stats_jax import device_chunks, is_jax_array
 from bayesmix._stats_jax import frame_kernel as jax_frame_kernel
@@ -640,6 +642,8 @@ def _run_pass(
     ``on_device`` (a JAX device), ``fn`` is given device arrays (the JAX pass)."""
     memory_limit = _check_memory_limit(memory_limit)
     frames = stack.frames
+    if stack.scale != 1.0:
+        fn = _scaled(fn, stack.scale, stack.dtype)
     if on_device is None and _is_dask(frames):
         return _dask_pass(frames, fn, chunk_size, memory_limit)
     if on_device is not None:
@@ -655,7 +659,7 @@ def _run_pass(
         else:
             p_all = int(np.prod(stack.frame_shape))
             native = isinstance(frames, np.ndarray) and frames.dtype in _NATIVE
-            copies = not (native and frames.flags.c_contiguous)
+            copies = not (native and frames.flags.c_contiguous) or stack.scale != 1.0
             step = _chunks(int(frames.shape[0]), p_all * frames.dtype.itemsize,
                            p_all * stack.dtype.itemsize, chunk_size, memory_limit,
                            copies)  # fmt: skip
@@ -671,6 +675,42 @@ def _run_pass(
         if progress is not None:
             progress(k)
     return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
+
+
+def _scaled(fn: Callable[[Any], Any], scale: float, dtype: np.dtype) -> Callable[[Any], Any]:
+    """``fn`` on each chunk divided by ``scale`` (a power of two: exact), in the pass's dtype."""
+    inv = float(1.0 / scale)
+
+    def scaled_fn(chunk: Any) -> Any:
+        if is_jax_array(chunk):
+            return fn(chunk * jnp.asarray(inv, chunk.dtype))
+        return fn(np.multiply(chunk, dtype.type(inv), dtype=dtype, casting="unsafe"))
+
+    return scaled_fn
+
+
+@singledispatch
+def in_data_units(stats: Any, scale: float) -> Any:
+    """Statistics of frames / ``scale`` (and references / ``scale``) as those of the frames
+    themselves: exact (``scale`` is a power of two), in float64."""
+    raise NotImplementedError(f"no units for {type(stats).__name__}")
+
+
+@in_data_units.register
+def _(stats: FrameStats, scale: float) -> FrameStats:
+    s2 = scale * scale
+    return stats._replace(rss=np.asarray(stats.rss) * s2, dd=np.asarray(stats.dd) * s2)
+
+
+@in_data_units.register
+def _(stats: BasisStats, scale: float) -> BasisStats:
+    # The weights are dimensionless; projections, background coefficients and their
+    # sensitivity carry the data's unit, sums of squares its square.
+    return stats._replace(
+        z=np.asarray(stats.z) * scale, chol=np.asarray(stats.chol) * scale,
+        bg=np.asarray(stats.bg) * scale, bg_sens=np.asarray(stats.bg_sens) * scale,
+        rss=np.asarray(stats.rss) * (scale * scale),
+    )  # fmt: skip
 
 
 def pass_device(stack: Stack, device: str | None) -> Any:
@@ -718,6 +758,7 @@ def stats_from_stack(
     ``progress``, if given, is called with the number of frames of each chunk done (a progress
     bar's ``update``). ``device`` as in :func:`pass_device`.
     """
+    stack = in_units(stack)
     dt = stack.dtype
     d_full = stack.ref_a - stack.ref_b
     d = d_full.astype(dt)
@@ -738,7 +779,8 @@ def stats_from_stack(
             f"{flat.size} frame(s) are finite only where ref_a == ref_b, so their weight is not "
             f"identifiable, e.g. frame(s) {flat[:5].tolist()}"
         )
-    return FrameStats(xhat=xhat, rss=rss, dd=ddo, n=n)
+    stats = FrameStats(xhat=xhat, rss=rss, dd=ddo, n=n)
+    return stats if stack.scale == 1.0 else in_data_units(stats, stack.scale)
 
 
 class _Basis(NamedTuple):
@@ -751,6 +793,7 @@ class _Basis(NamedTuple):
     c64: np.ndarray  #: (p,) float64 centre
     n_bg: int
     centre: float  #: the centre's weight on each reference: 1 / K, or 0 with gain
+    bg_unit: float = 1.0  #: the background rows of ``design`` are the basis times this
 
     @property
     def n_refs(self) -> int:
@@ -764,6 +807,10 @@ def _make_basis(stack: Stack, model: Any) -> _Basis:
     refs = stack.refs
     k = refs.shape[0]
     design = check_design(model, refs, stack.frame_shape, stack.pixels)
+    # The background rows brought to the references' level: a basis of unit images against
+    # references of 1e-20 would make R as ill-conditioned as their ratio.
+    bg_unit = level(refs)
+    design[:-k] *= bg_unit
     q, r = np.linalg.qr(design.T)
     # Centring on the references' mean removes the frame's common level when the references
     # are in the data's units (g = 1). With a gain the references may be in any units: centring
@@ -772,7 +819,7 @@ def _make_basis(stack: Stack, model: Any) -> _Basis:
     c64 = centre * refs.sum(axis=0)
     dt = stack.dtype
     return _Basis(np.ascontiguousarray(q.T, dt), c64.astype(dt), r, design, c64,
-                  design.shape[0] - k, centre)  # fmt: skip
+                  design.shape[0] - k, centre, bg_unit)  # fmt: skip
 
 
 def _reduce_rows(theta: np.ndarray, gram: np.ndarray, n_bg: int) -> tuple[np.ndarray, ...]:
@@ -864,6 +911,7 @@ def basis_stats_from_stack(
     sweep over the cache-resident row. Frames with non-finite pixels are solved on their own
     finite pixels in float64.
     """
+    stack = in_units(stack, from_frames=model.gain)
     basis = _make_basis(stack, model)
     pixels = stack.pixels if stack.pixels is not None else np.empty(0, np.int64)
     pixels = np.ascontiguousarray(pixels, dtype=np.int64)
@@ -880,7 +928,9 @@ def basis_stats_from_stack(
             f"{basis.design.shape[0]} linear terms (or only pixels where the terms are "
             f"dependent), e.g. frame(s) {few[:5].tolist()}; drop them or use a simpler background"
         )
-    return BasisStats(w=w, z=z, chol=chol, bg=bg, bg_sens=sens, rss=rss, n=n)
+    bg, sens = bg * basis.bg_unit, sens * basis.bg_unit  # coefficients of the basis itself
+    stats = BasisStats(w=w, z=z, chol=chol, bg=bg, bg_sens=sens, rss=rss, n=n)
+    return stats if stack.scale == 1.0 else in_data_units(stats, stack.scale)
 
 
 def reduce_stats(basis: BasisStats, *, gain: bool) -> FrameStats | GainStats | SimplexStats:

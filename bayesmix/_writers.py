@@ -29,6 +29,7 @@ import pandas as pd
 from bayesmix._errors import InputError
 from bayesmix._io import atomic_write, atomic_write_all
 from bayesmix._results import clean_attrs
+from bayesmix._schema import interval_labels, label_quantile, percent
 
 __all__ = ["map_result_from_table", "read_results", "results_table", "write_idata", "write_results"]
 
@@ -172,12 +173,11 @@ def _column_description(name: str, prob: float | None, refs: Sequence[str]) -> s
 def _variable_description(name: str, prob: float | None) -> str | None:
     if name in _DESCRIPTIONS:
         return _DESCRIPTIONS[name]
-    if match := re.fullmatch(r"q(\d+(?:\.\d+)?)", name):
-        q = float(match.group(1))
-        text = f"{q:g}% posterior quantile of {{w}}"
-        if prob is not None and math.isclose(min(q, 100 - q), 50 * (1 - prob)):
-            end = "lower" if q < 50 else "upper"
-            text += f": the {end} end of the equal-tailed {100 * prob:g}% interval"
+    if (q := label_quantile(name)) is not None:
+        text = f"{percent(q)} posterior quantile of {{w}}"
+        if prob is not None and name in interval_labels(prob):
+            end = "lower" if q < 0.5 else "upper"
+            text += f": the {end} end of the equal-tailed {percent(prob)} interval"
         return text
     if match := re.fullmatch(r"background_(\d+)", name):
         return f"posterior mean of background coefficient {match.group(1)}"
@@ -330,15 +330,41 @@ def write_csv_table(
 
 def _read_csv_table(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A CSV and its provenance: from its CSVW metadata file; from the ``# key: value`` lines
-    before the header (files of earlier versions); or none (a plain CSV, read with defaults)."""
-    with open(path, encoding="utf-8") as fh:
-        first = fh.readline()
-    if first.startswith("# "):
-        return _read_commented_csv(path)
-    sidecar = csv_metadata_path(path)
-    if not sidecar.is_file():
-        return pd.read_csv(path, index_col=0), {}
-    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    before the header (files of earlier versions); or none (a plain CSV, read with defaults).
+
+    A file that is empty, separated by semicolons or tabs (a spreadsheet's export), or whose
+    numeric columns hold text (a decimal comma, a typo) is refused with an :class:`InputError`
+    naming the file, the column and an example value.
+    """
+    lines = _head_lines(path)
+    n_meta = next((i for i, line in enumerate(lines) if not line.startswith("# ")), len(lines))
+    if n_meta == len(lines):
+        what = "only comment lines" if lines else "nothing"
+        raise InputError(
+            f"{path} holds {what}: a results CSV has a header row, then one row per frame; "
+            "write it again with bayesmix.write_results (or bayesmix fit --out)"
+        )
+    _check_separator(path, lines[n_meta], n_meta)
+    if n_meta:
+        df, attrs = _read_commented_csv(path)
+    elif csv_metadata_path(path).is_file():
+        return _read_csvw(path, csv_metadata_path(path))  # its declared types are checked there
+    else:
+        df, attrs = pd.read_csv(path, index_col=0), {}
+    df.attrs = attrs  # the reference names of a K >= 3 table tell its numeric columns
+    _check_numbers(path, df, n_meta)
+    return df, attrs
+
+
+def _read_csvw(path: Path, sidecar: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A CSV read with the column types its CSVW metadata file declares."""
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise InputError(
+            f"cannot read {sidecar}, the metadata file of {path.name}, as JSON: {exc}; restore "
+            f"it, or move it away to read {path.name} as a plain CSV (without provenance)"
+        ) from None
     schema = meta.get("tableSchema") if isinstance(meta, dict) else None
     columns = schema.get("columns") if isinstance(schema, dict) else None
     if not isinstance(columns, list) or not all(isinstance(c, dict) for c in columns):
@@ -347,7 +373,7 @@ def _read_csv_table(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     header = [str(c) for c in pd.read_csv(path, nrows=0).columns]
     if header != titles:
         raise InputError(
-            f"{sidecar.name} describes the columns {titles}, but the header of {path.name} is "
+            f"{sidecar.name} describes the columns {titles}, but the header of {path} is "
             f"{header}: the two files do not belong together"
         )
     dtypes, na_values = {}, {}
@@ -359,10 +385,151 @@ def _read_csv_table(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
             na_values[title] = _NA_TEXT
     names = {c.get("name"): t for c, t in zip(columns, titles, strict=True)}
     key = names.get(schema.get("primaryKey"))
-    df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=na_values,
-                     index_col=key)  # fmt: skip
+    try:
+        df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=na_values,
+                         index_col=key)  # fmt: skip
+    except ValueError as exc:  # pandas names neither the column nor the value: find them
+        _check_declared(path, dtypes)
+        raise InputError(
+            f"cannot read {path} with the column types of {sidecar.name}: {_first_line(exc)}"
+        ) from None
     provenance = meta.get("bayesmix")
     return df, _from_json(provenance) if isinstance(provenance, dict) else {}
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _head_lines(path: Path, extra: int = 5) -> list[str]:
+    """The comment lines, the header and up to ``extra`` rows (a UTF-8 BOM is dropped)."""
+    out: list[str] = []
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            for line in fh:
+                out.append(line.rstrip("\r\n"))
+                if not line.startswith("# "):
+                    extra -= 1
+                    if extra < 0:
+                        break
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position "
+            f"{exc.start}): a results CSV is UTF-8; save it again as 'CSV UTF-8'"
+        ) from None
+    return out
+
+
+# A number with a decimal comma, as a spreadsheet in many European locales writes it: 0,5.
+_DECIMAL_COMMA = re.compile(r"\s*[-+]?\d*,\d+(?:[eE][-+]?\d+)?\s*")
+# Columns bayesmix writes that are not numbers.
+_TEXT_COLUMNS = ("frame", "source", "at_bound", "sequence")
+
+
+def _check_separator(path: Path, header: str, n_meta: int) -> None:
+    """Refuse a CSV separated by semicolons or tabs: pandas would read each row as one column."""
+    counts = {sep: header.count(sep) for sep in (",", ";", "\t")}
+    sep = max(counts, key=counts.__getitem__)
+    if sep == "," or counts[sep] <= counts[","]:
+        return
+    name = {";": "semicolons (';')", "\t": "tabs"}[sep]
+    sample = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skiprows=n_meta,
+                         nrows=20, encoding="utf-8-sig")  # fmt: skip
+    for column in sample.columns:
+        text = sample[column].str.strip()
+        text = text[text != ""]
+        if len(text) and text.map(_DECIMAL_COMMA.fullmatch).map(bool).all():
+            raise InputError(
+                f"{path} is separated by {name} and its numbers look like decimal commas "
+                f"(column {column!r} holds {text.iloc[0]!r}), as a spreadsheet in a European "
+                "locale saves a CSV; bayesmix reads commas between values and a decimal point. "
+                f"Convert it: pandas.read_csv(path, sep={sep!r}, decimal=',').to_csv(path, "
+                "index=False), or export it with ',' as separator and '.' as decimal point"
+            )
+    raise InputError(
+        f"{path} is separated by {name}, not commas (its header is {header[:80]!r}); bayesmix "
+        f"reads comma-separated values. Convert it: pandas.read_csv(path, sep={sep!r})"
+        ".to_csv(path, index=False)"
+    )
+
+
+_BOOL_TEXT = ("true", "false", "True", "False", "TRUE", "FALSE")  # what pandas reads as bool
+
+
+def _fits(text: str, kind: str) -> bool:
+    """Whether a cell reads as ``kind``: 'number', 'integer' (whole numbers) or 'boolean'."""
+    if kind == "integer":
+        return re.fullmatch(r"\s*[-+]?\d+\s*", text) is not None
+    if kind == "boolean":
+        return text.strip() in _BOOL_TEXT
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _bad_value(path: Path, column: str, text: pd.Series, line: int, kind: str,
+               declared: str | None = None) -> None:  # fmt: skip
+    """The error for a column of ``kind`` holding ``text`` (the cells that do not fit it)."""
+    first, where = text.iloc[0], f"line {line + int(text.index[0])}"
+    if kind != "boolean" and text.map(_DECIMAL_COMMA.fullmatch).map(bool).all():
+        raise InputError(
+            f"column {column!r} of {path} holds numbers with a decimal comma ({first!r} on "
+            f"{where}), as a spreadsheet in a European locale writes them; bayesmix reads a "
+            "decimal point. Convert the file: pandas.read_csv(path, decimal=',').to_csv(path, "
+            "index=False)"
+        )
+    want = {"integer": "whole numbers", "boolean": "true or false"}.get(kind, "numbers")
+    said = f" (declared {declared} in its metadata file)" if declared else ""
+    fix = "leave it empty for a missing number" if kind == "number" else "it cannot be missing"
+    raise InputError(
+        f"column {column!r} of {path} should hold {want}{said} but holds {first!r} on {where}; "
+        f"correct that cell ({fix})"
+    )
+
+
+def _check_declared(path: Path, dtypes: dict[str, str]) -> None:
+    """Name the first cell that does not fit its column's declared type, if any."""
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column, dtype in dtypes.items():
+        if column not in raw.columns or dtype == "str":
+            continue
+        kind = {"bool": "boolean"}.get(dtype, "integer" if "int" in dtype else "number")
+        text = raw[column]
+        if kind == "number":
+            text = text[~text.isin(_NA_TEXT)]  # a missing float is fine, a missing int is not
+        bad = text[~text.map(lambda v, k=kind: _fits(v, k))]
+        if len(bad):
+            _bad_value(path, column, bad, 2, kind, _CSVW_TYPES.get(dtype))
+
+
+def _check_numbers(path: Path, df: pd.DataFrame, n_meta: int) -> None:
+    """A CSV read with pandas' defaults: text where numbers belong is refused. A column of
+    decimal commas is, whatever its name; other text only in the columns bayesmix writes as
+    numbers (a column of your own may hold text)."""
+    refs = table_ref_names(df) or ()
+    for column in df.columns:
+        if df[column].dtype.kind in "biufc":
+            continue
+        text = df[column].dropna().astype(str).reset_index(drop=True)
+        text = text[text.str.strip() != ""]
+        if not len(text):
+            continue
+        comma = text.map(_DECIMAL_COMMA.fullmatch).map(bool).all()
+        if comma or _numeric_column(str(column), refs):
+            bad = text[~text.map(lambda v: _fits(v, "number"))]
+            if len(bad):
+                _bad_value(path, str(column), bad, n_meta + 2, "number")
+
+
+def _numeric_column(name: str, refs: Sequence[str]) -> bool:
+    """Whether bayesmix writes the column ``name`` as numbers (``mean``, ``q05``, ``sd_fe3``)."""
+    for ref in refs:  # K >= 3: '<variable>_<reference>'
+        if name.endswith(f"_{ref}") and len(name) > len(ref) + 1:
+            name = name[: -len(ref) - 1]
+            break
+    return name not in _TEXT_COLUMNS and _variable_description(name, None) is not None
 
 
 def _column_title(column: dict[str, Any]) -> str:
@@ -385,7 +552,7 @@ def _read_commented_csv(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A CSV of bayesmix before the metadata file: ``# key: value`` lines, then the table."""
     attrs: dict[str, Any] = {}
     n_meta = 0
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         for line in fh:
             if not line.startswith("# "):
                 break
@@ -522,10 +689,24 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
                 df = ds.load().to_dataframe()
                 attrs = dict(ds.attrs)
         else:
-            raise InputError(f"use one of {', '.join(RESULT_FORMATS)}")
+            raise InputError(
+                f"cannot tell the results format of {path} from its extension "
+                f"{suffix or '(none)'!r}; use one of {', '.join(RESULT_FORMATS)}"
+            )
+    except InputError:
+        raise  # names the file already
     except (OSError, ValueError, KeyError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot read {path} as a bayesmix results file: {msg}") from None
+        raise InputError(
+            f"cannot read {path} as a bayesmix results file: {_first_line(exc)}"
+        ) from None
+    if len(df) == 0:
+        names = [n for n in (df.index.name, *df.columns) if n is not None]
+        shown = ", ".join(map(str, names[:8])) + (", ..." if len(names) > 8 else "")
+        raise InputError(
+            f"{path} has a header but no rows (columns {shown}): a results table has one row per "
+            "frame; was it written completely? Write it again with bayesmix.write_results (or "
+            "bayesmix fit --out)"
+        )
     df.attrs = attrs
     return df
 

@@ -2,9 +2,14 @@
 
 User errors (bad arguments, unreadable files, an existing output: :class:`bayesmix.InputError`
 and the missing/existing/unwritable path errors) print one line on stderr and exit with status 2,
-without a traceback; anything else is a bug and prints its traceback (exit status 1). Outputs
-are written atomically and never replace an existing file without ``--overwrite``; every output
-path is checked before any work starts.
+without a traceback; anything else is a bug and prints its traceback (exit status 1). Every
+option and output path is checked before any data is read; an output that is one of the inputs
+(or inside an input folder) is refused, ``--overwrite`` or not. Outputs are written into hidden
+folders beside their targets and moved into place together at the end, never replacing an
+existing file without ``--overwrite``: an error or Ctrl-C before then leaves none of them.
+Ctrl-C exits with status 130 (a handler of our own records it, so that an interrupt swallowed
+by a garbage-collector callback is still honoured before the next output); a NUTS run whose
+draws fail their convergence checks writes its outputs and exits with status 3.
 Progress bars go to stderr, only when it is a terminal and ``--quiet`` is not given.
 
 JAX's configuration may be set here (the CLI owns its process), never on ``import bayesmix``:
@@ -15,18 +20,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from bayesmix._errors import InputError
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
+#: The run finished and wrote its outputs, but its draws failed the convergence checks.
+EXIT_NOT_CONVERGED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process stopped by Ctrl-C
 # A path the user named that is missing, present already, or not readable/writable.
 USER_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
                   PermissionError)  # fmt: skip
@@ -94,6 +108,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:  # what numpy's and JAX's generators take
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1, got {text!r}")
     return value
 
 
@@ -185,7 +209,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--chains", type=_positive_int, default=4, help="NUTS chains (default 4)")
     fit.add_argument("--warmup", type=_positive_int, default=500, help="NUTS warm-up draws")
     fit.add_argument("--samples", type=_positive_int, default=500, help="NUTS draws per chain")
-    fit.add_argument("--seed", type=int, default=0, help="random seed (same seed, same numbers)")
+    fit.add_argument("--seed", type=_seed, default=0,
+                     help="random seed, >= 0 (same seed, same numbers)")  # fmt: skip
     fit.add_argument("--draws", type=_positive_int, default=400, metavar="N",
                      help="K >= 3 references, --method map: Gibbs draws per frame for the "
                      "posterior summaries, at least 100 (default: %(default)s)")  # fmt: skip
@@ -224,7 +249,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=_positive_int, default=2000, help="number of frames")
     demo.add_argument("--size", type=_positive_int, default=64, help="frame side in pixels")
     demo.add_argument("--noise", type=float, default=0.3, help="pixel noise sd (images in [0, 1])")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (same seed, same numbers)")
+    demo.add_argument("--seed", type=_seed, default=0, help="random seed (same seed, same numbers)")
     demo.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
     sim = sub.add_parser(
@@ -239,7 +264,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--shape", type=_positive_int, nargs="+", default=[64, 64], metavar="N",
                      help="frame shape: H W, or P for spectra (default: 64 64)")  # fmt: skip
     sim.add_argument("--noise", type=float, default=0.3, help="pixel noise sd (default 0.3)")
-    sim.add_argument("--seed", type=int, default=0, help="random seed")
+    sim.add_argument("--seed", type=_seed, default=0, help="random seed")
     sim.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
     rep = sub.add_parser(
@@ -257,30 +282,278 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _free(paths: Sequence[str | Path | None], overwrite: bool) -> None:
-    """Fail before any work if an output exists (and --overwrite is not given) or cannot go."""
-    seen = set()
-    for path in paths:
+Output = tuple[str, str | Path | None]  # (what it is, e.g. '--report'; its path or None)
+
+
+def _free(outputs: Sequence[Output], overwrite: bool) -> None:
+    """Fail before any work if an output exists (and --overwrite is not given) or cannot go:
+    two outputs to one file, an existing folder, a missing or unwritable folder."""
+    from bayesmix._writers import CSV_METADATA_SUFFIX
+
+    seen: dict[Path, str] = {}
+    for label, path in outputs:
         if path is None:
             continue
         path = Path(path)
-        if path.resolve() in seen:
-            raise InputError(f"two outputs go to the same file {path}")
-        seen.add(path.resolve())
+        key = path.resolve()
+        if key in seen:
+            raise InputError(f"two outputs go to the same file {path} ({seen[key]} and {label}); "
+                             "give each its own path")  # fmt: skip
+        seen[key] = label
+        if path.is_dir():
+            raise InputError(f"{label} {path} is an existing folder; give the path of a file "
+                             "(in that folder, or elsewhere)")  # fmt: skip
         if path.exists() and not overwrite:
-            raise InputError(f"{path} already exists; pass --overwrite to replace it")
-        # A CSV comes with its metadata file (results.csv-metadata.json): both or neither.
-        if path.suffix.lower() == ".csv" and not overwrite:
-            from bayesmix._writers import csv_metadata_path
-
-            if csv_metadata_path(path).exists():
-                raise InputError(
-                    f"{csv_metadata_path(path)} (the metadata of {path.name}) already exists; "
-                    "pass --overwrite to replace it"
-                )
+            of = (f" (the metadata of {path.name[: -len(CSV_METADATA_SUFFIX)]})"
+                  if label.startswith("the metadata file of") else "")  # fmt: skip
+            raise InputError(f"{path}{of} already exists; pass --overwrite to replace it")
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
             raise InputError(f"output folder {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise InputError(f"output folder {parent} is not writable (Permission denied); "
+                             f"give {label} a path in a folder you can write to")  # fmt: skip
+
+
+def _outputs_with_metadata(outputs: Sequence[Output]) -> list[Output]:
+    """``outputs`` and, after each CSV, its metadata file (an output too: both or neither)."""
+    from bayesmix._writers import csv_metadata_path
+
+    out: list[Output] = []
+    for label, path in outputs:
+        out.append((label, path))
+        if path is not None and Path(path).suffix.lower() == ".csv":
+            out.append((f"the metadata file of {label}", csv_metadata_path(path)))
+    return out
+
+
+def _input_paths(source: str) -> tuple[list[Path], str | None]:
+    """The file(s) or folder an input names (the file of 'file.h5:/dataset'), and the glob
+    pattern when it is one (its matches are the files)."""
+    import glob
+
+    from bayesmix._readers import _split_key
+
+    path, _ = _split_key(source, None)
+    text = str(path)
+    if path.exists() or not any(c in text for c in "*?["):
+        return [path], None
+    # '[' as a wildcard and as itself: what either reading of the pattern takes is an input.
+    found = set(glob.glob(text)) | set(glob.glob(text.replace("[", "[[]")))
+    return [Path(p) for p in sorted(found)], text
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file under two names (a symbolic or hard link), when both exist."""
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_apart(inputs: Sequence[tuple[str, str]], outputs: Sequence[Output]) -> None:
+    """Refuse, ``--overwrite`` or not, an output that would replace or remove an input: the same
+    file (after links), a path inside an input folder (a folder of images, a zarr store) or
+    matching an input's glob pattern, or an output folder (``OUT.parts``) holding an input."""
+    import fnmatch
+
+    files: list[tuple[str, Path]] = []
+    patterns: list[tuple[str, str]] = []
+    for label, source in inputs:
+        paths, pattern = _input_paths(source)
+        files += [(label, p) for p in paths]
+        if pattern is not None:
+            patterns.append((label, pattern))
+    for out_label, out in outputs:
+        if out is None:
+            continue
+        out = Path(out)
+        real = out.resolve()
+        # 'the work folder of --out': the option to change is --out.
+        option = out_label.rsplit(" ", 1)[-1]
+        fix = f"give {option} another path"
+        what = f"{out_label} {out}" if option == out_label else f"{out_label} ({out})"
+        for label, path in files:
+            where = path.resolve()
+            name = f"{label} {path}"
+            if real == where or _same_file(out, path):
+                raise InputError(
+                    f"{what} is also an input ({name}): writing it would destroy that input, "
+                    f"with --overwrite or not; {fix}"
+                )
+            if path.is_dir() and real.is_relative_to(where):
+                raise InputError(
+                    f"{what} is inside the input folder {path} ({label}): it would change that "
+                    f"input; {fix}, outside that folder"
+                )
+            if where.is_relative_to(real):
+                raise InputError(
+                    f"{name} is inside {what}, which the run replaces or removes; move that "
+                    f"input, or {fix}"
+                )
+        for label, pattern in patterns:
+            full = os.path.abspath(pattern)
+            if fnmatch.fnmatchcase(str(real), full) or fnmatch.fnmatchcase(
+                    os.path.abspath(out), full):  # fmt: skip
+                raise InputError(
+                    f"{what} matches the input pattern {pattern} ({label}): the next run would "
+                    f"read it as a frame; {fix}"
+                )
+
+
+def _check_exists(label: str, source: str) -> None:
+    """An input path (not a glob pattern: its reader says when nothing matches) that is
+    missing, before any data is read."""
+    paths, pattern = _input_paths(source)
+    if pattern is None and not paths[0].exists():
+        where = "" if label == "FRAMES" else f"{label}: "
+        raise FileNotFoundError(f"{where}no such file or folder: {paths[0]}")
+
+
+def _check_out_folder(out: Path) -> None:
+    """An output folder (made if missing) that is a file, or cannot be made or written."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder; give a folder (made if missing)")
+    there = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not there.is_dir() or not os.access(there, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write in {there} (Permission denied); give an output folder "
+                         "you can write to")  # fmt: skip
+
+
+# Ctrl-C. Python raises KeyboardInterrupt wherever the main thread is when SIGINT's handler
+# runs; inside a garbage-collector callback (JAX registers one) the exception is printed as
+# "Exception ignored" and lost, and the run would go on to write its outputs. The handler
+# below records the interrupt, so that _check_interrupt() raises it again before each phase
+# and each output.
+_SIGINT = {"seen": False, "hold": False, "written": False}
+
+
+def _in_gc_callback(frame: FrameType | None) -> bool:
+    """``frame`` runs (inside) a garbage-collector callback, which swallows exceptions."""
+    codes = {getattr(getattr(cb, "__func__", cb), "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    _SIGINT["seen"] = True
+    # Lost in a gc callback, or splitting the outputs being moved into place: raised by the
+    # next _check_interrupt() (or at the end of _held()) instead.
+    if _SIGINT["hold"] or _in_gc_callback(frame):
+        return
+    raise KeyboardInterrupt
+
+
+def _check_interrupt() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C came, even if its exception was swallowed."""
+    if _SIGINT["seen"]:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigint_handler() -> Iterator[None]:
+    """Our SIGINT handler for the duration of a command; the previous one restored after."""
+    _SIGINT.update(seen=False, hold=False, written=False)
+    previous = signal.getsignal(signal.SIGINT)
+    # Only the main thread may set handlers; a process started with SIGINT ignored keeps it so.
+    if threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        # None: a handler not set from Python; Python's own is the nearest we can restore.
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+
+
+@contextlib.contextmanager
+def _held() -> Iterator[None]:
+    """Ctrl-C waits until the block is done (the outputs moved into place: all or none)."""
+    _check_interrupt()
+    _SIGINT["hold"] = True
+    try:
+        yield
+    finally:
+        _SIGINT["hold"] = False
+    _SIGINT["written"] = True
+    _check_interrupt()
+
+
+def _checking(update: Callable[[int], Any]) -> Callable[[int], None]:
+    """A progress callback that also honours an interrupt (between chunks of a pass)."""
+
+    def tick(n: int) -> None:
+        _check_interrupt()
+        update(n)
+
+    return tick
+
+
+class _Staged:
+    """Outputs written into hidden folders beside their targets, then moved into place together.
+
+    ``path(target)`` is where to write ``target`` (under its own name, which a CSV's metadata
+    file records; the metadata file goes beside it); ``commit()`` moves every written file to
+    its target, a CSV's metadata file before the CSV. Leaving the ``with`` block removes the
+    hidden folders, so an error or an interrupt before ``commit()`` leaves no output and no
+    temporary file; the output folders made with ``folder()`` are removed too when empty.
+    """
+
+    def __init__(self, overwrite: bool) -> None:
+        self.overwrite = overwrite
+        self._stage: dict[Path, Path] = {}  # output folder -> its hidden folder
+        self._targets: list[tuple[Path, Path]] = []  # (as given, absolute)
+        self._made: list[Path] = []
+
+    def __enter__(self) -> _Staged:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        for stage in self._stage.values():
+            shutil.rmtree(stage, ignore_errors=True)
+        if kind is not None:
+            for folder in reversed(self._made):
+                with contextlib.suppress(OSError):  # only when empty
+                    folder.rmdir()
+
+    def folder(self, path: Path) -> None:
+        """Make the output folder ``path`` (and its missing parents)."""
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        path.mkdir(parents=True, exist_ok=True)
+        self._made += reversed(missing)
+
+    def path(self, target: str | os.PathLike) -> Path:
+        """Where to write ``target`` now."""
+        full = Path(target).absolute()
+        if full.parent not in self._stage:
+            self._stage[full.parent] = Path(tempfile.mkdtemp(prefix=".bayesmix-",
+                                                             dir=full.parent))  # fmt: skip
+        self._targets.append((Path(target), full))
+        return self._stage[full.parent] / full.name
+
+    def commit(self) -> list[Path]:
+        """Move the written files into place (call it inside ``_held()``); returns the targets."""
+        from bayesmix._writers import csv_metadata_path
+
+        moves = []
+        for _, full in self._targets:
+            staged = self._stage[full.parent] / full.name
+            for src, dst in ((csv_metadata_path(staged), csv_metadata_path(full)),
+                             (staged, full)):  # fmt: skip
+                if src.exists():
+                    moves.append((src, dst))
+        for _, dst in moves:  # all checked before any is moved
+            if dst.is_dir():
+                raise IsADirectoryError(f"{dst} is a folder; give the path of a file")
+            if dst.exists() and not self.overwrite:
+                raise FileExistsError(f"{dst} already exists; pass --overwrite to replace it")
+        for src, dst in moves:
+            os.replace(src, dst)
+        return [given for given, _ in self._targets]
 
 
 def _show(quiet: bool) -> bool:
@@ -337,28 +610,94 @@ def reference_names(files: Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _fit(args: argparse.Namespace) -> int:
-    outputs = [args.out, args.idata, args.report]
+def _fit_inputs(args: argparse.Namespace, stacks: Sequence[str], ref_files: Sequence[str]
+                ) -> list[tuple[str, str]]:  # fmt: skip
+    """Every file the fit reads, with the option that names it."""
+    from bayesmix._model import BACKGROUNDS
+
+    refs = [] if args.ref_a is None else [("--ref-a", args.ref_a), ("--ref-b", args.ref_b)]
+    refs += [("--ref", f) for f in args.refs]
+    background = None if args.background in BACKGROUNDS else args.background
+    others = [("--mask", args.mask), ("--background", background),
+              ("--variance", args.variance), ("--times", args.times)]  # fmt: skip
+    return [("FRAMES", s) for s in stacks] + refs + [(k, v) for k, v in others if v is not None]
+
+
+def _check_fit_options(args: argparse.Namespace, n_refs: int) -> None:
+    """The options that need no data, so that a bad one costs no work."""
+    from bayesmix._model import BACKGROUNDS
+    from bayesmix._report import check_report_path
+    from bayesmix._writers import RESULT_FORMATS
+
     if args.idata is not None and args.method != "nuts":
         raise InputError("--idata needs --method nuts (the MAP path has no posterior draws)")
+    if n_refs > 2 and args.method == "map" and args.draws < 100:
+        raise InputError(f"--draws must be at least 100, got {args.draws}")
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in RESULT_FORMATS:
+        raise InputError(
+            f"--out {args.out}: cannot tell the results format from its extension "
+            f"{suffix or '(none)'!r}; use one of {', '.join(RESULT_FORMATS)}"
+        )
+    if args.idata is not None and Path(args.idata).suffix.lower() != ".nc":
+        raise InputError(
+            f"--idata {args.idata}: an InferenceData is written as netCDF; give a path ending "
+            "in .nc"
+        )
+    if args.report is not None:
+        check_report_path(args.report)
+    if args.background not in BACKGROUNDS and not Path(args.background).exists():
+        raise InputError(
+            f"--background must be one of {', '.join(BACKGROUNDS)} or a file of basis "
+            f"images, got {args.background!r} (no such file)"
+        )
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from bayesmix._runs import finish, parts_dir
+
+    # Every check that needs no data first: a bad option costs no work and leaves no file.
     ref_files = _reference_files(args)
     n_refs = len(ref_files)
-    if n_refs > 2 and args.method == "map":
-        if args.draws < 100:
-            raise InputError(f"--draws must be at least 100, got {args.draws}")
-        if args.seed < 0:
-            raise InputError(f"--seed must be >= 0 with {n_refs} references, got {args.seed}")
+    _check_fit_options(args, n_refs)
     temporal = _parse_temporal(args.temporal)
-    times = _read_times(args.times, temporal)
     stacks = _stack_sources(args.frames)
+    inputs = _fit_inputs(args, stacks, ref_files)
+    for label, source in inputs:
+        if label in ("FRAMES", "--ref-a", "--ref-b", "--ref", "--mask"):
+            _check_exists(label, source)  # the others say it in their own words below
+    times = _read_times(args.times, temporal)
+    work = parts_dir(args.out)
+    outputs = _outputs_with_metadata([("--out", args.out), ("--idata", args.idata),
+                                      ("--report", args.report)])  # fmt: skip
+    # An output that is an input first: --overwrite would not help there.
+    _check_apart(inputs, [*outputs, ("the work folder of --out", work)])
     _free(outputs, args.overwrite)
-    from bayesmix._runs import parts_dir
-
-    if parts_dir(args.out).exists() and not (args.resume or args.overwrite):
+    if work.exists() and not (args.resume or args.overwrite):
         raise InputError(
-            f"an interrupted run left {parts_dir(args.out)}; pass --resume to continue it, or "
+            f"an interrupted run left {work}; pass --resume to continue it, or "
             "--overwrite to start again"
         )
+    # A work folder this run makes (or starts again) goes with a user error; one it resumes
+    # stays, as it does on Ctrl-C or a crash (the resume mechanism).
+    fresh = not work.exists() or (args.overwrite and not args.resume)
+    try:
+        return _fit_run(args, ref_files, stacks, temporal, times, work)
+    except (InputError, *USER_OS_ERRORS):
+        if fresh:
+            finish(work)
+        raise
+    except KeyboardInterrupt:
+        if _SIGINT["written"] or not work.exists():
+            raise
+        raise KeyboardInterrupt(f"no output was written; {work} keeps the statistics pass so "
+                                "far: rerun with --resume to continue") from None  # fmt: skip
+
+
+def _fit_run(args: argparse.Namespace, ref_files: list[str], stacks: list[str], temporal: Any,
+             times: Any, work: Path) -> int:  # fmt: skip
+    """The fit once every option is checked: read, pass, fit or sample, write."""
+    n_refs = len(ref_files)
     if args.method == "nuts" and "xla_force_host_platform_device_count" not in os.environ.get(
         "XLA_FLAGS", ""
     ):
@@ -385,11 +724,6 @@ def _fit(args: argparse.Namespace) -> int:
     noise = _parse_noise(args.noise)
     background: Any = args.background
     if background not in BACKGROUNDS:
-        if not Path(background).exists():
-            raise InputError(
-                f"--background must be one of {', '.join(BACKGROUNDS)} or a file of basis "
-                f"images, got {background!r} (no such file)"
-            )
         background = read_frames(background).data
     # Two references keep the names A, B of the x columns; K >= 3 name theirs after the files.
     names = reference_names(ref_files) if n_refs > 2 else None
@@ -404,7 +738,7 @@ def _fit(args: argparse.Namespace) -> int:
     with on_device(args.device):  # checked before any work
         t0 = time.perf_counter()
         with _bar(args.quiet, None, "reading") as bar:
-            frames, sequence_id = _read_stacks(stacks, read_frames, bar.update,
+            frames, sequence_id = _read_stacks(stacks, read_frames, _checking(bar.update),
                                                args.spectral_axis)  # fmt: skip
         if times is not None or sequence_id is not None:
             times, sequence_id = _check_order(times, sequence_id, frames)
@@ -425,7 +759,7 @@ def _fit(args: argparse.Namespace) -> int:
         variance = (None if args.variance is None else
                     _read_variance(args.variance, stack, frames.map_shape,
                                    args.spectral_axis))  # fmt: skip
-        work = parts_dir(args.out)
+        _check_interrupt()
         if args.overwrite and not args.resume:
             finish(work)
         options = {"frames": [d for f in stacks for d in _describe(f)], "mask": args.mask,
@@ -448,9 +782,10 @@ def _fit(args: argparse.Namespace) -> int:
         else:
             with _bar(args.quiet, stack.frames.shape[0], "statistics") as bar:
                 stats = checkpointed_stats(stack, work, chunk=args.checkpoint, key=key,
-                                           resume=args.resume, progress=bar.update,
+                                           resume=args.resume, progress=_checking(bar.update),
                                            memory_limit=args.memory_limit,
                                            model=model)  # fmt: skip
+            _check_interrupt()
             n = stats.n_frames
             if args.method == "map":
                 result = fit_map_stats(stats, **common, **sampler, **_temporal_kw(model, order))
@@ -460,6 +795,8 @@ def _fit(args: argparse.Namespace) -> int:
                     num_samples=args.samples, seed=args.seed, progress=_show(args.quiet),
                     **_temporal_kw(model, order),
                 )  # fmt: skip
+        _check_interrupt()
+        diag = diagnose(result) if args.method == "nuts" else None
         meta = {"frames": str(stacks[0]) if len(stacks) == 1 else [str(f) for f in stacks],
                 "ref_a": str(ref_files[0]),
                 "ref_b": str(ref_files[1]), "mask": str(args.mask), "seed": args.seed,
@@ -471,17 +808,22 @@ def _fit(args: argparse.Namespace) -> int:
             meta["variance"] = str(args.variance)
         if args.times is not None:
             meta["times"] = str(args.times)
-        written = [write_results(result, args.out, prob=args.prob, source=labels,
-                                 overwrite=args.overwrite, meta=meta)]  # fmt: skip
-        if args.idata is not None:
-            written.append(write_idata(result, args.idata, overwrite=args.overwrite))
-        if args.report is not None:
-            written.append(
-                report(result, args.report, frames=stack.frames, ref_a=ref_a, ref_b=ref_b,
-                       more_refs=more_refs, mask=mask, prob=args.prob, overwrite=args.overwrite,
-                       variance=args.variance)
-            )  # fmt: skip
-        finish(work)
+        # Into hidden folders first, then into place together: all the outputs or none.
+        with _Staged(args.overwrite) as staged:
+            _check_interrupt()
+            write_results(result, staged.path(args.out), prob=args.prob, source=labels,
+                          meta=meta)  # fmt: skip
+            if args.idata is not None:
+                _check_interrupt()
+                write_idata(result, staged.path(args.idata))
+            if args.report is not None:
+                _check_interrupt()
+                report(result, staged.path(args.report), frames=stack.frames, ref_a=ref_a,
+                       ref_b=ref_b, more_refs=more_refs, mask=mask, prob=args.prob,
+                       variance=args.variance)  # fmt: skip
+            with _held():
+                written = staged.commit()
+                finish(work)
         seconds = time.perf_counter() - t0
 
     if not args.quiet:
@@ -493,22 +835,27 @@ def _fit(args: argparse.Namespace) -> int:
                 print(_noise_lines(result))
         else:
             print(f"sigma = {float(result.posterior['sigma'].mean()):.6g}")
-            print(diagnose(result))
+            print(diag)
     for path in written:
         print(f"wrote {path}")
+    if diag is not None and diag.failed:
+        sys.stdout.flush()
+        print("bayesmix: failed: the NUTS draws failed their convergence checks, so the outputs "
+              f"written do not describe the posterior: {'; '.join(diag.failures)}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_NOT_CONVERGED
     return 0
 
 
 def _describe(source: str) -> list[Any]:
     """Names, sizes and modification times of the input file(s): what a resumed run must find
     unchanged."""
-    import glob
+    from bayesmix._readers import _expand_pattern, _split_key
 
-    from bayesmix._readers import _split_key
-
-    # 'data.h5:/entry/frames' names a file and a key: describe the file.
+    # 'data.h5:/entry/frames' names a file and a key: describe the file; a pattern is read as
+    # the readers read it ('[' and ']' literal).
     path, _ = _split_key(source, None)
-    paths = sorted(glob.glob(str(path))) or [str(path)]
+    paths = sorted(map(str, _expand_pattern(str(path)))) or [str(path)]
     out = []
     for p in map(Path, paths):
         files = sorted(p.iterdir()) if p.is_dir() else [p]
@@ -860,10 +1207,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     results_path, report_path = out / "results.csv", out / "report.html"
-    if out.exists():
-        _free([results_path, report_path], args.overwrite)
     if not (np.isfinite(args.noise) and args.noise > 0):
         raise InputError(f"--noise must be a positive number, got {args.noise}")
+    _check_out_folder(out)
+    if out.exists():
+        _free(_outputs_with_metadata([("the results", results_path),
+                                      ("the report", report_path)]), args.overwrite)  # fmt: skip
 
     from bayesmix._map import fit_map
     from bayesmix._report import report
@@ -879,14 +1228,18 @@ def _demo(args: argparse.Namespace) -> int:
     lo, hi = res.interval(0.9)
     t2 = time.perf_counter()
 
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"demo": f"simulate({args.frames}, noise={args.noise}, seed={args.seed})",
             "sigma_true": sim.sigma}  # fmt: skip
-    # The truth beside the estimates, for the reader of the demo.
-    write_results(res, results_path, columns={"x_true": sim.x}, meta=meta,
-                           overwrite=args.overwrite)  # fmt: skip
-    report(res, report_path, frames=sim.frames, ref_a=sim.ref_a, ref_b=sim.ref_b,
-           overwrite=args.overwrite, title="bayesmix demo", truth=sim.x)  # fmt: skip
+    with _Staged(args.overwrite) as staged:
+        staged.folder(out)
+        _check_interrupt()
+        # The truth beside the estimates, for the reader of the demo.
+        write_results(res, staged.path(results_path), columns={"x_true": sim.x}, meta=meta)
+        _check_interrupt()
+        report(res, staged.path(report_path), frames=sim.frames, ref_a=sim.ref_a,
+               ref_b=sim.ref_b, title="bayesmix demo", truth=sim.x)  # fmt: skip
+        with _held():
+            staged.commit()
 
     n = res.n_frames
     d = sim.ref_a - sim.ref_b
@@ -925,10 +1278,9 @@ def _simulate(args: argparse.Namespace) -> int:
         raise InputError(f"--shape takes H W (images) or P (spectra), got {args.shape}")
     if not (np.isfinite(args.noise) and args.noise > 0):
         raise InputError(f"--noise must be a positive number, got {args.noise}")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out} exists and is not a folder")
+    _check_out_folder(out)
     if out.is_dir():
-        _free([out / n for n in names], args.overwrite)
+        _free(_outputs_with_metadata([(f"OUT/{n}", out / n) for n in names]), args.overwrite)
 
     import pandas as pd
 
@@ -937,34 +1289,46 @@ def _simulate(args: argparse.Namespace) -> int:
     from bayesmix._writers import csv_metadata_path, write_csv_table
 
     sim = simulate(args.frames, shape=tuple(args.shape), noise=args.noise, seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, arr in zip(names[:3], (sim.frames, sim.ref_a, sim.ref_b), strict=True):
-        # np.save on a file object: a path argument would get '.npy' appended to the temp name.
-        def save(tmp: str, arr: Any = arr) -> None:
-            with open(tmp, "wb") as fh:
-                np.save(fh, arr, allow_pickle=False)
+    with _Staged(args.overwrite) as staged:
+        staged.folder(out)
+        for name, arr in zip(names[:3], (sim.frames, sim.ref_a, sim.ref_b), strict=True):
+            # np.save on a file object: a path argument would get '.npy' appended to the name.
+            def save(tmp: str, arr: Any = arr) -> None:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, arr, allow_pickle=False)
 
-        atomic_write(out / name, save, overwrite=args.overwrite)
+            _check_interrupt()
+            atomic_write(staged.path(out / name), save)
 
-    # A plain CSV (frame, x); the noise sd and the seed in its CSVW metadata file beside it.
-    truth = pd.DataFrame({"x": sim.x}, index=pd.RangeIndex(len(sim.x), name="frame"))
-    written = write_csv_table(truth, out / names[3], {"sigma": sim.sigma, "seed": args.seed},
-                              overwrite=args.overwrite,
-                              descriptions={"x": "true weight of reference A"})  # fmt: skip
-    names += (csv_metadata_path(written).name,)
+        # A plain CSV (frame, x); the noise sd and the seed in its CSVW metadata file beside it.
+        truth = pd.DataFrame({"x": sim.x}, index=pd.RangeIndex(len(sim.x), name="frame"))
+        _check_interrupt()
+        write_csv_table(truth, staged.path(out / names[3]), {"sigma": sim.sigma, "seed": args.seed},
+                        descriptions={"x": "true weight of reference A"})  # fmt: skip
+        with _held():
+            staged.commit()
+    names += (csv_metadata_path(out / names[3]).name,)
     print(f"wrote {args.frames} frames of shape {tuple(args.shape)} (noise sd {sim.sigma}) "
           f"to {out}/: {', '.join(names)}")  # fmt: skip
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    _free([args.out], args.overwrite)
+    from bayesmix._report import check_report_path
+    from bayesmix._writers import csv_metadata_path
+
+    check_report_path(args.out)
     src = Path(args.source)
     if not src.is_file():
         raise InputError(f"no such file: {src}")
+    inputs = [("IDATA_OR_RESULTS", args.source)]
+    if src.suffix.lower() == ".csv":
+        inputs.append(("the metadata file of IDATA_OR_RESULTS", str(csv_metadata_path(src))))
+    _check_apart(inputs, [("--out", args.out)])
+    _free([("--out", args.out)], args.overwrite)
     from bayesmix._arviz import is_inference_data, read_idata
     from bayesmix._report import report
-    from bayesmix._writers import csv_metadata_path, map_result_from_table, read_results
+    from bayesmix._writers import map_result_from_table, read_results
 
     result: Any = None
     variance = None
@@ -981,9 +1345,13 @@ def _report(args: argparse.Namespace) -> int:
             )
         result = map_result_from_table(table)
         variance = table.attrs.get("variance")
-    path = report(result, args.out, prob=args.prob, overwrite=args.overwrite, variance=variance,
-                  truth=None if is_inference_data(result) else table.get("x_true"))  # fmt: skip
-    print(f"wrote {path}")
+    with _Staged(args.overwrite) as staged:
+        _check_interrupt()
+        report(result, staged.path(args.out), prob=args.prob, variance=variance,
+               truth=None if is_inference_data(result) else table.get("x_true"))  # fmt: skip
+        with _held():
+            staged.commit()
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -997,14 +1365,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error (already printed)
         return int(exc.code or 0)
     try:
-        return COMMANDS[args.command](args)
+        with _sigint_handler():
+            return COMMANDS[args.command](args)
     except (InputError, *USER_OS_ERRORS) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"bayesmix: error: {message}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("bayesmix: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        detail = str(exc) or ("the outputs were all in place before it" if _SIGINT["written"]
+                              else "no output was written")  # fmt: skip
+        print(f"bayesmix: interrupted: {detail}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception:  # a bug, not the user's input: show where it happened
         traceback.print_exc()
         print("bayesmix: internal error (not a problem with your input); please report it with "

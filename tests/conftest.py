@@ -94,6 +94,7 @@ _LONGEST_FIRST = (
     "test_temporal_cli", "test_truncnorm", "test_noise_nuts", "test_properties",
     "test_noise_nuts_pixels", "test_model_paths", "test_runs", "test_model_quadrature",
     "test_noise_cli", "test_simplex", "test_verdicts", "test_report", "test_browser",
+    "test_cli_safety", "test_units", "test_readers_sweep",
 )  # fmt: skip
 
 

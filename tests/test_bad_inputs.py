@@ -262,6 +262,167 @@ def _write_zarr_bad(tmp):
     return tmp / "bad.zarr"
 
 
+def _scaled(scale, dtype=np.float32):
+    sim = _sim()
+    return tuple((np.asarray(v, np.float64) * scale).astype(dtype)
+                 for v in (sim.frames, sim.ref_a, sim.ref_b))  # fmt: skip
+
+
+def _ok_same_x_as_unit_data(scale):
+    def check(res):
+        # A power-of-two unit is exact: the same weights, sigma in the new unit.
+        base = _fit(*_scaled(1.0))
+        np.testing.assert_array_equal(res.x, base.x)
+        np.testing.assert_allclose(res.sigma, base.sigma * scale, rtol=1e-12)
+
+    return check
+
+
+def _ok_nuts_tiny(idata):
+    base = _nuts_small(1.0)
+    np.testing.assert_array_equal(idata.posterior["x"].values, base.posterior["x"].values)
+    np.testing.assert_allclose(idata.posterior["sigma"].values,
+                               base.posterior["sigma"].values * 2.0**-83, rtol=1e-6)  # fmt: skip
+
+
+def _nuts_small(scale):
+    f, a, b = _scaled(scale)
+    return bayesmix.sample(f, a, b, num_chains=1, num_warmup=50, num_samples=50, seed=0,
+                           progress=False)  # fmt: skip
+
+
+def _ok_like_float64(res):
+    base = _fit(_sim().frames.astype(np.float64))
+    np.testing.assert_allclose(res.x, base.x, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(res.sigma, base.sigma, rtol=1e-12)
+
+
+def _corner_mask():
+    keep = np.ones((6, 6), bool)
+    keep[0, :2] = False
+    return keep
+
+
+def _masked_frames():
+    f = _sim().frames.copy()
+    f[:, ~_corner_mask()] = 1e6  # garbage under the mask
+    return np.ma.masked_array(f, mask=np.broadcast_to(~_corner_mask(), f.shape))
+
+
+def _masked_reference():
+    a = np.ma.masked_array(_sim().ref_a.copy(), mask=~_corner_mask())
+    a.data[~_corner_mask()] = np.nan  # a masked pixel may hold anything
+    return _fit(a=a)
+
+
+def _ok_as_mask(res):
+    base = _fit(mask=_corner_mask())
+    # NaN pixels are summed in float64, masked-out ones by the float32 pass: they differ by
+    # the float32 rounding of x, about u ||y|| / ||A - B|| with u = 6e-8.
+    frames, d = _sim().frames, _sim().ref_a - _sim().ref_b
+    tol = 4 * 2.0**-24 * float(np.max(np.linalg.norm(frames, axis=(1, 2)))) / np.linalg.norm(d)
+    np.testing.assert_allclose(res.x, base.x, rtol=0, atol=tol)
+    np.testing.assert_allclose(res.sigma, base.sigma, rtol=tol)
+
+
+def _xarray_fit(frame_dims, ref_dims):
+    import xarray as xr
+
+    sim = _sim()
+    order = [("frame", "y", "x").index(d) for d in frame_dims]
+    frames = xr.DataArray(np.transpose(sim.frames, order), dims=frame_dims)
+    refs = [xr.DataArray(r if ref_dims == ("y", "x") else r.T, dims=ref_dims)
+            for r in (sim.ref_a, sim.ref_b)]  # fmt: skip
+    return bayesmix.fit_map(frames, *refs)
+
+
+def _ok_same_as_arrays(res):
+    np.testing.assert_allclose(res.x, _fit().x, rtol=0, atol=1e-12)
+
+
+def _ok_no_warning(res):
+    assert np.all(np.abs(res.mean - 0.5) < 0.05)  # the strong prior holds the weights
+
+
+def _stats(**change):
+    sim = _sim()
+    st = bayesmix.frame_stats(sim.frames, sim.ref_a, sim.ref_b)
+    return bayesmix.fit_map_stats(st._replace(**{k: f(getattr(st, k)) for k, f in change.items()}))
+
+
+def _ok_extreme_prob(df):
+    # Exact, plain labels: neither 'q5e-06' nor an upper end rounded to 'q100'.
+    assert [c for c in df.columns if c.startswith("q")] == ["q0.000005", "q99.999995"]
+    assert (df["q0.000005"] < df["q99.999995"]).all()
+
+
+def _cli_report_pdf(tmp):
+    code = _cli(tmp, "--report", str(tmp / "r.pdf"))
+    assert not (tmp / "r.csv").exists()  # refused before any work: no results either
+    return code
+
+
+def _hyperstack():
+    return np.arange(5 * 2 * 6 * 6, dtype=np.uint16).reshape(5, 2, 6, 6)  # (T, C, Y, X)
+
+
+def _write_axes(tmp, data, axes, **kw):
+    tifffile.imwrite(tmp / "h.tif", data, metadata={"axes": axes}, **kw)
+    return tmp / "h.tif"
+
+
+def _ok_hyperstack(frames):
+    # T frames, channels last in each (like an RGB image), labelled by time point.
+    np.testing.assert_array_equal(np.asarray(frames.data), _hyperstack().transpose(0, 2, 3, 1))
+    assert frames.source[1] == "h.tif:T=1"
+
+
+def _ok_one_multichannel(frames):
+    np.testing.assert_array_equal(np.asarray(frames.data), _hyperstack()[:1].transpose(0, 2, 3, 1))
+
+
+def _write_two_series(tmp):
+    with tifffile.TiffWriter(tmp / "two.ome.tif", ome=True) as tif:
+        for _ in range(2):
+            tif.write(_hyperstack(), metadata={"axes": "TCYX"})
+    return tmp / "two.ome.tif"
+
+
+def _bracket_folders(tmp):
+    for folder, n in (("scan1", 3), ("scan[1]", 2)):
+        (tmp / folder).mkdir()
+        for i in range(n):
+            tifffile.imwrite(tmp / folder / f"f{i}.tif", np.full((6, 6), n, np.uint8))
+    return bayesmix.read_frames(str(tmp / "scan[1]" / "*.tif"))
+
+
+def _ok_bracket_folder(frames):
+    assert frames.data.shape == (2, 6, 6) and (frames.data == 2).all()  # scan[1]/, never scan1/
+
+
+def _read_csv(tmp, text):
+    (tmp / "r.csv").write_text(text)
+    return bayesmix.read_results(tmp / "r.csv")
+
+
+def _cli_out_is_times(tmp):
+    (tmp / "r.csv").write_text("time\n" + "\n".join(map(str, range(20))) + "\n")
+    return _cli(tmp, "--temporal", "random_walk", "--times", str(tmp / "r.csv"), "--overwrite")
+
+
+def _cli_report_links_to_frames(tmp):
+    p = _files(tmp)
+    (tmp / "f.html").symlink_to(p["f"])
+    return _cli(tmp, "--report", str(tmp / "f.html"), "--overwrite")
+
+
+def _cli_report_in_frames_folder(tmp):
+    (tmp / "imgs").mkdir()
+    for i, frame in enumerate(_sim().frames):
+        tifffile.imwrite(tmp / "imgs" / f"f{i:02d}.tif", frame)
+    return _cli(tmp, "--report", str(tmp / "imgs" / "r.html"), frames=str(tmp / "imgs"))
+
+
 CATALOGUE = [
     # Python API: shapes and values
     ("shape-mismatch", lambda t: _fit(a=np.ones((6, 5)), b=np.zeros((6, 5))),
@@ -311,6 +472,23 @@ CATALOGUE = [
     ("huge-values", lambda t: _huge(), ("ok", _ok_huge)),
     ("zero-noise", lambda t: _zero_noise(), ("ok", _ok_zero_noise)),
     ("single-frame", lambda t: _fit(_sim().frames[:1]), ("ok", _ok_single_frame)),
+    ("tiny-values", lambda t: _fit(*_scaled(2.0**-83)), ("ok", _ok_same_x_as_unit_data(2.0**-83))),
+    ("nuts-tiny-values", lambda t: _nuts_small(2.0**-83), ("ok", _ok_nuts_tiny)),
+    ("float64-beyond-range", lambda t: _fit(*_scaled(1e-200, np.float64)),
+     ("raises", bayesmix.InputError, r"the data's level is about .*e-201: sums of squares of such values leave float64's range")),
+    ("longdouble-input", lambda t: _fit(_sim().frames.astype(np.longdouble)), ("ok", _ok_like_float64)),
+    ("masked-array-frames", lambda t: _fit(_masked_frames()), ("ok", _ok_as_mask)),
+    ("masked-reference", lambda t: _masked_reference(), ("ok", _ok_as_mask)),
+    ("xarray-dims-by-name", lambda t: _xarray_fit(("frame", "y", "x"), ("x", "y")), ("ok", _ok_same_as_arrays)),
+    ("xarray-frame-dim-not-first", lambda t: _xarray_fit(("y", "frame", "x"), ("y", "x")), ("ok", _ok_same_as_arrays)),
+    ("xarray-dims-mismatch", lambda t: _xarray_fit(("frame", "y", "x"), ("y", "z")),
+     ("raises", bayesmix.InputError, r"ref_a has dimensions \('y', 'z'\) but each frame has \('y', 'x'\)")),
+    ("frame-axis-last", lambda t: _fit(np.moveaxis(_sim().frames, 0, -1)),
+     ("raises", bayesmix.InputError, r"got \(6, 6, 20\); the frame axis looks last .* np.moveaxis\(frames, -1, 0\)")),
+    ("rgb-frames-grey-references", lambda t: _fit(np.repeat(_sim().frames[..., None], 3, -1)),
+     ("raises", bayesmix.InputError, r"got \(20, 6, 6, 3\); the frames have an extra last axis of 3 \(channels\?\)")),
+    ("iterator-chunk-wrong-shape", lambda t: _fit(iter([_sim().frames[:5, :4]])),
+     ("raises", bayesmix.InputError, r"each chunk of an iterator must have shape \(k, \*\(6, 6\)\)")),
     # The model: background, gain, spectrum images
     ("background-collinear", lambda t: _fit(background=np.stack([_sim().ref_a - _sim().ref_b])),
      ("raises", bayesmix.InputError, r"the background basis explains A - B entirely")),
@@ -404,6 +582,20 @@ CATALOGUE = [
     ("nuts-bad-chains", lambda t: bayesmix.sample(_sim().frames, _sim().ref_a, _sim().ref_b,
                                                   num_chains=0, progress=False),
      ("raises", bayesmix.InputError, r"num_chains must be a positive integer")),
+    ("sigma-as-string", lambda t: _fit(sigma="0.05"),
+     ("raises", bayesmix.InputError, r"sigma must be one positive number .* got str '0.05'; pass e.g. sigma=0.05")),
+    ("sigma-as-array", lambda t: _fit(sigma=np.array([0.05])),
+     ("raises", bayesmix.InputError, r"sigma must be one positive number .* got ndarray of shape \(1,\)")),
+    ("strong-prior", lambda t: _fit(prior=TruncatedNormal(0.5, 0.01, 0.0, 1.0)), ("ok", _ok_no_warning)),
+    ("stats-nan", lambda t: _stats(xhat=lambda v: np.where(np.arange(len(v)) == 3, np.nan, v)),
+     ("raises", bayesmix.InputError, r"stats.xhat is NaN or Inf for 1 frame\(s\), e.g. \[3\]")),
+    ("stats-negative-rss", lambda t: _stats(rss=lambda v: -v),
+     ("raises", bayesmix.InputError, r"stats.rss has negative entries")),
+    ("stats-bad-pixel-count", lambda t: _stats(n=lambda v: v * 0),
+     ("raises", bayesmix.InputError, r"stats.n must count each frame's valid pixels \(whole numbers >= 1\)")),
+    ("interval-prob-extreme", lambda t: _fit().to_dataframe(prob=0.9999999), ("ok", _ok_extreme_prob)),
+    ("report-not-html", lambda t: bayesmix.report(_fit(), t / "r.pdf"),
+     ("raises", bayesmix.InputError, r"the report is an HTML file .* e\.g\. '.*r\.html'; got '.*r\.pdf'")),
     # Readers
     ("missing-file", lambda t: bayesmix.read_frames(t / "nope.tif"),
      ("raises", FileNotFoundError, r"no such file or folder: .*nope.tif")),
@@ -425,7 +617,44 @@ CATALOGUE = [
      ("raises", bayesmix.InputError, r"cannot read .*bad.zarr as zarr")),
     ("unknown-extension", lambda t: (t / "x.fits").write_text("x") and bayesmix.read_frames(t / "x.fits"),
      ("raises", bayesmix.InputError, r"cannot tell the format of .*x.fits from its extension")),
+    ("tiff-hyperstack", lambda t: bayesmix.read_frames(_write_axes(t, _hyperstack(), "TCYX", imagej=True)),
+     ("ok", _ok_hyperstack)),
+    ("tiff-one-multichannel-image", lambda t: bayesmix.read_frames(_write_axes(t, _hyperstack()[0], "CYX", imagej=True)),
+     ("ok", _ok_one_multichannel)),
+    ("tiff-unmappable-axes", lambda t: bayesmix.read_frames(_write_axes(t, _hyperstack(), "TAYX", ome=True)),
+     ("raises", bayesmix.InputError, r"cannot read .*h.tif as a stack of frames: its axes 'TAYX' .* \(axis A\); supported: T \(time")),
+    ("tiff-several-series", lambda t: bayesmix.read_frames(_write_two_series(t)),
+     ("raises", bayesmix.InputError, r"cannot read .*two.ome.tif as TIFF: it holds 2 image series")),
+    ("glob-brackets-in-folder-name", lambda t: _bracket_folders(t), ("ok", _ok_bracket_folder)),
+    ("glob-matches-nothing", lambda t: bayesmix.read_frames(str(t / "scan[2]" / "*.tif")),
+     ("raises", bayesmix.InputError, r"no file matches the pattern .*scan\[2\]/\*.tif' \(only \* and \? are wildcards; \[ and \] match themselves\); the folder .*scan\[2\]' does not exist")),
+    ("results-csv-decimal-comma", lambda t: _read_csv(t, "x;sd\n0,5;0,1\n0,25;0,2\n"),
+     ("raises", bayesmix.InputError, r"r.csv is separated by semicolons \(';'\) and its numbers look like decimal commas \(column 'x' holds '0,5'\)")),
+    ("results-csv-quoted-decimal-comma", lambda t: _read_csv(t, 'frame,x_map,sd\n0,"0,5","0,1"\n'),
+     ("raises", bayesmix.InputError, r"column 'x_map' of .*r.csv holds numbers with a decimal comma \('0,5' on line 2\)")),
+    ("results-csv-no-rows", lambda t: _read_csv(t, "frame,x_map,sd\n"),
+     ("raises", bayesmix.InputError, r"r.csv has a header but no rows \(columns frame, x_map, sd\)")),
+    ("results-csv-text-in-number-column", lambda t: _read_csv(t, "frame,x_map,sd\n0,0.5,0.1\n1,0.4,abc\n"),
+     ("raises", bayesmix.InputError, r"column 'sd' of .*r.csv should hold numbers but holds 'abc' on line 3")),
     # Command line (exit status 2, one line on stderr)
+    ("cli-output-is-an-input", lambda t: _cli_out_is_times(t),
+     ("exit2", r"--out .*r.csv is also an input \(--times .*r.csv\): writing it would destroy that input, with --overwrite or not")),
+    ("cli-output-links-to-an-input", lambda t: _cli_report_links_to_frames(t),
+     ("exit2", r"--report .*f.html is also an input \(FRAMES .*f.npy\)")),
+    ("cli-output-inside-input-folder", lambda t: _cli_report_in_frames_folder(t),
+     ("exit2", r"--report .*imgs/r.html is inside the input folder .*imgs \(FRAMES\)")),
+    ("cli-unknown-output-format", lambda t: _cli(t, "--out", str(t / "res.xlsx")),
+     ("exit2", r"--out .*res.xlsx: cannot tell the results format from its extension '.xlsx'; use one of .csv, .parquet, .nc")),
+    ("cli-output-is-a-folder", lambda t: (t / "res.csv").mkdir() or _cli(t, "--out", str(t / "res.csv")),
+     ("exit2", r"--out .*res.csv is an existing folder; give the path of a file")),
+    ("cli-idata-not-netcdf", lambda t: _cli(t, "--method", "nuts", "--idata", str(t / "post.csv")),
+     ("exit2", r"--idata .*post.csv: an InferenceData is written as netCDF; give a path ending in .nc")),
+    ("cli-two-outputs-one-file", lambda t: _cli(t, "--method", "nuts", "--out", str(t / "x.nc"), "--idata", str(t / "x.nc")),
+     ("exit2", r"two outputs go to the same file .*x.nc \(--out and --idata\)")),
+    ("cli-negative-seed", lambda t: _cli(t, "--seed", "-1"),
+     ("exit2", r"argument --seed: expected an integer from 0 to 2\*\*63 - 1, got '-1'")),
+    ("cli-report-not-html", lambda t: _cli_report_pdf(t),
+     ("exit2", r"the report is an HTML file .* e\.g\. '.*r\.html'")),
     ("cli-existing-output", lambda t: _cli_existing(t),
      ("exit2", r"r.csv already exists; pass --overwrite to replace it")),
     ("cli-missing-output-dir", lambda t: _cli_no_dir(t),

@@ -93,3 +93,24 @@ def test_stxm_plain_model_fails_and_says_so(stxm):
         res = bayesmix.fit_map(od, fe3, fe2, spectral_axis=0)
     assert np.median(res.r2) < 0.05
     assert abs(np.median(res.mean) - 0.55) < 0.05
+
+
+def test_stxm_in_si_units_gives_the_same_iron_fractions(stxm, full_fit):
+    """The optical density in another unit (1e-25, float32: its squares are below float32's
+    smallest number) gives the same Fe3+ fraction at every pixel and the background in the new
+    unit: x is dimensionless. Bound: float32 rounding of the data (u = 6e-8) moves a pixel's
+    least-squares weight by at most about u ||y|| / ||A - B|| (times the grid's resolution of
+    the gain model); 1e-4 is above that for every pixel."""
+    od, fe3, fe2, _ = stxm
+    res, _ = full_fit
+    scale = 1e-25
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        tiny = bayesmix.fit_map((od * scale).astype(np.float32), fe3 * scale, fe2 * scale,
+                                spectral_axis=0, background="linear", gain=True)  # fmt: skip
+    spectra = np.moveaxis(od, 0, -1).reshape(-1, od.shape[0])
+    bound = 4 * 2.0**-24 * np.linalg.norm(spectra, axis=1) / np.linalg.norm(fe3 - fe2)
+    assert np.all(np.abs(tiny.mean - res.mean) < np.maximum(bound, 1e-4))
+    np.testing.assert_allclose(tiny.sigma / scale, res.sigma, rtol=1e-4)
+    np.testing.assert_allclose(tiny.background / scale, res.background, rtol=0,
+                               atol=1e-4 * np.abs(res.background).max())  # fmt: skip
