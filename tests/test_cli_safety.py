@@ -295,7 +295,9 @@ MOMENTS = {
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals and SIGINT are POSIX")
-@pytest.mark.parametrize("moment", list(MOMENTS))
+# During sampling in the default run; during compilation too with `make slow`.
+@pytest.mark.parametrize("moment", [pytest.param(m, marks=pytest.mark.slow) if m == "compiling"
+                                    else m for m in MOMENTS])  # fmt: skip
 def test_ctrl_c_during_nuts_stops_the_run_with_no_output(moment, tmp_path):
     """Before: the KeyboardInterrupt was raised inside JAX's garbage-collector callback,
     printed as 'Exception ignored' and lost; the run went on, wrote its outputs and exited 0
@@ -354,7 +356,8 @@ def _ctrl_c_in_a_gc_callback() -> None:
 
 
 @pytest.mark.skipif(not IN_MAIN_THREAD, reason="signal handlers need the main thread")
-@pytest.mark.parametrize("method", ["map", "nuts"])
+# The MAP run in the default run (the same handler and checks); the NUTS run with `make slow`.
+@pytest.mark.parametrize("method", ["map", pytest.param("nuts", marks=pytest.mark.slow)])
 def test_ctrl_c_swallowed_by_a_gc_callback_just_before_writing_still_stops(
     method, tmp_path, capsys, monkeypatch
 ):
