@@ -270,7 +270,7 @@ def _(stats: GainStats, x_map: np.ndarray, sigma_ref: float) -> tuple[Any, Any, 
 
 
 @singledispatch
-def centred_total(stats: Any, x, u, ref, sse_ref, sigma_ref) -> jnp.ndarray:
+def centred_total(stats: Any, x, u, ref, sse_ref) -> jnp.ndarray:
     """The model's total log-likelihood in its float32-safe centred form (up to a constant),
     with ``sigma = sigma_ref exp(u)`` and ``stats``, ``ref``, ``sse_ref`` from
     :func:`centred_reference` (already in units of sigma_ref)."""
@@ -278,11 +278,11 @@ def centred_total(stats: Any, x, u, ref, sse_ref, sigma_ref) -> jnp.ndarray:
 
 
 @centred_total.register
-def _(stats: FrameStats, x, u, ref, sse_ref, sigma_ref) -> jnp.ndarray:
+def _(stats: FrameStats, x, u, ref, sse_ref) -> jnp.ndarray:
     return centred_loglik(x, u, stats, ref, sse_ref, 1.0)  # stats in units of sigma_ref
 
 
 @centred_total.register
-def _(stats: GainStats, x, u, ref, sse_ref, sigma_ref) -> jnp.ndarray:
+def _(stats: GainStats, x, u, ref, sse_ref) -> jnp.ndarray:
     _, e2_ref, log_a_ref = ref
     return gain_centred_loglik(x, u, stats, ref[0], e2_ref, log_a_ref, sse_ref)

@@ -583,7 +583,7 @@ def _warn_if_prior_only(sd: np.ndarray, prior: XPrior, stacklevel: int = 5) -> N
     """Warn when even the best-determined tenth of the frames says little more than the prior:
     the references differ too little for the noise (with gain, frames without mixture are
     expected to say nothing, so the criterion looks only at the best frames)."""
-    spread = min(_prior_sd(prior), _flat_sd(prior))
+    spread = _prior_sd(prior)  # never above the flat prior's
     best = float(np.quantile(sd, 0.1))
     if best > 0.9 * spread and best > 0.5 * _flat_sd(prior):
         warnings.warn(

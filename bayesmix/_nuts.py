@@ -98,7 +98,7 @@ def _model(stats, x_ref, sse_ref, ig, affine, u_scale, prior):
     # -2 alpha u - beta / sigma^2 (the Jacobian included).
     numpyro.factor("sigma_prior", -2.0 * ig[0] * u - ig[1] * jnp.exp(-2.0 * u))
     numpyro.deterministic("sigma", jnp.exp(u))  # in units of sigma_ref
-    numpyro.factor("loglik", centred_total(stats, x, u, x_ref, sse_ref, 1.0))
+    numpyro.factor("loglik", centred_total(stats, x, u, x_ref, sse_ref))
 
 
 def _stick_log_x(t):
@@ -500,7 +500,7 @@ def _walk_model(stats, x_ref, sse_ref, ig, u_scale, data, qs, *, flat_start: boo
     else:
         u = jnp.zeros((), w.dtype)
     numpyro.deterministic("sigma", jnp.exp(u))  # in units of sigma_ref
-    numpyro.factor("loglik", centred_total(stats, x, u, x_ref, sse_ref, 1.0))
+    numpyro.factor("loglik", centred_total(stats, x, u, x_ref, sse_ref))
 
 
 #: Bounds of the sd of log q that scales q's sampled coordinate (the fast path's curvature

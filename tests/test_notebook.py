@@ -201,10 +201,11 @@ def test_real_data_notebook_runs(tmp_path):
     assert _number(text, "WALK_DIFF_IN_DSE") > 100
     assert abs(_number(text, "WALK_Q") - 0.0389) < 0.002
     assert _number(text, "WALK_SD_RATIO") < 0.6
-    # Any unit (section 9): the stack at 1e-25 in float32 gives the same fractions (float32
-    # rounding of the data moves them by about 1e-6) and sigma in the new unit.
-    assert _number(text, "UNIT_MAX_DIFF") < 1e-4
-    assert abs(_number(text, "UNIT_SIGMA_RATIO") - 1.0) < 1e-4
+    # Any unit (section 9): the stack at 1e-25 in float32 gives the same fractions, within
+    # what float32 rounding of the data allows (4 u ||y|| / ||A - B|| <= 4.7e-6 here; measured
+    # 1.4e-6), and sigma in the new unit (measured 1 + 2e-8).
+    assert _number(text, "UNIT_MAX_DIFF") < 4.7e-6
+    assert abs(_number(text, "UNIT_SIGMA_RATIO") - 1.0) < 1e-6
     assert _n_images(nb) >= 3  # overview, the four maps, the two scatter plots
     # Nothing written next to the notebook (it was the kernel's working directory).
     assert sorted(p.name for p in NOTEBOOKS.iterdir()) == before
