@@ -20,7 +20,15 @@ from bayesmix._simulate import Simulation, sample_references, simulate, simulate
 from bayesmix._stats import BasisStats, FrameStats, GainStats, SimplexStats, frame_stats
 from bayesmix._version import __version__
 from bayesmix._writers import read_results, write_idata, write_results
-from bayesmix.priors import Beta, Dirichlet, InverseGamma, Jeffreys, TruncatedNormal, Uniform
+from bayesmix.priors import (
+    Beta,
+    Dirichlet,
+    InverseGamma,
+    Jeffreys,
+    PointMassMixture,
+    TruncatedNormal,
+    Uniform,
+)
 
 __all__ = [
     "BasisStats",
@@ -37,6 +45,7 @@ __all__ = [
     "InverseGamma",
     "Jeffreys",
     "MapResult",
+    "PointMassMixture",
     "Simulation",
     "SimplexStats",
     "TruncatedNormal",

@@ -157,7 +157,7 @@ class Diagnostics:
         What failed, in words, with what to do.
     rhat_max, ess_bulk_min, ess_tail_min : float
         Worst values over ``sigma``, every ``x`` and the other sampled parameters (``q``,
-        the noise model's).
+        the noise model's, a learned prior's population).
     divergences : int
         Divergent transitions after warm-up.
     bfmi : ndarray, shape (chain,)
@@ -225,8 +225,9 @@ def diagnose(idata: az.InferenceData, *, alpha: float = VERDICT_ALPHA) -> Diagno
     ----------
     idata : arviz.InferenceData
         With ``posterior`` (``x``, ``sigma``; a noise model's ``sigma_frame``,
-        ``log_sigma_mu``, ``log_sigma_tau``, ``df`` and a random walk's step ``q`` are checked
-        too, when sampled) and ``sample_stats``.
+        ``log_sigma_mu``, ``log_sigma_tau``, ``df``, a random walk's step ``q``, a learned
+        prior's ``prior_loc``, ``prior_scale`` and ``prior_mean``, and any other scalar of
+        the posterior are checked too, when sampled) and ``sample_stats``.
     alpha : float
         The chance that chains which are fine get a 'warn' from R-hat or ESS, over all the
         run's variables together.
@@ -281,9 +282,13 @@ def diagnose(idata: az.InferenceData, *, alpha: float = VERDICT_ALPHA) -> Diagno
     if not 0.0 < alpha < 1.0:
         raise InputError(f"alpha must be a probability in (0, 1), got {alpha!r}")
     full = idata.posterior
-    # The noise model's parameters too (sigma fixed at 1 for Poisson counts is not a variable).
-    scalars = [v for v in ("sigma", "log_sigma_mu", "log_sigma_tau", "df", "q")
-               if v in full and np.ptp(full[v].values) > 0]  # fmt: skip
+    # The noise model's parameters, a learned prior's population and any other scalar the
+    # run sampled (sigma fixed at 1 for Poisson counts is not a variable).
+    named = ("sigma", "log_sigma_mu", "log_sigma_tau", "df", "q", "prior_loc", "prior_scale",
+             "prior_mean")  # fmt: skip
+    names = [*named, *(v for v in full.data_vars if v not in named)]
+    scalars = [v for v in names if v in full and full[v].dims == ("chain", "draw")
+               and np.ptp(full[v].values) > 0]  # fmt: skip
     per_frame = ["sigma_frame"] if "sigma_frame" in full else []
     x = full["x"]
     n_chains, n_draws = x.sizes["chain"], x.sizes["draw"]

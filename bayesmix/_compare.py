@@ -47,8 +47,8 @@ def _(result: MapResult) -> tuple[np.ndarray, str]:
     if result.loglik is None:
         raise InputError(
             f"this fit ({result.model.name}, prior {result.prior!r}) has no per-frame marginal "
-            "likelihood: compare needs two references without gain and a truncated-normal or "
-            "uniform prior; fit the models to compare with those"
+            "likelihood: compare needs two references without gain (with any prior on x); fit "
+            "the models to compare with those"
         )
     # The shared parameters were learned with frame i in: TIC's correction, one nat per shared
     # parameter in all, spread over the frames (what the frame's own weights cost is exact).

@@ -37,13 +37,14 @@ from bayesmix._io import prepare, spectral_frames
 from bayesmix._likelihood import energy, sse
 from bayesmix._model import MixingModel, make_model
 from bayesmix._perframe import fit_per_frame
-from bayesmix._posterior import _in_blocks, _n_blocks, gaussian_log_evidence, posterior_method
+from bayesmix._posterior import _in_blocks, _n_blocks, posterior_method
 from bayesmix._precision import x64
 from bayesmix._results import MapResult
 from bayesmix._simplex import fit_simplex, fit_simplex_gain, simplex_map
 from bayesmix._stats import (
     BasisStats,
     FrameStats,
+    GainStats,
     SimplexStats,
     basis_stats_from_stack,
     bucket_size,
@@ -52,7 +53,16 @@ from bayesmix._stats import (
     stats_from_stack,
 )
 from bayesmix.noise import PerFrame, PoissonGaussian, noise_spec
-from bayesmix.priors import Beta, Jeffreys, SigmaPrior, TruncatedNormal, Uniform, XPrior
+from bayesmix.priors import (
+    Beta,
+    Jeffreys,
+    Learn,
+    PointMassMixture,
+    SigmaPrior,
+    TruncatedNormal,
+    Uniform,
+    XPrior,
+)
 from bayesmix.temporal import Independent, temporal_spec
 
 __all__ = ["fit_map", "fit_map_stats"]
@@ -309,7 +319,8 @@ def _simplex_sigma2(stats: SimplexStats, model: MixingModel, sigma, sigma_method
     if sigma_method == "marginal":
         dof = float(np.sum(stats.dof_residual))
         return (rss + 2.0 * ig_b) / (dof + 2.0 * ig_a + 1.0), 1, True
-    alpha = model.prior.concentrations
+    prior = model.prior
+    alpha = (prior.continuous if isinstance(prior, PointMassMixture) else prior).concentrations
     n_tot = float(np.sum(stats.n))
     s2 = rss / max(float(np.sum(stats.dof_residual)), 1.0)
     for it in range(1, int(max_iter) + 1):
@@ -332,7 +343,17 @@ def _fit_simplex(stats: SimplexStats, *, model, sigma, sigma_method, max_iter, t
         # The sampler where the data are: numba on the CPU, the vectorised JAX chain on a GPU.
         sampler = "jax" if devices[0].platform == "gpu" else "numba"
         w, chol = np.asarray(stats.w, np.float64), np.asarray(stats.chol, np.float64)
-        if model.gain:
+        if isinstance(model.prior, PointMassMixture):
+            from bayesmix._learn import FINE_LEVELS, simplex_point_mass
+
+            if model.gain:
+                raise InputError(
+                    "a PointMassMixture prior with gain=True is not supported: fit without gain"
+                )
+            cont = fit_simplex(w, chol, model.prior.continuous.concentrations, s2, draws=draws,
+                               seed=seed, sampler=sampler, qs=FINE_LEVELS)  # fmt: skip
+            fit = simplex_point_mass(cont, stats, model.prior, s2)
+        elif model.gain:
             fit = fit_simplex_gain(w, chol, model.prior.concentrations, s2, draws=draws,
                                    seed=seed)  # fmt: skip
         else:
@@ -374,10 +395,12 @@ def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map
                      draws=draws, seed=seed, times=times, sequence_id=sequence_id)  # fmt: skip
     res = dataclasses.replace(res, sigma_method="fixed" if sigma is not None else sigma_method)
     if res.loglik is None and _has_evidence(res):
+        from bayesmix._learn import evidence_of
+
         with x64():
             prior_t = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), res.prior)
             padded, _ = pad_stats(res.stats, bucket_size(res.n_frames))
-            ev = gaussian_log_evidence(padded, jnp.float64(res.sigma) ** 2, prior_t)
+            ev = evidence_of(prior_t, padded, jnp.float64(res.sigma) ** 2)
             ev = np.asarray(ev)[: res.n_frames]
         res = dataclasses.replace(res, loglik=ev)
     if res.loglik is not None and offset is not None:
@@ -390,8 +413,10 @@ def _fit(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map
 
 
 def _has_evidence(res: MapResult) -> bool:
-    """The frames' marginal likelihood has a closed form: Gaussian factor in x, TN/flat prior."""
-    return isinstance(res.stats, FrameStats) and isinstance(res.prior, (TruncatedNormal, Uniform))
+    """The frames' marginal likelihood is implemented: a Gaussian factor in x (closed form for
+    a truncated normal or flat prior and point masses, quadrature for Beta)."""
+    return isinstance(res.stats, FrameStats) and isinstance(
+        res.prior, (TruncatedNormal, Uniform, Beta, PointMassMixture))
 
 
 def _fit_stats(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map_shape,
@@ -428,6 +453,10 @@ def _fit_stats(stats, *, model, sigma, sigma_method, max_iter, tol, frame, devic
             "residual is left to measure it (under the Jeffreys prior its posterior is "
             "improper); pass sigma= (a known noise scale) or sigma_prior=InverseGamma(...)"
         )
+    if isinstance(prior, Learn):
+        return _fit_learned(stats, basis, model=model, sigma=sigma, sigma_method=sigma_method,
+                            max_iter=max_iter, tol=tol, frame=frame, device=device,
+                            map_shape=map_shape, draws=draws, seed=seed)  # fmt: skip
     if isinstance(stats, SimplexStats):
         return _fit_simplex(stats, model=model, sigma=sigma, sigma_method=sigma_method,
                             max_iter=max_iter, tol=tol, frame=frame, device=device,
@@ -507,6 +536,54 @@ def _fit_stats(stats, *, model, sigma, sigma_method, max_iter, tol, frame, devic
     )
 
 
+def _fit_learned(stats, basis, *, model, sigma, sigma_method, max_iter, tol, frame, device,
+                 map_shape, draws, seed) -> MapResult:  # fmt: skip
+    """``prior="learn"``: the prior's hyperparameters by maximum marginal likelihood over all
+    frames (jointly with sigma for two references, :mod:`bayesmix._learn`), then the fast path
+    under the learned prior at that sigma."""
+    from bayesmix._learn import learn_prior
+
+    if sigma_method != "marginal":
+        raise InputError(
+            f"sigma_method={sigma_method!r} is not available with prior='learn': sigma and the "
+            "prior are learned together from the marginal likelihood (sigma_method='marginal')"
+        )
+    simplex = isinstance(stats, SimplexStats)
+    gained = isinstance(stats, GainStats)
+    if sigma is not None:
+        s2 = float(sigma) ** 2
+    elif gained:
+        # sigma under a flat prior: with every pixel in, the prior moves it by O(N / n), and
+        # it is learned again under the learned prior below.
+        flat = _fit_stats(stats if basis is None else basis,
+                          model=dataclasses.replace(model, prior=Uniform()), sigma=None,
+                          sigma_method="marginal", max_iter=max_iter, tol=tol, frame=frame,
+                          device=device, map_shape=map_shape, draws=draws, seed=seed)  # fmt: skip
+        s2 = flat.sigma**2
+    elif simplex:
+        s2, _, _ = _simplex_sigma2(stats, model, None, "marginal", max_iter, tol)
+    else:  # the least-squares start; the iteration moves it by O(N / n)
+        s2 = float(np.sum(stats.rss)) / max(float(np.sum(stats.dof_residual)), 1.0)
+    learned, s2, population = learn_prior(
+        stats, model.prior, sigma2=s2, sigma_fixed=sigma is not None,
+        ig=model.sigma_prior.ig_params, max_iter=max(int(max_iter), 1))  # fmt: skip
+    if not population.converged:
+        warnings.warn(
+            f"the learned prior did not converge in {population.n_iter} Newton iterations; "
+            "raise max_iter or check the data",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+    fitted = dataclasses.replace(model, prior=learned)
+    again = gained and sigma is None
+    res = _fit_stats(stats if basis is None else basis, model=fitted,
+                     sigma=None if again else math.sqrt(s2),
+                     sigma_method="marginal", max_iter=max_iter, tol=tol, frame=frame,
+                     device=device, map_shape=map_shape, draws=draws, seed=seed)  # fmt: skip
+    return dataclasses.replace(res, sigma_fixed=sigma is not None, population=population,
+                               n_iter=population.n_iter, converged=population.converged)
+
+
 def _fit_temporal(stats, *, model, sigma, sigma_method, max_iter, tol, frame, device, map_shape,
                   times, sequence_id) -> MapResult:  # fmt: skip
     """A random walk along the frames (:mod:`bayesmix._temporal`), started from each frame's
@@ -557,7 +634,7 @@ def _fit_per_frame_noise(stats, *, model, sigma, frame, map_shape, basis, max_it
         fit = fit_per_frame(stats, model.prior, max_iter=max(int(max_iter), 1))
     if not fit.converged:
         warnings.warn(
-            f"the population of noise scales did not converge in {fit.n_iter} EM iterations; "
+            f"the population of noise scales did not converge in {fit.n_iter} Newton iterations; "
             "raise max_iter",
             RuntimeWarning,
             stacklevel=5,
@@ -573,7 +650,9 @@ def _fit_per_frame_noise(stats, *, model, sigma, frame, map_shape, basis, max_it
         frame=None if frame is None else np.asarray(frame), device="cpu:1", model=model,
         background=background,
         map_shape=None if map_shape is None else tuple(int(v) for v in map_shape),
-        noise_params={"log_sigma_mu": fit.mu, "log_sigma_tau": fit.tau},
+        noise_params={"log_sigma_mu": fit.mu, "log_sigma_tau": fit.tau,
+                      "log_sigma_mu_sd": fit.population.sd["log_sigma_mu"],
+                      "log_sigma_tau_sd": fit.population.sd["log_sigma_tau"]},
         sigma_frame=summ.extra["sigma"], sigma_frame_sd=summ.extra["sigma_sd"],
         loglik=fit.log_evidence,
     )  # fmt: skip

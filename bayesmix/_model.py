@@ -215,6 +215,7 @@ def make_model(
     n_refs = int(n_refs)
     names = ref_names_for(n_refs, ref_names)
     prior = check_prior(prior, n_refs)
+    _check_learned(prior, gain=bool(gain), n_refs=n_refs, noise=noise, temporal=temporal)
     if isinstance(noise, PerFrame):
         from bayesmix.priors import TruncatedNormal, Uniform
 
@@ -237,6 +238,30 @@ def make_model(
         n_refs=n_refs,
         ref_names=names,
     )
+
+
+def _check_learned(prior, *, gain, n_refs, noise, temporal) -> None:
+    """The models a learned prior (or point masses on the pure phases) is available with."""
+    from bayesmix.priors import Learn, PointMassMixture
+
+    point_mass = isinstance(prior, PointMassMixture) or (
+        isinstance(prior, Learn) and prior.family == "point_mass")
+    why = None
+    if point_mass and gain:
+        why = "point masses on the pure phases with gain=True"
+    elif isinstance(prior, Learn) and gain and n_refs > 2:
+        why = f"gain=True with {n_refs} references"
+    elif isinstance(prior, Learn) and isinstance(noise, PerFrame):
+        why = ("noise='per_frame' (learn one population at a time: the weights' with "
+               "noise='gaussian', or the noise scales' with a fixed prior)")
+    elif isinstance(prior, Learn) and not isinstance(temporal, Independent):
+        why = f"temporal={temporal_spec(temporal)!r} (the walk's start prior is fixed)"
+    if why is not None:
+        what = "prior='learn'" if isinstance(prior, Learn) else "a PointMassMixture prior"
+        raise InputError(
+            f"{what} is not supported with {why}; use a fixed prior (bayesmix.priors) or drop "
+            "that option"
+        )
 
 
 def _check_temporal_model(temporal, *, gain, n_refs, noise, prior) -> None:

@@ -16,7 +16,11 @@ frame (coarse grids zoomed on the mass, then a fine one), with any prior.
 
 Each (prior type, statistics type) pair registers one method (:func:`register`); the jitted
 core looks it up by the types of its pytree arguments at trace time (:func:`posterior_method`),
-so the priors' numbers stay traced and a new model adds a method, not a branch.
+so the priors' numbers stay traced and a new model adds a method, not a branch. A method gives
+``summary``, ``mode``, ``quantiles(stats, sigma2, prior, qs)`` (levels ``qs`` (Q,) shared by the
+frames, (N, Q)) and ``cdf(stats, sigma2, prior, x)`` (one point per frame, ``x`` (N,) -> (N,));
+everything built on them (highest-density intervals, the probability of lying near a bound)
+asks only for these.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ __all__ = [
     "PriorParams",
     "ScaleMixture",
     "Summary",
+    "posterior_cdf",
     "posterior_method",
     "posterior_quantiles",
     "prior_params",
@@ -107,6 +112,21 @@ def _gaussian(stats: FrameStats, sigma2, pp: PriorParams):
     lam = lik + pp.p1
     m = (lik * stats.xhat + pp.p1 * pp.p0) / lam
     return m, jax.lax.rsqrt(lam)
+
+
+def _tn_cdf(x, m, s, lo, hi):
+    """P(X <= x) for X ~ Normal(m, s) truncated to [lo, hi]: 0 below lo, 1 above hi.
+
+    Ratios of ``log_diff_ndtr`` (which works in the tail away from the mass), so they keep their
+    relative precision when m lies many s outside [lo, hi]. Above 1/2 it is 1 minus the upper
+    part, so that ``1 - cdf`` (the mass above x) is right to an ulp of 1 even when tiny: the
+    ratio itself would carry eps times the logs' magnitude."""
+    a, b = (lo - m) / s, (hi - m) / s
+    z = (jnp.clip(x, lo, hi) - m) / s
+    log_z = log_diff_ndtr(a, b)
+    below = log_diff_ndtr(a, z) - log_z
+    return jnp.where(below < -np.log(2.0), jnp.exp(below),
+                     -jnp.expm1(log_diff_ndtr(z, b) - log_z))  # fmt: skip
 
 
 def _beta_grad(x, stats, sigma2, pp):
@@ -186,6 +206,12 @@ def _beta_quantiles1(stats1, sigma2, pp, qs):
     return jnp.interp(qs, cdf, grid)
 
 
+def _beta_cdf1(stats1, sigma2, pp, x1):
+    # Outside the grid (beyond 20 local widths of the mode) the mass is < e^-20: 0 or 1.
+    _, grid, _, cdf = _beta_grid(stats1, sigma2, pp)
+    return jnp.interp(x1, grid, cdf)
+
+
 class Summary(NamedTuple):
     """Each frame's posterior given sigma: mode, mean, sd, at a bound, and model extras
     (``gain``, ``gain_sd`` for the gain model), each of shape (N,)."""
@@ -262,6 +288,13 @@ class ConjugateGaussian:
         m, s = _gaussian(stats, sigma2, pp)
         return tn_quantile(qs[None, :], m[:, None], s[:, None], pp.lo, pp.hi)
 
+    @staticmethod
+    def cdf(stats, sigma2, prior, x):
+        """P(x_i <= x[i] | y_i, sigma) per frame, ``x`` of shape (N,): closed form."""
+        pp = prior_params(prior)
+        m, s = _gaussian(stats, sigma2, pp)
+        return _tn_cdf(x, m, s, pp.lo, pp.hi)
+
 
 @register((Beta,), FrameStats)
 class BetaGrid(ConjugateGaussian):
@@ -289,6 +322,13 @@ class BetaGrid(ConjugateGaussian):
     def quantiles(stats, sigma2, prior, qs):
         pp = prior_params(prior)
         return jax.lax.map(lambda st: _beta_quantiles1(st, sigma2, pp, qs), stats,
+                           batch_size=_BATCH)  # fmt: skip
+
+    @staticmethod
+    def cdf(stats, sigma2, prior, x):
+        """P(x_i <= x[i] | y_i, sigma) per frame: the fitted grid's trapezoid CDF, interpolated."""
+        pp = prior_params(prior)
+        return jax.lax.map(lambda a: _beta_cdf1(a[0], sigma2, pp, a[1]), (stats, x),
                            batch_size=_BATCH)  # fmt: skip
 
 
@@ -399,6 +439,18 @@ class GainGrid:
 
         return jax.lax.map(one, stats, batch_size=_BATCH)
 
+    @staticmethod
+    def cdf(stats, sigma2, prior, x):
+        """P(x_i <= x[i] | y_i, sigma) per frame: the fitted grid's CDF, interpolated (0 or 1
+        beyond the grid, where the density is below e^-40 of its peak)."""
+
+        def one(args):
+            st1, x1 = args
+            grid, _, cdf, _ = _gain_frame(st1, sigma2, prior)
+            return jnp.interp(x1, grid, cdf)
+
+        return jax.lax.map(one, (stats, x), batch_size=_BATCH)
+
 
 _S_NODES = 41  # nodes of the log-sigma grid: 0.4 posterior widths apart over +-8 widths
 _S_SPAN = 8.0
@@ -451,7 +503,9 @@ def gaussian_log_evidence(stats: FrameStats, sigma2, prior):
 def _s_components(st: PerFrameStats, prior):
     """Per node of log sigma: log weight (unnormalised, exact), and x's truncated normal."""
     pp = prior_params(prior)
-    nodes, step = _s_grid(st)
+    # The nodes are a quadrature rule, not a parameter: derivatives in (mu, tau) flow through the
+    # integrand only, which is the derivative of the integral to the rule's accuracy.
+    nodes, step = jax.lax.stop_gradient(_s_grid(st))
     inv = jnp.exp(-2.0 * nodes)  # 1 / sigma^2
     log_zx, m, sd = _log_zx(st.dd[:, None], st.xhat[:, None], inv, pp)
     n, rss = st.n[:, None], st.rss[:, None]
@@ -537,6 +591,12 @@ class ScaleMixture:
         (lo, hi), _ = jax.lax.scan(bisect, (lo, hi), None, length=48)
         return 0.5 * (lo + hi)
 
+    @classmethod
+    def cdf(cls, stats, sigma2, prior, x):
+        """P(x_i <= x[i] | y_i) per frame: the mixture's CDF, closed form per node."""
+        _, p, m, sd, pp = cls._mixture(stats, prior)
+        return _mixture_cdf(x[:, None], m, sd, pp, p)[:, 0]
+
 
 @register((TruncatedNormal, Uniform), SmoothedStats)
 class TruncatedMarginal:
@@ -555,6 +615,12 @@ class TruncatedMarginal:
         pp = prior_params(prior)
         return tn_quantile(qs[None, :], stats.m[:, None], stats.sd[:, None], pp.lo, pp.hi)
 
+    @staticmethod
+    def cdf(stats, sigma2, prior, x):
+        """P(x_i <= x[i] | all frames) per frame: closed form."""
+        pp = prior_params(prior)
+        return _tn_cdf(x, stats.m, stats.sd, pp.lo, pp.hi)
+
 
 @jax.jit
 def _quantiles_jit(stats, sigma2, prior, qs):
@@ -568,3 +634,24 @@ def posterior_quantiles(prior: XPrior, stats: Any, sigma: float, qs) -> np.ndarr
     with x64():
         out = _quantiles_jit(padded, jnp.asarray(sigma) ** 2, prior, jnp.asarray(qs))
         return np.asarray(out)[: stats.n_frames]
+
+
+@jax.jit
+def _cdf_jit(stats, sigma2, prior, x):
+    return posterior_method(prior, stats).cdf(stats, sigma2, prior, x)
+
+
+def posterior_cdf(prior: XPrior, stats: Any, sigma: float, x: Any) -> np.ndarray:
+    """P(x_i <= x[i] | y_i, sigma) for every frame i, shape (N,), float64.
+
+    ``x`` has shape (N,), one point per frame (or a scalar, the same point for all).
+    """
+    n = stats.n_frames
+    x = np.broadcast_to(np.asarray(x, np.float64), (n,))
+    size = bucket_size(n)
+    padded, _ = pad_stats(stats, size)
+    # The padding frames are evaluated at a bound of the prior: finite, then discarded.
+    xp = np.concatenate([x, np.full(size - n, float(prior.bounds[0]))])
+    with x64():
+        out = _cdf_jit(padded, jnp.asarray(sigma) ** 2, prior, jnp.asarray(xp))
+        return np.asarray(out)[:n]

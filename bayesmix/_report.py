@@ -13,8 +13,10 @@ import base64
 import functools
 import html
 import io
+import math
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,7 +27,7 @@ from bayesmix._model import make_model
 from bayesmix._results import MapResult
 from bayesmix._schema import interval_labels, model_attrs, percent
 from bayesmix.noise import Gaussian, PerFrame, PoissonGaussian, StudentT, noise_spec
-from bayesmix.priors import Dirichlet, parse_prior
+from bayesmix.priors import Dirichlet, PointMassMixture, TruncatedNormal, parse_prior
 
 __all__ = ["REPORT_SUFFIXES", "check_report_path", "report"]
 
@@ -111,14 +113,17 @@ class _View:
     """What the report needs, from either kind of result: the per-frame table of the one schema
     (:func:`bayesmix._writers.results_table`), so MAP and NUTS reports read the same columns."""
 
-    def __init__(self, result: Any, prob: float) -> None:
+    def __init__(self, result: Any, prob: float, attrs: dict | None = None) -> None:
+        """``attrs``: the metadata of the results file ``result`` was rebuilt from (what the
+        rebuilt MapResult does not keep, e.g. the learned prior's hyperparameters)."""
         from bayesmix._arviz import is_inference_data
         from bayesmix._writers import results_table
 
         if not (isinstance(result, MapResult) or is_inference_data(result)):
             raise InputError(
-                "report needs a MapResult (bayesmix.fit_map) or the InferenceData of "
-                f"bayesmix.sample, got {type(result).__name__}"
+                "report needs a MapResult (bayesmix.fit_map), the InferenceData of "
+                "bayesmix.sample or a results table (bayesmix.read_results), got "
+                f"{type(result).__name__}"
             )
         from bayesmix._writers import table_ref_names
 
@@ -163,6 +168,10 @@ class _View:
         if isinstance(self.prior_obj, Dirichlet) and self.names is not None:
             self.prior_obj = self.prior_obj.expand(len(self.names))
         self.prior = "" if self.prior_obj is None else repr(self.prior_obj)
+        #: The prior learned from the frames (empirical Bayes, or sampled by NUTS), or None.
+        self.learned = _learned(result, attrs)
+        #: NUTS with a learned population: the population at some of its draws.
+        self.prior_draws = [] if self.idata is None else _nuts_population(result, self.bounds)
         #: A temporal fit: its frames' order means something, and neighbours pull too.
         self.temporal = _is_temporal(self, result)
         self.frame = df.index.to_numpy()
@@ -252,22 +261,68 @@ def _map_method(result: MapResult) -> tuple[str, str]:
             f"{done} in {it}.")  # fmt: skip
 
 
-def _prior_curve(v: _View, k: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-    """The prior's density of x on a grid over its bounds, shape (G,) each; with K >= 3
-    references, the Dirichlet's marginal of reference ``k`` (a Beta). None when the result does
-    not record its prior."""
-    prior = v.prior_obj
-    if prior is None:
-        return None
-    lo, hi = v.bounds
+class _PriorParts(NamedTuple):
+    """A prior of one weight split for drawing: its continuous part on a grid, and its atoms.
+
+    Attributes
+    ----------
+    grid : ndarray, shape (G,)
+        Points over the prior's bounds.
+    density : ndarray, shape (G,)
+        The continuous part's density times its probability ``weight`` (so its area is
+        ``weight``, and density plus atoms hold probability 1).
+    weight : float
+        Probability of the continuous part: 1 without atoms, ``1 - sum(atoms)`` for a
+        :class:`~bayesmix.priors.PointMassMixture`.
+    atoms : tuple of (float, float)
+        Each point mass as (location, probability): with two references (1, p_A) and (0, p_B);
+        the marginal of reference k of K >= 3 has (1, atoms[k]) and (0, the others' sum).
+    """
+
+    grid: np.ndarray
+    density: np.ndarray
+    weight: float
+    atoms: tuple[tuple[float, float], ...] = ()
+
+
+def _prior_parts(prior: Any, bounds: tuple[float, float],
+                 k: int | None = None) -> _PriorParts:  # fmt: skip
+    """``prior``'s parts (:class:`_PriorParts`) on 401 points over ``bounds``; with K >= 3
+    references the marginal of reference ``k`` (a Dirichlet's marginal is a Beta)."""
+    lo, hi = bounds
     grid = np.linspace(lo, hi, 401)
+    atoms: tuple[tuple[float, float], ...] = ()
+    weight = 1.0
+    if isinstance(prior, PointMassMixture):
+        p = prior.atoms
+        # Two references: x is A's weight, so pure A is x = 1 and pure B is x = 0. On the
+        # simplex, weight k is 1 in phase k's vertex and 0 in every other vertex.
+        atoms = ((1.0, p[0]), (0.0, p[1])) if k is None else (
+            (1.0, p[k]), (0.0, float(sum(p)) - p[k]))  # fmt: skip
+        weight = prior.continuous_weight
+        prior = prior.continuous
     if isinstance(prior, Dirichlet):
         from scipy import stats
 
         alpha = prior.concentrations
+        j = 0 if k is None else k
         grid = grid[1:-1]  # a concentration below 1 is infinite on the bounds
-        return grid, stats.beta.pdf(grid, alpha[k], alpha.sum() - alpha[k])
-    return grid, np.exp(np.asarray(_jitted_log_prob()(prior, grid), np.float64))
+        pdf = stats.beta.pdf(grid, alpha[j], alpha.sum() - alpha[j])
+    else:
+        pdf = np.exp(np.asarray(_jitted_log_prob()(prior, grid), np.float64))
+    return _PriorParts(grid, weight * pdf, float(weight), atoms)
+
+
+def _prior_curve(v: _View, k: int | None = None) -> _PriorParts | None:
+    """The parts of the prior of x (:func:`_prior_parts`); with K >= 3 references those of the
+    marginal of reference ``k``. A population sampled by NUTS is averaged over its draws (the
+    population given the frames). None when the result does not record its prior."""
+    if v.prior_draws:
+        parts = [_prior_parts(p, v.bounds, k) for p in v.prior_draws]
+        return parts[0]._replace(density=np.mean([p.density for p in parts], axis=0))
+    if v.prior_obj is None:
+        return None
+    return _prior_parts(v.prior_obj, v.bounds, k)
 
 
 @functools.cache
@@ -279,19 +334,244 @@ def _jitted_log_prob() -> Any:
     return jax.jit(lambda prior, x: prior.log_prob(x))
 
 
-def _prior_moments(v: _View) -> tuple[float, float] | None:
-    """Mean and sd of the prior of x (two references), by the trapezoid rule on its grid."""
-    curve = _prior_curve(v)
-    if curve is None:
-        return None
-    grid, pdf = curve
+def _moments(parts: _PriorParts) -> tuple[float, float]:
+    """Mean and sd of a prior from its parts: the continuous part's by the trapezoid rule on
+    its grid, combined with the atoms (law of total variance)."""
+    grid, pdf = parts.grid, parts.density
 
     def integral(f: np.ndarray) -> float:  # np.trapezoid is numpy >= 2 only
         return float(np.sum(0.5 * (f[1:] + f[:-1]) * np.diff(grid)))
 
+    # Normalised by its own integral, so the rule's error in the mass cancels.
     mass = integral(pdf)
-    mean = integral(grid * pdf) / mass
-    return mean, float(np.sqrt(integral((grid - mean) ** 2 * pdf) / mass))
+    mean_c = integral(grid * pdf) / mass
+    var_c = integral((grid - mean_c) ** 2 * pdf) / mass
+    w = parts.weight
+    mean = w * mean_c + sum(p * x for x, p in parts.atoms)
+    var = w * (var_c + (mean_c - mean) ** 2) + sum(p * (x - mean) ** 2 for x, p in parts.atoms)
+    return float(mean), float(np.sqrt(max(var, 0.0)))
+
+
+def _prior_moments(v: _View) -> tuple[float, float] | None:
+    """Mean and sd of the prior of x (two references), point masses included."""
+    parts = _prior_curve(v)
+    return None if parts is None else _moments(parts)
+
+
+def _draw_prior(ax: Any, parts: _PriorParts, label: str, *,
+                right_label: bool = True) -> tuple[list[Any], list[str]] | None:  # fmt: skip
+    """The prior over a density histogram on ``ax``: the continuous part's density times its
+    probability (black), and each atom as a spike whose height is its probability on a second
+    y axis at the right, its value written beside it.
+
+    Returns
+    -------
+    (handles, labels) or None
+        With atoms, the legend entries of both axes, for the caller to place outside the
+        plot (inside, the legend would hide a spike); None without atoms.
+    """
+    what = label if not parts.atoms else f"{label}: continuous part \u00d7 {parts.weight:.3g}"
+    ax.plot(parts.grid, parts.density, color="k", lw=1.5, label=what)
+    if not parts.atoms:
+        return None
+    lo, hi = float(parts.grid[0]), float(parts.grid[-1])
+    span = max(hi - lo, 1e-12)
+    # The spikes at the bounds would sit on the frame of the axes: leave them some room.
+    ax.set_xlim(min(lo, 0.0) - 0.05 * span, max(hi, 1.0) + 0.05 * span)
+    twin = ax.twinx()
+    where = [x for x, _ in parts.atoms]
+    prob = [p for _, p in parts.atoms]
+    twin.vlines(where, 0.0, prob, color="tab:red", lw=2.5,
+                label=f"{label}: pure phases (probability, right axis)")  # fmt: skip
+    twin.plot(where, prob, "o", color="tab:red", ms=4)
+    top = max(0.05, 1.35 * max(prob))
+    twin.set_ylim(0.0, top)
+    if right_label:
+        twin.set_ylabel("probability of a pure phase", color="tab:red")
+    twin.tick_params(axis="y", colors="tab:red")
+    for i, (x, p) in enumerate(parts.atoms):
+        right = x >= 0.5 * (lo + hi)
+        # Labels of atoms of about the same height would overlap: lift the second one.
+        lift = 12 if i and abs(p - prob[0]) < 0.1 * top else 0
+        twin.annotate(f"P(x = {x:g}) = {p:.3g}", (x, p), xytext=(-5 if right else 5, 4 + lift),
+                      textcoords="offset points", ha="right" if right else "left",
+                      fontsize=8, color="tab:red",
+                      bbox={"fc": "white", "ec": "none", "alpha": 0.7, "pad": 1})  # fmt: skip
+    handles, labels = ax.get_legend_handles_labels()
+    more, more_labels = twin.get_legend_handles_labels()
+    return handles + more, labels + more_labels
+
+
+def _rounded(text: str) -> str:
+    """A prior's repr with its numbers to 4 significant digits, for captions (a learned
+    prior's hyperparameters carry all 17 digits)."""
+    return re.sub(r"-?\d+\.\d+(?:e[-+]?\d+)?", lambda m: f"{float(m.group()):.4g}", text)
+
+
+def _atoms_words(parts: _PriorParts) -> str:
+    """The caption's words for a prior of x with point masses (HTML); empty without them."""
+    if not parts.atoms:
+        return ""
+    (x1, p1), (x0, p0) = parts.atoms
+    return (
+        " The prior has point masses on the pure phases, which are probabilities, not "
+        "densities: its continuous part is drawn as its density times its probability "
+        f"1 &minus; &Sigma; atoms = {parts.weight:.3g} (left axis, the scale of the histogram, "
+        "whose area is 1), and each atom as a red spike at its x whose height is its "
+        f"probability (right axis), written beside it: P(x = {x1:g}) = {p1:.3g} (pure A), "
+        f"P(x = {x0:g}) = {p0:.3g} (pure B). The posterior means of pure frames gather next to "
+        "the bound: each posterior puts most of its mass on the atom, but its mean averages in "
+        "the continuous part."
+    )
+
+
+#: What each family of a learned prior is, for the captions.
+_FAMILY_WORDS = {
+    "truncnormal": "a truncated normal",
+    "beta": "a Beta",
+    "dirichlet": "a Dirichlet",
+    "point_mass": "point masses on the pure phases plus a continuous part",
+}
+
+#: What some hyperparameters mean, for the captions.
+_PARAM_WORDS = {
+    "p_pure": "p_pure_&lowast;: the probability of a pure phase",
+    "mean": "mean: the population's own mean",
+    "sd": "sd: its own sd",
+}
+
+#: A population sampled by NUTS is drawn as the average of its density over this many draws.
+_PRIOR_DRAWS = 100
+
+
+class _Learned(NamedTuple):
+    """A prior learned from the frames: its family and each hyperparameter with its sd.
+
+    Attributes
+    ----------
+    family : str
+        ``'truncnormal'``, ``'beta'``, ``'dirichlet'`` or ``'point_mass'``.
+    params : dict of str to (float, float)
+        Each hyperparameter's estimate and its sd.
+    how : str
+        How they were learned, in words.
+    """
+
+    family: str
+    params: dict
+    how: str
+
+
+#: How the fast path learns a prior.
+_MML = "empirical Bayes: maximum marginal likelihood, sds from its curvature"
+
+
+def _float(value: Any) -> float:
+    """A number of the metadata (a file may hold NaN as text or None) as a float."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _learned_from_attrs(attrs: dict) -> _Learned | None:
+    """The learned prior a results file records (``prior_learned``, ``prior_<name>`` and
+    ``prior_<name>_sd``), or None."""
+    family = str(attrs.get("prior_learned") or "")
+    if not family:
+        return None
+    params = {key[6:]: (_float(value), _float(attrs[f"{key}_sd"]))
+              for key, value in attrs.items()
+              if key.startswith("prior_") and f"{key}_sd" in attrs}  # fmt: skip
+    return _Learned(family, params, _MML)
+
+
+def _learned(result: Any, attrs: dict | None) -> _Learned | None:
+    """The prior learned by the fit: from a MapResult's ``population``, the metadata of a
+    results file (``attrs``), or the hyperparameters NUTS sampled. None for a fixed prior."""
+    pop = getattr(result, "population", None)
+    if isinstance(result, MapResult) and pop is not None:
+        params = {k: (float(v), _float(pop.sd.get(k))) for k, v in pop.params.items()}
+        return _Learned(str(pop.family), params, _MML)
+    if attrs is not None:
+        return _learned_from_attrs(attrs)
+    if isinstance(result, MapResult):
+        return None
+    family = str(result.attrs.get("prior_learned") or "")
+    if not family:
+        return None
+    post = result.posterior
+    drawn = {str(name)[6:]: np.asarray(post[name], np.float64).ravel()
+             for name in post.data_vars if str(name).startswith("prior_")}  # fmt: skip
+    if not drawn:
+        # No draws of the population: what the fast path learned, the sampler's start
+        # (prior_<name>_map and prior_<name>_map_sd).
+        start = {k.replace("_map", "", 1): v for k, v in result.attrs.items()
+                 if k.startswith("prior_") and k.endswith(("_map", "_map_sd"))}  # fmt: skip
+        return _learned_from_attrs({**start, "prior_learned": family})
+    params = {k: (float(d.mean()), float(d.std())) for k, d in drawn.items()}
+    return _Learned(family, params,
+                    "hierarchical model sampled by NUTS with every weight: posterior mean "
+                    "± sd of each hyperparameter")  # fmt: skip
+
+
+def _nuts_population(result: Any, bounds: tuple[float, float]) -> list[Any]:
+    """NUTS with a learned truncated normal: the population at evenly spaced draws of its
+    (loc, scale), whose average density is the population given the frames; else empty."""
+    if isinstance(result, MapResult) or result.attrs.get("prior_learned") != "truncnormal":
+        return []
+    post = result.posterior
+    if "prior_loc" not in post or "prior_scale" not in post:
+        return []
+    loc = np.asarray(post["prior_loc"], np.float64).ravel()
+    scale = np.asarray(post["prior_scale"], np.float64).ravel()
+    pick = _thin(loc.size, _PRIOR_DRAWS)
+    return [TruncatedNormal(float(a), float(s), *bounds) for a, s in zip(loc[pick], scale[pick],
+                                                                         strict=True)]  # fmt: skip
+
+
+def _param_rank(name: str) -> tuple[int, str]:
+    """Order of the hyperparameters in the captions: atoms, the family's own, moments."""
+    for i, first in enumerate(("p_pure", "loc", "scale", "a", "b", "alpha", "mean", "sd")):
+        if name == first or name.startswith(f"{first}_"):
+            return i, name
+    return 99, name
+
+
+def _learned_params(learned: _Learned) -> str:
+    """Each hyperparameter as 'name = value ± sd' (plain text: escape it for HTML)."""
+    parts = []
+    for name in sorted(learned.params, key=_param_rank):
+        value, sd = learned.params[name]
+        err = f" ± {sd:.2g}" if math.isfinite(sd) else " (no sd: flat there)"
+        parts.append(f"{name} = {value:.3g}{err}")
+    return ", ".join(parts)
+
+
+def _learned_row(v: _View) -> dict[str, str]:
+    """The summary's row of a learned prior: its family and hyperparameters; empty if fixed."""
+    if v.learned is None:
+        return {}
+    return {f"prior learned from the frames ({v.learned.family})": _learned_params(v.learned)}
+
+
+def _learned_words(v: _View) -> str:
+    """The caption's sentence on a learned prior (HTML); empty for a fixed one."""
+    learned = v.learned
+    if learned is None:
+        return ""
+    n = v.center.shape[0]
+    family = _FAMILY_WORDS.get(learned.family, html.escape(learned.family))
+    glossed = [w for key, w in _PARAM_WORDS.items()
+               if any(k == key or k.startswith(f"{key}_") for k in learned.params)]  # fmt: skip
+    notes = "; ".join([*glossed, learned.how])
+    return (
+        f" The learned prior is {family}, learned from the {n} frames: "
+        f"{html.escape(_learned_params(learned))} ({notes}). It is the population "
+        "the frames' weights come from, as estimated from the frames themselves, and each "
+        "frame's posterior uses it as its prior: where a frame says little its mean is shrunk "
+        "towards the population, so the histogram of means tends to be narrower than it."
+    )
 
 
 def _points(ax: Any, x: np.ndarray, y: np.ndarray, extent: tuple[float, ...],
@@ -342,9 +622,34 @@ def _weights_html(v: _View, prob: float) -> str:
     band = _fig_html(
         fig, "frames sorted by estimate, with their intervals",
         f"Frames sorted by their posterior mean (not in input order): the curve is the sorted "
-        f"estimates, the band each frame's {percent(prob)} interval.{_thinned_words(drawn, n)}",
+        f"estimates, the band each frame's {percent(prob)} interval.{_thinned_words(drawn, n)}"
+        f"{_interval_words(v, prob)}",
     )  # fmt: skip
     return band + _row(_distribution_fig(v), _pull_fig(v)) + _row(_sd_fig(v))
+
+
+def _interval_words(v: _View, prob: float) -> str:
+    """Which interval to use when (HTML): the equal-tailed one shown, or the highest-density
+    interval where posteriors pile up at a bound, and the probability of lying near a bound."""
+    pct = percent(prob)
+    eq = (f" The intervals are equal-tailed (the results files' columns): each leaves "
+          f"{50.0 * (1.0 - prob):.6g}% of the posterior on either side, so it never contains "
+          "a bound.")  # fmt: skip
+    if v.idata is not None:
+        return eq + (
+            " Where a posterior piles up at a bound (frames at a bound, nearly pure phases) use "
+            f"the highest-density interval of the draws, <code>arviz.hdi(idata, "
+            f"hdi_prob={prob:g})</code>: the shortest interval holding {pct}, the only one that "
+            "can contain the bound itself."
+        )
+    near = ("; <code>res.prob_near_bound(tol)</code> gives each frame's probability of lying "
+            "within tol of a bound" if hasattr(MapResult, "prob_near_bound") else "")  # fmt: skip
+    return eq + (
+        " Where a posterior piles up at a bound (frames at a bound, nearly pure phases) use the "
+        f'highest-density interval, <code>res.interval({prob:g}, kind="hdi")</code>: the '
+        f"shortest interval holding {pct}, the only one that can contain the bound itself"
+        f"{near}."
+    )
 
 
 def _ls_name(v: _View) -> str:
@@ -370,18 +675,31 @@ def _distribution_fig(v: _View) -> str:
                   label=_ls_name(v))  # fmt: skip
         words = (f" The grey outline is the {_ls_name(v)}; {n - int(inside.sum())} of them "
                  "lie outside the bounds and are not drawn.")  # fmt: skip
-    curve = _prior_curve(v)
-    if curve is not None:
-        ax.plot(*curve, color="k", lw=1.5, label="prior")
+    parts = _prior_curve(v)
+    label = "prior" if v.learned is None else "learned prior"
+    entries = None if parts is None else _draw_prior(ax, parts, label)
     ax.set_xlabel("x")
     ax.set_ylabel("density")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title("Distribution of the estimates")
+    if entries is None:
+        ax.legend(loc="upper left", fontsize=8)
+    else:
+        ax.legend(*entries, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
+                  fontsize=7, frameon=False)  # fmt: skip
+    ax.set_title("Distribution of the estimates" if v.learned is None else
+                 "The learned prior over the histogram of estimates")  # fmt: skip
     fig.tight_layout()
+    prior = html.escape(_rounded(v.prior)) or "not recorded"
+    if v.prior_draws:
+        what = (f"the learned prior (black: the population's density averaged over "
+                f"{len(v.prior_draws)} draws of its hyperparameters).{_learned_words(v)}")
+    elif v.learned is not None:
+        what = f"the learned prior ({prior}, black).{_learned_words(v)}"
+    else:
+        what = f"the prior's density ({prior}, black)."
     return _fig_html(
         fig, "distribution of the estimates over the prior",
-        f"Histogram of the {n} posterior means over the prior's density "
-        f"({html.escape(v.prior) or 'not recorded'}, black).{words} Where frames say little, "
+        f"Histogram of the {n} posterior means over {what}"
+        f"{'' if parts is None else _atoms_words(parts)}{words} Where frames say little, "
         "their means gather where the prior's mass is.",
     )  # fmt: skip
 
@@ -515,6 +833,16 @@ def _truth_html(v: _View, truth: np.ndarray, prob: float) -> str:
     if v.xhat is not None and np.all(np.isfinite(v.xhat)):
         rows["RMSE of the least-squares x-hat"] = f"{np.sqrt(np.mean((v.xhat - truth) ** 2)):.4g}"
     table = pd.DataFrame({"value": rows}).to_html(border=0)
+    lo, hi = v.bounds
+    pure = int(np.sum((truth == lo) | (truth == hi)))
+    if pure:
+        # Equal-tailed intervals exclude the bounds: such frames are missed by construction.
+        table += (
+            f"<p>{pure} frame(s) have a true weight exactly at a bound (pure phases): an "
+            "equal-tailed interval never contains a bound, so they count as misses; the "
+            f'highest-density interval (<code>res.interval({prob:g}, kind="hdi")</code>) can '
+            "cover them.</p>"
+        )
     verdict = ("consistent with calibrated intervals (within 2 binomial sd)" if abs(z) <= 2
                else "more than 2 binomial sd from the nominal level: the intervals are "
                + ("too narrow" if z < 0 else "too wide"))  # fmt: skip
@@ -606,6 +934,7 @@ def _summary_html(v: _View, result: Any) -> str:
         "method": v.kind,
         "model": v.model_name,
         "prior": v.prior,
+        **_learned_row(v),
         "sigma (noise sd)": f"{v.sigma:.6g}",
         "x mean: median [min, max]": f"{np.median(v.center):.4f} [{v.center.min():.4f}, "
         f"{v.center.max():.4f}]",
@@ -1201,28 +1530,57 @@ def _simplex_weights_html(v: _View, prob: float) -> str:
     out += _fig_html(
         fig, "sorted weights of each reference, with their intervals",
         "One panel per reference, its frames sorted by their posterior mean weight (not in "
-        f"input order), with each frame's {percent(prob)} interval.{_thinned_words(drawn, n)}",
+        f"input order), with each frame's {percent(prob)} interval.{_thinned_words(drawn, n)}"
+        f"{_interval_words(v, prob)}",
     )  # fmt: skip
 
     fig, axes = _panels(k, 4.0, 3.0)
     edges = np.linspace(0.0, 1.0, int(np.clip(np.sqrt(n), 10, 60)) + 1)
+    legend = None
     for i, (ax, name) in enumerate(zip(axes, names, strict=True)):
         ax.hist(mean[:, i], bins=edges, density=True, color=colors[i], alpha=0.55,
                 label="posterior means")  # fmt: skip
-        curve = _prior_curve(v, i)
-        if curve is not None:
+        parts = _prior_curve(v, i)
+        entries = None
+        if parts is not None:
             top = ax.get_ylim()[1]
-            ax.plot(*curve, color="k", lw=1.3, label="prior (marginal)")
-            ax.set_ylim(0, max(top, min(float(np.max(curve[1])) * 1.05, 3.0 * top)))
+            label = "prior (marginal)" if v.learned is None else "learned prior (marginal)"
+            # The right axis is named once, on the last panel of each row.
+            last = i == k - 1 or i % 3 == 2
+            entries = _draw_prior(ax, parts, label, right_label=last)
+            ax.set_ylim(0, max(top, min(float(np.max(parts.density)) * 1.05, 3.0 * top)))
         ax.set_xlabel(f"weight of {name}")
         ax.set_ylabel("density")
-    axes[0].legend(loc="upper right", fontsize=8)
-    fig.suptitle("Distribution of each reference's estimates over its prior")
+        if i == 0 and entries is None:
+            ax.legend(loc="upper right", fontsize=8)
+        elif i == 0:
+            legend = entries  # one legend below the panels: inside, it would hide a spike
+    fig.suptitle("Distribution of each reference's estimates over its "
+                 + ("prior" if v.learned is None else "learned prior"))  # fmt: skip
     fig.tight_layout()
+    if legend is not None:
+        fig.legend(*legend, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3,
+                   fontsize=8, frameon=False)  # fmt: skip
+    prior = html.escape(_rounded(v.prior)) or "not recorded"
+    atoms = ""
+    first = _prior_curve(v, 0)
+    if first is not None and first.atoms:
+        p = v.prior_obj.atoms
+        listed = ", ".join(f"{html.escape(r)} {q:.3g}" for r, q in zip(names, p, strict=True))
+        atoms = (
+            " The prior has point masses on the pure phases, which are probabilities, not "
+            f"densities: each panel draws the continuous part's marginal density times its "
+            f"probability 1 &minus; &Sigma; atoms = {first.weight:.3g} (left axis, the scale of "
+            "the histogram, whose area is 1), and as red spikes (right axis, their values "
+            "written beside them) the probability that the weight is 1 (its own pure phase) "
+            "and 0 (another reference's pure phase, the sum of their atoms). The pure phases' "
+            f"probabilities: {listed}."
+        )
     out += _fig_html(
         fig, "distribution of each reference's estimates over the prior",
         f"Histogram of the {n} posterior means of each reference's weight over the marginal "
-        f"density of the prior ({html.escape(v.prior) or 'not recorded'}, black).",
+        f"density of the {'learned ' if v.learned is not None else ''}prior ({prior}, "
+        f"black).{atoms}{_learned_words(v)}",
     )  # fmt: skip
 
     if k == 3:
@@ -1290,6 +1648,7 @@ def _simplex_summary_html(v: _View) -> str:
         "model": v.model_name,
         "references": ", ".join(v.names),
         "prior": v.prior,
+        **_learned_row(v),
         "sigma (noise sd)": f"{v.sigma:.6g}",
         "R^2: median": f"{np.median(v.r2):.4f}",
         "frames with a weight at 0 (MAP on a face)": int(v.at_bound.sum()),
@@ -1446,8 +1805,11 @@ def report(
 
     Parameters
     ----------
-    result : MapResult or arviz.InferenceData
-        From :func:`bayesmix.fit_map` or :func:`bayesmix.sample`.
+    result : MapResult, arviz.InferenceData or pandas.DataFrame
+        From :func:`bayesmix.fit_map` or :func:`bayesmix.sample`, or the table of a results
+        file of :func:`bayesmix.fit_map` read by :func:`bayesmix.read_results` (the fit is
+        rebuilt from it; its metadata, e.g. a learned prior's hyperparameters, is reported;
+        an ``x_true`` column is the truth).
     path : str or Path
         Where to write the HTML (atomically; an existing file is kept unless ``overwrite``);
         it must end in ``.html`` or ``.htm``.
@@ -1484,19 +1846,31 @@ def report(
         sequence over time (a temporal fit: the only plot in frame order), the truth (``truth``
         given), the noise model (not the default one, a variance map, or ``compare``), trace
         and rank plots and the energy plot (NUTS). With K >= 3 references: each reference's
-        sorted weights and their distribution, and a ternary plot for K = 3.
+        sorted weights and their distribution, and a ternary plot for K = 3. A learned prior
+        (``prior="learn"``) is drawn as such, its hyperparameters with their sds in the
+        caption; point masses on the pure phases are drawn as spikes of their probability.
 
     Raises
     ------
     InputError
         ``path`` does not end in ``.html`` or ``.htm`` (checked first, before any work),
-        ``result`` is not a fit, ``prob`` is not in (0, 1), or ``truth`` or ``more_refs`` do
-        not match the result.
+        ``result`` is not a fit (or a table not written from :func:`bayesmix.fit_map`),
+        ``prob`` is not in (0, 1), or ``truth`` or ``more_refs`` do not match the result.
     """
     path = check_report_path(path)
     if not 0 < prob < 1:
         raise InputError(f"prob must be in (0, 1), got {prob}")
-    v = _View(result, prob)
+    attrs = None
+    if _is_table(result):
+        from bayesmix._writers import map_result_from_table
+
+        # The rebuilt MapResult keeps what its numbers need; the file's metadata keeps the
+        # rest (the learned prior's hyperparameters, the truth of a simulation).
+        attrs = dict(result.attrs)
+        if truth is None and "x_true" in result.columns:
+            truth = result["x_true"].to_numpy()
+        result = map_result_from_table(result)
+    v = _View(result, prob, attrs)
     truth = _check_truth(truth, v)
     more_refs = [] if more_refs is None else list(more_refs)
     if v.names is None and more_refs:
@@ -1524,6 +1898,13 @@ def report(
         }
     body["Noise model"] = noise
     return _write_page(body, v, title, path, overwrite)
+
+
+def _is_table(result: Any) -> bool:
+    """A results table (:func:`bayesmix.read_results`)."""
+    import pandas as pd
+
+    return isinstance(result, pd.DataFrame)
 
 
 def _write_page(body: dict[str, str], v: _View, title: str, path: str | Path,

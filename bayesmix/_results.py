@@ -10,7 +10,7 @@ import numpy as np
 
 from bayesmix._errors import InputError
 from bayesmix._model import MixingModel, make_model
-from bayesmix._posterior import posterior_quantiles
+from bayesmix._posterior import posterior_cdf, posterior_quantiles
 from bayesmix._schema import MAP_DIMS, REF_VARS, frame_table, label_quantile
 from bayesmix._stats import FrameStats
 from bayesmix.priors import SigmaPrior, XPrior, prior_spec
@@ -19,7 +19,26 @@ if TYPE_CHECKING:
     import pandas as pd
     import xarray as xr
 
-__all__ = ["MapResult"]
+__all__ = ["INTERVAL_KINDS", "MapResult"]
+
+#: The kinds of posterior interval :meth:`MapResult.interval` computes.
+INTERVAL_KINDS = ("equal_tailed", "hdi")
+
+# The highest-density interval is the shortest of the windows [Q(u), Q(u + prob)]; u is searched
+# on _HDI_STEPS + 1 points of [0, 1 - prob], then refined between the neighbours of the best.
+_HDI_STEPS = 64
+# Lagrange interpolation of both ends through this many grid points around the best (error
+# O(h^5) in u for a smooth quantile function), searched on _HDI_SUB points of the bracket.
+_HDI_STENCIL = 5
+_HDI_SUB = 65
+# K >= 3: a window at a bound must beat the windows this many draws away from it (closer ones
+# differ from it by a few spacings of the draws: noise, ~1/sqrt(8) of the difference).
+_HDI_GUARD_DRAWS = 8
+# K >= 3: the CDF of a weight is read off its draws' quantiles at these levels.
+_CDF_LEVELS = np.arange(1, 200) * 0.005
+# K = 2: quantile levels per call, so that a grid method's (frames x levels x nodes)
+# temporaries stay as small as two levels' for a million frames.
+_LEVEL_BUDGET = 1 << 21
 
 
 def _check_prob(prob: float) -> float:
@@ -27,6 +46,118 @@ def _check_prob(prob: float) -> float:
     if not 0.0 < prob < 1.0:
         raise InputError(f"prob must be in (0, 1), e.g. 0.9 for a 90% interval, got {prob}")
     return prob
+
+
+def _check_kind(kind: Any) -> str:
+    if not isinstance(kind, str) or kind not in INTERVAL_KINDS:
+        raise InputError(f"kind must be one of {INTERVAL_KINDS}, got {kind!r}")
+    return kind
+
+
+def _check_tol(tol: Any, lo: float, hi: float) -> float:
+    half = 0.5 * (hi - lo)
+    ok = isinstance(tol, (int, float, np.integer, np.floating)) and not isinstance(tol, bool)
+    if not ok or not 0.0 < float(tol) <= half:
+        raise InputError(
+            f"tol must be a number in (0, {half:g}]: the distance from a bound of the weight's "
+            f"support [{lo:g}, {hi:g}] that counts as near it, at most half its width; "
+            f"got {tol!r}"
+        )
+    return float(tol)
+
+
+def _lagrange(t: np.ndarray, start: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Interpolate ``values`` (B, G), given on the integer nodes 0..G-1, at ``t`` (B, M) through
+    the _HDI_STENCIL nodes ``start``..``start + _HDI_STENCIL - 1`` of each row (``start`` (B,)).
+
+    At a node the weights are exactly 1 and 0, so the node's value comes back unchanged."""
+    k = np.arange(_HDI_STENCIL)
+    nodes = start[:, None, None] + k  # (B, 1, S)
+    d = t[..., None] - nodes  # (B, M, S)
+    out = np.zeros(t.shape)
+    for i in range(_HDI_STENCIL):
+        w = np.ones(t.shape)
+        for m in range(_HDI_STENCIL):
+            if m != i:
+                w = w * d[..., m] / float(i - m)
+        out += w * np.take_along_axis(values, start[:, None] + i, axis=1)
+    return out
+
+
+def _shortest_window(lower: np.ndarray, upper: np.ndarray,
+                     guard: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The shortest of the windows [lower(u), upper(u)], given at u_j = j h (j = 0..G-1) in rows
+    (B, G): the best grid point, then the minimum of the interpolated width between its
+    neighbours (a fine search, then the parabola through the best point and its neighbours).
+
+    ``guard`` > 0 (quantiles of draws): a window at a bound (u = 0 or the last) is compared
+    only with the windows at least ``guard`` points away from both bounds; the ones closer
+    differ from it by a few draws, a difference that is Monte Carlo noise. If it wins, it is
+    the answer; otherwise the interior points are searched.
+
+    ``lower[:, 0]`` and ``upper[:, -1]`` are the support's bounds, where the quantile function
+    may be singular (a density that vanishes at the bound): they enter the interpolation only
+    when the best grid point is theirs. Interpolation returns a node's own value exactly, so
+    a window at a bound comes back with the bound itself. Returns the ends (B,)."""
+    b, g = lower.shape
+    rows = np.arange(b)
+    width = upper - lower
+    j = np.argmin(width, axis=1)
+    a, c = np.maximum(j - 1, 0), np.minimum(j + 1, g - 1)  # the bracket searched
+    if guard > 0:
+        middle = width[:, guard : g - guard]
+        w_mid = middle.min(axis=1) if middle.shape[1] else np.full(b, np.inf)
+        edge = np.where(width[:, -1] < width[:, 0], g - 1, 0)
+        at_edge = width[rows, edge] <= w_mid
+        j = np.where(at_edge, edge, 1 + np.argmin(width[:, 1 : g - 1], axis=1))
+        # A bound's window that won is taken as it is; otherwise the bounds' nodes stay out of
+        # the bracket (the windows next to them are the noise the guard set aside).
+        a = np.where(at_edge, j, np.maximum(j - 1, 1))
+        c = np.where(at_edge, j, np.minimum(j + 1, g - 2))
+    half = _HDI_STENCIL // 2
+    start_lo = np.clip(j - half, np.where(j > 0, 1, 0), g - _HDI_STENCIL)
+    start_hi = np.clip(j - half, 0, np.where(j < g - 1, g - 1 - _HDI_STENCIL, g - _HDI_STENCIL))
+
+    def ends(t):
+        return _lagrange(t, start_lo, lower), _lagrange(t, start_hi, upper)
+
+    frac = np.linspace(0.0, 1.0, _HDI_SUB)
+    t = a[:, None] + (c - a)[:, None] * frac  # (B, M): holds j exactly (an end or the middle)
+    lo_sub, hi_sub = ends(t)
+    w_sub = hi_sub - lo_sub
+    i = np.argmin(w_sub, axis=1)
+    # The parabola through the fine search's best point and its neighbours (interior only).
+    inner = np.clip(i, 1, _HDI_SUB - 2)
+    w0, w1, w2 = (w_sub[rows, inner + d] for d in (-1, 0, 1))
+    curv = w0 - 2.0 * w1 + w2
+    step = t[rows, inner + 1] - t[rows, inner]
+    shift = 0.5 * step * (w0 - w2) / np.where(curv > 0, curv, 1.0)
+    refine = (i > 0) & (i < _HDI_SUB - 1) & (curv > 0)
+    t_star = t[rows, inner] + np.clip(shift, -step, step)
+    lo_star, hi_star = (e[:, 0] for e in ends(t_star[:, None]))
+    # The refinement only where it is no wider than the fine search's best.
+    keep = refine & ((hi_star - lo_star) <= w_sub[rows, i])
+    return (np.where(keep, lo_star, lo_sub[rows, i]),
+            np.where(keep, hi_star, hi_sub[rows, i]))  # fmt: skip
+
+
+def _cdf_from_quantiles(t: float, quant: np.ndarray, levels: np.ndarray, lo: float,
+                        hi: float) -> np.ndarray:  # fmt: skip
+    """P(X <= t) from the quantiles ``quant`` (..., L) at ``levels`` (L,), with the support's
+    bounds as the quantiles at 0 and 1: the piecewise-linear quantile function inverted."""
+    shape = quant.shape[:-1]
+    q = np.concatenate([np.full((*shape, 1), lo), np.clip(quant, lo, hi),
+                        np.full((*shape, 1), hi)], axis=-1)  # fmt: skip
+    q = np.maximum.accumulate(q, axis=-1)
+    lev = np.concatenate([[0.0], levels, [1.0]])
+    # The last node at or below t (ties: the right-continuous CDF), and the next one above.
+    k = np.sum(q <= t, axis=-1) - 1
+    above = np.minimum(k + 1, lev.size - 1)
+    q0 = np.take_along_axis(q, k[..., None], -1)[..., 0]
+    q1 = np.take_along_axis(q, above[..., None], -1)[..., 0]
+    gap = q1 - q0
+    frac = np.where(gap > 0, (t - q0) / np.where(gap > 0, gap, 1.0), 1.0)
+    return np.clip(lev[k] + (lev[above] - lev[k]) * frac, 0.0, 1.0)
 
 
 def clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +230,10 @@ class MapResult:
     sigma_method : {'marginal', 'joint', 'fixed'}
         How ``sigma`` was found: EM on its marginal posterior (the default), coordinate ascent
         to the joint mode, or given to the fit.
+    population : PopulationFit or None
+        With ``prior="learn"``: the learned family, its hyperparameters (``params``) and their
+        sds from the curvature of the marginal likelihood (``sd``); ``prior`` is then the
+        learned prior itself.
     """
 
     x: np.ndarray
@@ -129,6 +264,7 @@ class MapResult:
     loglik: np.ndarray | None = field(default=None, repr=False)
     temporal: Any = field(default=None, repr=False)
     sigma_method: str = "marginal"
+    population: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.frame is None:
@@ -212,6 +348,16 @@ class MapResult:
         hit = np.abs(qs[:, None] - kept[None, :]) <= 1e-12
         if hit.any(axis=1).all():
             return fit.quantiles[..., hit.argmax(axis=1)]
+        if fit.p_pure is not None:
+            # Point masses: the mixture's quantiles were kept on a fine uniform grid of levels
+            # (bayesmix._learn.FINE_LEVELS); between them, linear interpolation.
+            levels = np.concatenate([[0.0], kept, [1.0]])
+            ends = np.zeros((*fit.quantiles.shape[:-1], 1))
+            table = np.concatenate([ends, fit.quantiles, ends + 1.0], axis=-1)
+            pos = np.interp(qs, levels, np.arange(levels.size))
+            j = np.minimum(np.floor(pos).astype(int), levels.size - 2)
+            frac = pos - j
+            return table[..., j] * (1.0 - frac) + table[..., j + 1] * frac
         from bayesmix._precision import x64
         from bayesmix._simplex import fit_simplex, fit_simplex_gain
 
@@ -226,24 +372,164 @@ class MapResult:
                                     sampler=fit.sampler)  # fmt: skip
         return again.quantiles
 
-    def interval(self, prob: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
-        """Equal-tailed posterior interval of each weight given sigma.
+    def interval(
+        self, prob: float = 0.9, *, kind: str = "equal_tailed"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior interval of each weight given sigma: equal-tailed or highest-density.
 
-        Exact for the truncated-normal and uniform priors; for Beta by quadrature.
+        Which to use:
+
+        - ``"equal_tailed"`` (the default): from the quantiles ``(1 - prob) / 2`` and
+          ``(1 + prob) / 2``. It is invariant to reparametrisation (the interval of ``1 - x``,
+          or of any monotone function of x, is the image of x's) and it is what the result
+          files report (:meth:`to_dataframe`, :meth:`to_xarray`, the CLI). It leaves mass
+          ``(1 - prob) / 2`` on each side, so it never contains a bound of the prior's support.
+        - ``"hdi"``: the highest-density interval, the shortest interval holding ``prob``, with
+          every point inside more probable than every point outside. Use it when the
+          posterior piles up at a bound (``at_bound`` frames, nearly pure phases): it is
+          ``[lo, Q(prob)]``, containing the bound, whenever the density at the bound is at
+          least the density at ``Q(prob)`` (always when the mode is at the bound), where the
+          equal-tailed interval stops short of it. It is not invariant to
+          reparametrisation.
+
+        Exact for the truncated-normal and uniform priors; for Beta, a gain or per-frame noise
+        scales from the fitted grid or mixture; with K >= 3 references from the sampler's
+        draws (the same chains, rerun at the levels the interval needs).
+
+        The HDI is the shortest window ``[Q(u), Q(u + prob)]`` over ``u`` in ``[0, 1 - prob]``
+        (right for the unimodal marginals here): ``Q`` at 65 values of ``u`` (``Q(0)`` and
+        ``Q(1)`` are the support's bounds), then the width interpolated between the best
+        one's neighbours and minimised. It costs 128 quantiles per frame (K >= 3: one rerun
+        of the sampler). With K >= 3 the windows are the draws': a window at a bound is
+        compared only with windows at least 8 draws away from it (nearer ones differ from it
+        by Monte Carlo noise), so the HDI reaches the bound also when the exact one would stop
+        within a few draws of it.
 
         Parameters
         ----------
         prob : float
             Probability mass inside the interval, in (0, 1).
+        kind : {'equal_tailed', 'hdi'}
+            Equal-tailed or highest-density interval (:data:`INTERVAL_KINDS`).
 
         Returns
         -------
         lo, hi : ndarray, shape (N,); (N, K) with K >= 3 references
+
+        Examples
+        --------
+        Frames whose true weight is 0: where the posterior piles up at 0 the HDI starts at 0,
+        the equal-tailed interval never does.
+
+        >>> import numpy as np, bayesmix
+        >>> x = np.r_[np.zeros(20), np.full(20, 0.5)]
+        >>> sim = bayesmix.simulate(40, shape=(16, 16), noise=0.5, x=x, seed=0)
+        >>> prior = bayesmix.priors.Uniform()
+        >>> res = bayesmix.fit_map(sim.frames, sim.ref_a, sim.ref_b, prior=prior)
+        >>> lo, hi = res.interval(0.9, kind="hdi")
+        >>> eq_lo, eq_hi = res.interval(0.9)
+        >>> bool(res.at_bound.any()), bool(np.all(lo[res.at_bound] == 0.0))
+        (True, True)
+        >>> bool(np.all(eq_lo > 0.0)), bool(np.all(hi - lo <= eq_hi - eq_lo + 1e-9))
+        (True, True)
         """
         prob = _check_prob(prob)
+        kind = _check_kind(kind)
+        if kind == "hdi":
+            return self._hdi(prob)
         tail = 0.5 * (1.0 - prob)
         qs = self.quantiles([tail, 1.0 - tail])
         return qs[..., 0], qs[..., 1]
+
+    @property
+    def _support(self) -> tuple[float, float]:
+        """The range of each weight: the prior's bounds (K = 2), [0, 1] on the simplex."""
+        if self.simplex is not None:
+            return 0.0, 1.0
+        lo, hi = self.prior.bounds
+        return float(lo), float(hi)
+
+    def _many_quantiles(self, qs: np.ndarray) -> np.ndarray:
+        """:meth:`quantiles` at many levels: K >= 3 one rerun of the sampler; K = 2 in groups
+        of levels (one shape, one compilation), so memory stays that of a few levels."""
+        if self.simplex is not None:
+            return self._simplex_quantiles(qs)
+        stats = self.posterior_stats
+        per_call = int(np.clip(_LEVEL_BUDGET // max(self.n_frames, 1), 2, qs.size))
+        n_calls = -(-qs.size // per_call)
+        padded = np.concatenate([qs, np.full(n_calls * per_call - qs.size, qs[-1])])
+        parts = [posterior_quantiles(self.prior, stats, self.sigma, padded[c : c + per_call])
+                 for c in range(0, padded.size, per_call)]  # fmt: skip
+        return np.concatenate(parts, axis=-1)[..., : qs.size]
+
+    def _hdi(self, prob: float) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self._support
+        u = (1.0 - prob) * np.arange(_HDI_STEPS + 1) / _HDI_STEPS
+        # Levels strictly inside (0, 1) (prob within an ulp of 1 would round u + prob to 1);
+        # u = 0 and u + prob = 1 take the support's bounds instead, exactly.
+        levels = np.clip(np.concatenate([u[1:], u[:-1] + prob]), np.finfo(float).tiny,
+                         np.nextafter(1.0, 0.0))  # fmt: skip
+        q = np.clip(self._many_quantiles(levels), lo, hi)
+        shape = q.shape[:-1]
+        edge = np.ones((*shape, 1))
+        lower = np.concatenate([lo * edge, q[..., :_HDI_STEPS]], axis=-1)
+        upper = np.concatenate([q[..., _HDI_STEPS:], hi * edge], axis=-1)
+        upper = np.maximum(upper, lower)
+        flat = lower.reshape(-1, _HDI_STEPS + 1), upper.reshape(-1, _HDI_STEPS + 1)
+        guard = 0
+        if self.simplex is not None:
+            step = (1.0 - prob) / _HDI_STEPS
+            guard = min(math.ceil(_HDI_GUARD_DRAWS / (max(self.n_draws, 1) * step)),
+                        _HDI_STEPS // 2)  # fmt: skip
+        a, b = _shortest_window(*flat, guard=guard)
+        a = np.clip(a, lo, hi).reshape(shape)
+        b = np.clip(b, lo, hi).reshape(shape)
+        return a, np.maximum(a, b)
+
+    def prob_near_bound(self, tol: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior probability that each weight lies within ``tol`` of a bound of its support.
+
+        ``p_low = P(x <= lo + tol | y)`` and ``p_high = P(x >= hi - tol | y)``, given sigma,
+        with ``[lo, hi]`` the prior's bounds (K = 2) or [0, 1] (each weight on the simplex).
+        With K = 2 from each posterior's CDF (closed form for the truncated-normal and uniform
+        priors, the fitted grid or mixture otherwise). With K >= 3 from the sampler's draws:
+        the weight's quantiles at the levels 0.005, 0.010, ..., 0.995 (the same chains, rerun),
+        with the support's bounds at 0 and 1, interpolated linearly; so resolved to about
+        0.005, beside the Monte Carlo error ``sqrt(p (1 - p) / ESS)``.
+
+        Parameters
+        ----------
+        tol : float
+            Distance from a bound that counts as near it, in (0, (hi - lo) / 2].
+
+        Returns
+        -------
+        p_low, p_high : ndarray, shape (N,); (N, K) with K >= 3 references
+
+        Examples
+        --------
+        >>> import numpy as np, bayesmix
+        >>> x = np.r_[np.zeros(20), np.full(20, 0.5)]
+        >>> sim = bayesmix.simulate(40, shape=(16, 16), noise=0.5, x=x, seed=0)
+        >>> prior = bayesmix.priors.Uniform()
+        >>> res = bayesmix.fit_map(sim.frames, sim.ref_a, sim.ref_b, prior=prior)
+        >>> p_low, p_high = res.prob_near_bound(0.05)
+        >>> p_low.shape
+        (40,)
+        >>> bool(p_low[:20].mean() > 5 * p_low[20:].mean())
+        True
+        """
+        lo, hi = self._support
+        tol = _check_tol(tol, lo, hi)
+        if self.simplex is not None:
+            quant = self._simplex_quantiles(_CDF_LEVELS)
+            p_low = _cdf_from_quantiles(lo + tol, quant, _CDF_LEVELS, lo, hi)
+            p_high = 1.0 - _cdf_from_quantiles(hi - tol, quant, _CDF_LEVELS, lo, hi)
+            return p_low, np.clip(p_high, 0.0, 1.0)
+        stats, n = self.posterior_stats, self.n_frames
+        p_low = posterior_cdf(self.prior, stats, self.sigma, np.full(n, lo + tol))
+        p_high = 1.0 - posterior_cdf(self.prior, stats, self.sigma, np.full(n, hi - tol))
+        return np.clip(p_low, 0.0, 1.0), np.clip(p_high, 0.0, 1.0)
 
     def _table(self, prob: float) -> pd.DataFrame:
         lo, hi = self.interval(prob)
@@ -396,8 +682,22 @@ class MapResult:
             "n_background": self.n_background,
             **({} if self.map_shape is None else {"map_shape": list(self.map_shape)}),
             **({} if self.simplex is None else {"draws": self.n_draws, "seed": self.seed}),
+            **self._population_attrs(),
             "bayesmix_version": __version__,
         }
+
+    def _population_attrs(self) -> dict[str, Any]:
+        """With a learned prior: its family, hyperparameters and their sds (``prior_<name>``,
+        ``prior_<name>_sd``) and the log marginal likelihood it maximised."""
+        pop = self.population
+        if pop is None:
+            return {}
+        out: dict[str, Any] = {"prior_learned": pop.family,
+                               "prior_log_evidence": pop.log_evidence}  # fmt: skip
+        for key, value in pop.params.items():
+            out[f"prior_{key}"] = value
+            out[f"prior_{key}_sd"] = pop.sd[key]
+        return out
 
     def _temporal_attrs(self) -> dict[str, Any]:
         t = self.temporal
@@ -422,6 +722,7 @@ class MapResult:
                 f"{np.max(self.mc_se / np.maximum(self.sd, 1e-300)):.3f}"
                 f" ({self.n_draws} Gibbs draws on {int(self.simplex.sampled.sum())} frames)",
                 f"  prior: {self.prior!r}",
+                *([] if self.population is None else [f"  {self.population.summary()}"]),
                 f"  model: {self.model.name}"
                 + ("" if self.map_shape is None else f"; map {self.map_shape}"),
             ])  # fmt: skip
@@ -436,6 +737,8 @@ class MapResult:
             f"  model: {self.model.name}"
             + ("" if self.map_shape is None else f"; map {self.map_shape}"),
         ]
+        if self.population is not None:
+            lines.insert(-1, f"  {self.population.summary()}")
         if self.gain is not None:
             lines.insert(3, f"  gain: median {np.median(self.gain):.4g}")
         if self.temporal is not None:

@@ -266,6 +266,7 @@ class SimplexFit(NamedTuple):
     gain: np.ndarray | None = None  #: (N,) with a gain: its posterior mean
     gain_sd: np.ndarray | None = None  #: (N,)
     w_mean: np.ndarray | None = None  #: (N, K) with a gain: E[g x], for the background
+    p_pure: np.ndarray | None = None  #: (N, K) point masses: each pure phase's probability
 
 
 def _shared(chol: np.ndarray) -> bool:

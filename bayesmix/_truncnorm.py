@@ -30,12 +30,15 @@ def _log_phi(z: jnp.ndarray) -> jnp.ndarray:
     return -0.5 * z * z - _HALF_LOG_2PI
 
 
+@jax.custom_jvp
 def log_ndtr(z: jnp.ndarray) -> jnp.ndarray:
-    """log Phi(z), accurate over the whole line; ~3x faster than ``jax.scipy.special.log_ndtr``.
+    r"""log Phi(z), accurate over the whole line; ~3x faster than ``jax.scipy.special.log_ndtr``.
 
     ``erfc`` is accurate to full relative precision in its upper tail, so
     ``log(erfc(-z / sqrt 2) / 2)`` is exact down to where erfc underflows; beyond, the asymptotic
-    series of the Mills ratio; above z = 0, ``log1p(-Phi(-z))``.
+    series of the Mills ratio; above z = 0, ``log1p(-Phi(-z))``. Its derivative is the Mills
+    ratio :math:`\phi(z)/\Phi(z)` itself (a custom JVP): exact, and a small graph to compile
+    for the gradients and Hessians of the learned priors.
     """
     z = jnp.asarray(z)
     deep = -35.0 if z.dtype == jnp.float64 else -12.0
@@ -47,6 +50,13 @@ def log_ndtr(z: jnp.ndarray) -> jnp.ndarray:
     series = 1.0 + r * (-1.0 + r * (3.0 + r * (-15.0 + r * (105.0 - 945.0 * r))))
     tail = _log_phi(zd) - jnp.log(-zd) + jnp.log(series)
     return jnp.where(z < deep, tail, jnp.where(z > 0.0, upper, mid))
+
+
+@log_ndtr.defjvp
+def _log_ndtr_jvp(primals, tangents):
+    (z,), (dz,) = primals, tangents
+    y = log_ndtr(z)
+    return y, dz * jnp.exp(_log_phi(z) - y)
 
 
 def _log1mexp(a: jnp.ndarray) -> jnp.ndarray:

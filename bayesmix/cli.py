@@ -55,6 +55,7 @@ FIT_EPILOG = """examples:
   bayesmix fit frames.npy --ref-a a.npy --ref-b b.npy --method nuts --chains 4 \\
       --idata posterior.nc --report report.html --prior beta:5.5,4.5
   bayesmix fit stack.npy --ref fe.npy --ref fe2o3.npy --ref fe3o4.npy --prior dirichlet:1
+  bayesmix fit stack.npy --ref-a a.npy --ref-b b.npy --prior learn --out results.csv
   bayesmix fit counts.tif --ref-a a.tif --ref-b b.tif --noise poisson_gaussian:gain=2,read_sd=1
   bayesmix fit stack.npy --ref-a a.npy --ref-b b.npy --noise per_frame --variance var.npy
   bayesmix fit run1.npy run2.npy --ref-a a.npy --ref-b b.npy --temporal random_walk \
@@ -66,8 +67,10 @@ references: --ref-a A --ref-b B (two references, x is the weight of A), or --ref
 
 priors: truncnormal:LOC,SCALE[,LOW,HIGH] (default truncnormal:0.55,0.15,0,1), uniform[:LOW,HIGH],
         beta:A,B; K >= 3 references: dirichlet:ALPHA or dirichlet:A1,...,AK (default
-        dirichlet:1, flat on the simplex); noise: jeffreys (default) or invgamma:ALPHA,BETA
-        (on sigma^2)
+        dirichlet:1, flat on the simplex); point masses on the pure phases:
+        point_mass:P1,...,PK[/CONTINUOUS]; learned from the frames: learn (truncnormal for two
+        references, dirichlet for three) or learn:FAMILY (truncnormal, beta, dirichlet,
+        point_mass); noise: jeffreys (default) or invgamma:ALPHA,BETA (on sigma^2)
 noise:  --noise gaussian (default), per_frame (a sigma per frame), poisson (counts),
         poisson_gaussian[:gain=G][,read_sd=R] (counts in detector units with read noise; what is
         not given is learned), student_t[:df=NU] (heavy tails: hot pixels, cosmic rays);
@@ -1328,7 +1331,7 @@ def _report(args: argparse.Namespace) -> int:
     _free([("--out", args.out)], args.overwrite)
     from bayesmix._arviz import is_inference_data, read_idata
     from bayesmix._report import report
-    from bayesmix._writers import map_result_from_table, read_results
+    from bayesmix._writers import read_results
 
     result: Any = None
     variance = None
@@ -1343,12 +1346,13 @@ def _report(args: argparse.Namespace) -> int:
                 f"{src} has no provenance (sigma, priors, model): its metadata file "
                 f"{sidecar.name} is missing; keep the two files written by bayesmix fit together"
             )
-        result = map_result_from_table(table)
         variance = table.attrs.get("variance")
+        # The table itself: its metadata keep what the rebuilt fit does not (a learned prior's
+        # hyperparameters and their sds).
+        result = table
     with _Staged(args.overwrite) as staged:
         _check_interrupt()
-        report(result, staged.path(args.out), prob=args.prob, variance=variance,
-               truth=None if is_inference_data(result) else table.get("x_true"))  # fmt: skip
+        report(result, staged.path(args.out), prob=args.prob, variance=variance)
         with _held():
             staged.commit()
     print(f"wrote {args.out}")

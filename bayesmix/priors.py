@@ -31,7 +31,7 @@ object can be shared between calls.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -45,10 +45,14 @@ __all__ = [
     "Dirichlet",
     "InverseGamma",
     "Jeffreys",
+    "LEARN_FAMILIES",
+    "Learn",
+    "PointMassMixture",
     "SigmaPrior",
     "TruncatedNormal",
     "Uniform",
     "XPrior",
+    "learn",
     "parse_prior",
     "parse_sigma_prior",
     "prior_spec",
@@ -352,6 +356,180 @@ class Dirichlet:
 
 
 @dataclass(frozen=True)
+class PointMassMixture:
+    """Nearly pure phases: a point mass on each pure phase plus a continuous part.
+
+    With probability ``atoms[k]`` a frame is pure reference k (its weight vector is the k-th
+    vertex of the simplex; with two references ``atoms = (p_A, p_B)`` put mass on ``x = 1`` and
+    ``x = 0``); with probability ``1 - sum(atoms)`` its weights follow ``continuous``.
+
+    Parameters
+    ----------
+    atoms : sequence of K floats
+        Probability of each pure phase, each >= 0, summing to less than 1.
+    continuous : TruncatedNormal or Dirichlet
+        The continuous part: a truncated normal on [0, 1] with two references, ``Dirichlet(1)``
+        (flat on the simplex) with three.
+
+    Notes
+    -----
+    The posterior of a frame is again such a mixture: the probability that it is pure phase k
+    is the prior's ``atoms[k]`` times the frame's likelihood at that vertex, against the
+    continuous part's marginal likelihood (closed form with two references, 1-D quadrature with
+    three). Its highest-density intervals contain the atom whenever the atom's posterior
+    probability is large enough, so a weight of exactly 0 can be covered.
+
+    Examples
+    --------
+    >>> from bayesmix.priors import PointMassMixture, TruncatedNormal
+    >>> p = PointMassMixture((0.2, 0.3), TruncatedNormal(0.5, 0.2))
+    >>> round(p.continuous_weight, 3)
+    0.5
+    """
+
+    atoms: tuple[float, ...] = (0.25, 0.25)
+    continuous: TruncatedNormal | Dirichlet = field(default_factory=TruncatedNormal)
+
+    def __post_init__(self) -> None:
+        try:
+            atoms = tuple(float(v) for v in np.ravel(np.asarray(self.atoms, np.float64)))
+        except (TypeError, ValueError):
+            raise InputError(
+                f"atoms must be K probabilities (one per reference), got {self.atoms!r}"
+            ) from None
+        if len(atoms) < 2 or not all(math.isfinite(v) and v >= 0 for v in atoms) or (
+            not sum(atoms) < 1.0
+        ):
+            raise InputError(
+                f"atoms must be K >= 2 probabilities >= 0 whose sum is below 1 (the rest is the "
+                f"continuous part's), got {self.atoms!r}"
+            )
+        cont = self.continuous
+        if len(atoms) == 2 and not isinstance(cont, TruncatedNormal):
+            raise InputError(
+                "with two references the continuous part must be a TruncatedNormal on [0, 1], "
+                f"got {cont!r}"
+            )
+        if isinstance(cont, TruncatedNormal) and cont.bounds != (0.0, 1.0):
+            raise InputError(f"the continuous part must live on [0, 1], got bounds {cont.bounds}")
+        if len(atoms) > 2:
+            if not isinstance(cont, Dirichlet):
+                raise InputError(
+                    f"with {len(atoms)} references the continuous part must be a Dirichlet, "
+                    f"got {cont!r}"
+                )
+            cont = cont.expand(len(atoms))
+        object.__setattr__(self, "atoms", atoms)
+        object.__setattr__(self, "continuous", cont)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The range of each weight, ``(0, 1)``."""
+        return (0.0, 1.0)
+
+    @property
+    def n_refs(self) -> int:
+        """K, the number of references."""
+        return len(self.atoms)
+
+    @property
+    def continuous_weight(self) -> float:
+        """Probability of the continuous part, ``1 - sum(atoms)``."""
+        return 1.0 - float(sum(self.atoms))
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """``size`` independent draws (numpy; (size,) of x with two references, else (size, K))."""
+        k = self.n_refs
+        probs = np.asarray([*self.atoms, self.continuous_weight])
+        which = rng.choice(k + 1, size=size, p=probs / probs.sum())
+        cont = self.continuous.sample(rng, size)
+        if k == 2:
+            return np.where(which == 0, 1.0, np.where(which == 1, 0.0, cont))
+        eye = np.eye(k)
+        return np.where((which < k)[:, None], eye[np.minimum(which, k - 1)], cont)
+
+
+#: The families ``prior="learn"`` can learn (:func:`learn`).
+LEARN_FAMILIES = ("truncnormal", "beta", "dirichlet", "point_mass")
+
+
+@dataclass(frozen=True)
+class Learn:
+    """Learn the prior on the weights from all frames (empirical Bayes): build with :func:`learn`.
+
+    ``family`` None is the default family: the truncated normal for two references, the
+    Dirichlet for three.
+    """
+
+    family: str | None = None
+
+    def __post_init__(self) -> None:
+        fam = self.family
+        if fam is not None:
+            if not isinstance(fam, str):
+                fam = _FAMILY_OF_CLASS.get(fam) if isinstance(fam, type) else None
+                if fam is None:
+                    raise InputError(
+                        f"learn(family) takes one of {LEARN_FAMILIES} (or the prior class), got "
+                        f"{self.family!r}"
+                    )
+            fam = fam.strip().lower()
+            if fam not in LEARN_FAMILIES:
+                raise InputError(f"learn(family) takes one of {LEARN_FAMILIES}, got {fam!r}")
+        object.__setattr__(self, "family", fam)
+
+    def resolve(self, n_refs: int) -> Learn:
+        """This spec for ``n_refs`` references (the default family filled in, checked)."""
+        fam = self.family or ("truncnormal" if n_refs == 2 else "dirichlet")
+        if fam in ("truncnormal", "beta") and n_refs != 2:
+            raise InputError(
+                f"learn({fam!r}) is a prior on the one weight of two references; with {n_refs} "
+                "references learn 'dirichlet' or 'point_mass'"
+            )
+        if n_refs > 3:
+            raise InputError(
+                f"prior='learn' needs K <= 3 references (the exact marginal likelihood of a "
+                f"frame is a quadrature over the simplex), got {n_refs}; give a fixed "
+                "Dirichlet(alpha) prior instead"
+            )
+        if fam == "dirichlet" and n_refs == 2:
+            fam = "beta"  # Dirichlet([a, b]) is Beta(a, b)
+        return Learn(fam)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The range of each weight, ``(0, 1)``."""
+        return (0.0, 1.0)
+
+
+_FAMILY_OF_CLASS: dict[type, str] = {
+    TruncatedNormal: "truncnormal", Beta: "beta", Dirichlet: "dirichlet",
+    PointMassMixture: "point_mass"}  # fmt: skip
+
+
+def learn(family: str | type | None = None) -> Learn:
+    """Learn the prior on the weights from the frames, by maximum marginal likelihood.
+
+    Parameters
+    ----------
+    family : {'truncnormal', 'beta', 'dirichlet', 'point_mass'} or prior class, optional
+        The family whose hyperparameters are learned, jointly with sigma. Default: the
+        truncated normal for two references, the Dirichlet for three. 'point_mass' is a point
+        mass on each pure phase plus a continuous part (:class:`PointMassMixture`), for
+        nearly pure phases.
+
+    Examples
+    --------
+    >>> from bayesmix.priors import learn
+    >>> learn()
+    Learn(family=None)
+    >>> learn("beta")
+    Learn(family='beta')
+    """
+    return Learn(family)
+
+
+@dataclass(frozen=True)
 class Jeffreys:
     """Jeffreys prior on the noise scale, :math:`p(\\sigma) \\propto 1/\\sigma` (the default).
 
@@ -417,8 +595,9 @@ _register_pytree(TruncatedNormal, ("loc", "scale", "low", "high"))
 _register_pytree(Uniform, ("low", "high"))
 _register_pytree(Beta, ("a", "b"))
 _register_pytree(Dirichlet, ("alpha",))
+_register_pytree(PointMassMixture, ("atoms", "continuous"))
 
-XPrior = TruncatedNormal | Uniform | Beta | Dirichlet
+XPrior = TruncatedNormal | Uniform | Beta | Dirichlet | PointMassMixture
 SigmaPrior = Jeffreys | InverseGamma
 
 DEFAULT_PRIOR = TruncatedNormal()
@@ -434,10 +613,27 @@ def check_prior(prior: object | None, n_refs: int = 2) -> XPrior:
     """
     if prior is None:
         return DEFAULT_PRIOR if n_refs == 2 else Dirichlet(1.0).expand(n_refs)
+    if isinstance(prior, str):
+        if prior.strip().lower() != "learn":
+            raise InputError(
+                f"prior must be one of TruncatedNormal, Uniform, Beta, Dirichlet, "
+                f"PointMassMixture (from bayesmix.priors) or 'learn', got {prior!r}; for a text "
+                "form use bayesmix.priors.parse_prior"
+            )
+        prior = Learn()
+    if isinstance(prior, Learn):
+        return prior.resolve(n_refs)  # type: ignore[return-value]
+    if isinstance(prior, PointMassMixture):
+        if prior.n_refs != n_refs:
+            raise InputError(
+                f"PointMassMixture has {prior.n_refs} atoms but the fit has {n_refs} references; "
+                "give one atom per reference"
+            )
+        return prior
     if not isinstance(prior, (TruncatedNormal, Uniform, Beta, Dirichlet)):
         raise InputError(
-            f"prior must be one of TruncatedNormal, Uniform, Beta, Dirichlet (from "
-            f"bayesmix.priors), got {type(prior).__name__}"
+            f"prior must be one of TruncatedNormal, Uniform, Beta, Dirichlet, PointMassMixture "
+            f"(from bayesmix.priors) or 'learn', got {type(prior).__name__}"
         )
     if isinstance(prior, Dirichlet):
         prior = prior.expand(n_refs)
@@ -510,11 +706,13 @@ def _parse(spec: str, table: dict[str, tuple[type, tuple[str, ...]]], what: str)
     return cls(*values)
 
 
-def parse_prior(spec: str) -> XPrior:
+def parse_prior(spec: str) -> XPrior | Learn:
     """Build a prior on x from its short text form (the CLI's ``--prior``).
 
     Forms: ``truncnormal:LOC,SCALE[,LOW,HIGH]``, ``uniform[:LOW,HIGH]``, ``beta:A,B``,
-    ``dirichlet:ALPHA`` (symmetric) or ``dirichlet:A1,A2,...`` (one per reference).
+    ``dirichlet:ALPHA`` (symmetric) or ``dirichlet:A1,A2,...`` (one per reference),
+    ``point_mass:P1,...,PK/CONTINUOUS`` (:class:`PointMassMixture`), and ``learn`` or
+    ``learn:FAMILY`` (:func:`learn`).
 
     Examples
     --------
@@ -526,6 +724,22 @@ def parse_prior(spec: str) -> XPrior:
     ...
     bayesmix._errors.InputError: unknown prior 'gamma'; expected one of: ...
     """
+    if isinstance(spec, str):
+        name, _, args = spec.strip().partition(":")
+        if name.strip().lower() == "learn":
+            return Learn(args.strip() or None)
+        if name.strip().lower() == "point_mass":
+            atoms, slash, cont = args.partition("/")
+            try:
+                values = tuple(float(v) for v in atoms.split(","))
+            except ValueError:
+                raise InputError(
+                    f"prior {spec!r}: the form is point_mass:P1,...,PK/CONTINUOUS, e.g. "
+                    "point_mass:0.2,0.3/truncnormal:0.5,0.2"
+                ) from None
+            k = len(values)
+            default = TruncatedNormal() if k == 2 else Dirichlet(1.0)
+            return PointMassMixture(values, parse_prior(cont) if slash else default)
     return _parse(spec, _X_SPECS, "prior")  # type: ignore[return-value]
 
 
@@ -534,7 +748,7 @@ def parse_sigma_prior(spec: str) -> SigmaPrior:
     return _parse(spec, _SIGMA_SPECS, "sigma prior")  # type: ignore[return-value]
 
 
-def prior_spec(prior: XPrior | SigmaPrior) -> str:
+def prior_spec(prior: XPrior | SigmaPrior | Learn) -> str:
     """The short text form of a prior: the inverse of :func:`parse_prior` and
     :func:`parse_sigma_prior`.
 
@@ -546,6 +760,11 @@ def prior_spec(prior: XPrior | SigmaPrior) -> str:
     >>> parse_prior(prior_spec(Beta(2.0, 3.0))) == Beta(2.0, 3.0)
     True
     """
+    if isinstance(prior, Learn):
+        return "learn" if prior.family is None else f"learn:{prior.family}"
+    if isinstance(prior, PointMassMixture):
+        atoms = ",".join(f"{v!r}".removesuffix(".0") for v in prior.atoms)
+        return f"point_mass:{atoms}/{prior_spec(prior.continuous)}"
     if isinstance(prior, Dirichlet):
         return "dirichlet:" + ",".join(
             f"{v!r}".removesuffix(".0") for v in np.atleast_1d(prior.alpha).tolist()

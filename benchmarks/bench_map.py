@@ -10,7 +10,9 @@ On N frames of SxS float32 (default 20,000 of 64x64) it prints, in one run:
   on the O(N) statistics, the 90% intervals);
 - its ratio to one float32 matrix-vector product ``frames @ d`` over the same data (numpy; the
   memory-bandwidth floor), timed in alternation with it since these machines are noisy;
-- its ratio to the per-frame ``scipy.linalg.lstsq`` loop a user would otherwise write.
+- its ratio to the per-frame ``scipy.linalg.lstsq`` loop a user would otherwise write;
+- each model option's fit_map against the default's, among them ``prior="learn"`` (the learned
+  prior), also on the statistics alone against the fixed-prior fast path.
 
 - the statistics pass in JAX (frames as a ``jax.Array``) against the numba pass, on this CPU, or
   with ``--device gpu`` on the GPU: frames resident there, frames fed from the host, and
@@ -127,13 +129,19 @@ def main() -> None:
 
     # The model's options, each timed against the default path in the same process.
     models = {"background='linear'": {"background": "linear"}, "gain=True": {"gain": True},
-              "linear + gain": {"background": "linear", "gain": True}}  # fmt: skip
+              "linear + gain": {"background": "linear", "gain": True},
+              "prior='learn'": {"prior": "learn"},
+              "learn('beta')": {"prior": bayesmix.priors.learn("beta")}}  # fmt: skip
     t_models = {}
     for label, kw in models.items():
         bayesmix.fit_map(frames, a, b, **kw)  # compile
+        pass_kw = {k: v for k, v in kw.items() if k != "prior"}  # the prior is not the pass's
         t_models[label] = (best(lambda kw=kw: bayesmix.fit_map(frames, a, b, **kw), 3)[0],
-                           best(lambda kw=kw: bayesmix.frame_stats(frames, a, b, **kw), 3)[0])
+                           best(lambda kw=pass_kw: bayesmix.frame_stats(frames, a, b, **kw),
+                                3)[0])  # fmt: skip
     t_default_again = best(lambda: bayesmix.fit_map(frames, a, b), 9)[0]
+    # The learned prior's own cost, on the statistics (the pixel pass is the same).
+    t_learn_stats = best(lambda: bayesmix.fit_map_stats(stats, prior="learn"), 5)[0]
 
     k = min(n, 1000)
     t0 = time.perf_counter()
@@ -171,6 +179,9 @@ def main() -> None:
     for label, (t_fit, t_pass) in t_models.items():
         print(f"  {label:22s} {1e3 * t_fit:8.1f} ms  {t_fit / t_fit_alone:6.2f}x the default; "
               f"its pixel pass {1e3 * t_pass:7.1f} ms = {t_pass / t_mv_alone:.2f}x the matvec")
+    print(f"  prior='learn' on the statistics: {1e3 * t_learn_stats:8.1f} ms = "
+          f"{t_learn_stats / t_inf:.2f}x fit_map_stats with the fixed prior "
+          f"({1e3 * t_inf:.1f} ms)")  # fmt: skip
     jax_section(frames, a, b, args.device, t_stats)
     k_refs_section(n, args.size)
 

@@ -90,11 +90,12 @@ def _drop_compiled_programs():
 # files on two workers (pytest-xdist, --dist loadfile), handed out in collection order, so the
 # long ones start first and the short ones fill in at the end. Order within a file is kept.
 _LONGEST_FIRST = (
-    "test_cli", "test_noise", "test_temporal", "test_nuts", "test_notebook", "test_map",
+    "test_cli", "test_noise", "test_temporal", "test_nuts", "test_learn", "test_notebook",
+    "test_learn_nuts", "test_map",
     "test_temporal_cli", "test_truncnorm", "test_noise_nuts", "test_properties",
     "test_noise_nuts_pixels", "test_model_paths", "test_runs", "test_model_quadrature",
     "test_noise_cli", "test_simplex", "test_verdicts", "test_report", "test_browser",
-    "test_cli_safety", "test_units", "test_readers_sweep",
+    "test_cli_safety", "test_units", "test_readers_sweep", "test_hdi",
 )  # fmt: skip
 
 

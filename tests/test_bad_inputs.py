@@ -15,7 +15,15 @@ import tifffile
 
 import bayesmix
 from bayesmix.cli import main
-from bayesmix.priors import Beta, Dirichlet, InverseGamma, TruncatedNormal, Uniform
+from bayesmix.priors import (
+    Beta,
+    Dirichlet,
+    InverseGamma,
+    PointMassMixture,
+    TruncatedNormal,
+    Uniform,
+    learn,
+)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
 
@@ -596,6 +604,37 @@ CATALOGUE = [
     ("interval-prob-extreme", lambda t: _fit().to_dataframe(prob=0.9999999), ("ok", _ok_extreme_prob)),
     ("report-not-html", lambda t: bayesmix.report(_fit(), t / "r.pdf"),
      ("raises", bayesmix.InputError, r"the report is an HTML file .* e\.g\. '.*r\.html'; got '.*r\.pdf'")),
+    ("interval-unknown-kind", lambda t: _fit().interval(0.9, kind="hpd"),
+     ("raises", bayesmix.InputError, r"kind must be one of \('equal_tailed', 'hdi'\), got 'hpd'")),
+    ("interval-hdi-prob-outside", lambda t: _fit().interval(1.5, kind="hdi"),
+     ("raises", bayesmix.InputError, r"prob must be in \(0, 1\)")),
+    ("near-bound-tol-outside", lambda t: _fit().prob_near_bound(0.6),
+     ("raises", bayesmix.InputError, r"tol must be a number in \(0, 0.5\]: the distance from a bound of the weight's support \[0, 1\]")),
+    ("learn-unknown-family", lambda t: _fit(prior=learn("gamma")),
+     ("raises", bayesmix.InputError, r"learn\(family\) takes one of \('truncnormal', 'beta', 'dirichlet', 'point_mass'\), got 'gamma'")),
+    ("learn-four-references", lambda t: _fit(None, None, None, _third(), _third() ** 2, prior="learn"),
+     ("raises", bayesmix.InputError, r"prior='learn' needs K <= 3 references .* got 4; give a fixed Dirichlet")),
+    ("learn-per-frame-noise", lambda t: _fit(prior="learn", noise="per_frame"),
+     ("raises", bayesmix.InputError, r"prior='learn' is not supported with noise='per_frame'")),
+    ("learn-random-walk", lambda t: _fit(prior="learn", temporal="random_walk"),
+     ("raises", bayesmix.InputError, r"prior='learn' is not supported with temporal='random_walk'")),
+    ("learn-joint-sigma", lambda t: _fit(prior="learn", sigma_method="joint"),
+     ("raises", bayesmix.InputError, r"sigma_method='joint' is not available with prior='learn'")),
+    ("point-mass-atoms-sum", lambda t: PointMassMixture((0.6, 0.5)),
+     ("raises", bayesmix.InputError, r"atoms must be K >= 2 probabilities >= 0 whose sum is below 1")),
+    ("point-mass-atoms-count", lambda t: _fit(None, None, None, _third(), prior=PointMassMixture((0.1, 0.1))),
+     ("raises", bayesmix.InputError, r"PointMassMixture has 2 atoms but the fit has 3 references")),
+    ("point-mass-gain", lambda t: _fit(prior=learn("point_mass"), gain=True),
+     ("raises", bayesmix.InputError, r"prior='learn' is not supported with point masses on the pure phases with gain=True")),
+    ("nuts-learn-family", lambda t: bayesmix.sample(_sim().frames, _sim().ref_a, _sim().ref_b,
+                                                    prior=learn("beta"), progress=False),
+     ("raises", bayesmix.InputError, r"NUTS with prior='learn' samples the population \(loc, scale\) of a truncated-normal prior .*; not with the 'beta' family: learn it with the fast path")),
+    ("nuts-learn-gain", lambda t: bayesmix.sample(_sim().frames, _sim().ref_a, _sim().ref_b,
+                                                  prior="learn", gain=True, progress=False),
+     ("raises", bayesmix.InputError, r"NUTS with prior='learn' .*; not with gain=True: give a fixed prior instead")),
+    ("nuts-learn-pixels", lambda t: bayesmix.sample(_sim().frames, _sim().ref_a, _sim().ref_b,
+                                                    prior="learn", noise="poisson", progress=False),
+     ("raises", bayesmix.InputError, r"NUTS with prior='learn' .*; not with noise='poisson' \(a pixel-level likelihood\)")),
     # Readers
     ("missing-file", lambda t: bayesmix.read_frames(t / "nope.tif"),
      ("raises", FileNotFoundError, r"no such file or folder: .*nope.tif")),

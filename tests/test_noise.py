@@ -328,7 +328,8 @@ def test_bad_noise_inputs_elsewhere():
     with pytest.raises(ValueError, match="differ in background"):
         bayesmix.compare(per, bayesmix.fit_map(frames, a, b, background="constant"))
     with pytest.raises(ValueError, match="no per-frame marginal likelihood"):
-        bayesmix.compare(per, bayesmix.fit_map(frames, a, b, prior=bayesmix.Beta(2, 2)))
+        gained = bayesmix.fit_map(frames, a, b, gain=True)
+        bayesmix.compare(gained, gained)
     assert check_noise(None) == check_noise("gaussian")
     assert isinstance(check_noise(PerFrame()), PerFrame)
     for spec in ("gaussian", "per_frame", "poisson", "student_t:df=4",

@@ -5,6 +5,7 @@ false discovery rate, atomic and no silent overwrite."""
 from __future__ import annotations
 
 import base64
+import html
 import io
 import re
 import time
@@ -227,3 +228,208 @@ def test_report_of_an_inference_data(tmp_path, data):
 def test_report_rejects_other_objects(tmp_path):
     with pytest.raises(ValueError, match="report needs a MapResult"):
         bayesmix.report({"x": 1}, tmp_path / "r.html")
+
+
+# --- Learned priors (prior="learn") and point masses on the pure phases -------------------------
+
+
+@pytest.fixture(scope="module")
+def pure_sim():
+    """120 small frames whose weights are pure A (20%), pure B (10%) or a truncated normal."""
+    from bayesmix.priors import PointMassMixture, TruncatedNormal
+
+    prior = PointMassMixture((0.2, 0.1), TruncatedNormal(0.4, 0.2))
+    x = prior.sample(np.random.default_rng(0), 120)
+    return bayesmix.simulate(120, shape=(8, 8), noise=0.3, x=x, seed=1)
+
+
+@pytest.fixture(scope="module")
+def learned_tn(map_fit):
+    """The module's fit as if its truncated normal had been learned (prior='learn'): the report
+    reads ``population``; a real learned fit is ``learned_pm`` (one compilation, not two)."""
+    import dataclasses
+
+    from bayesmix._population import PopulationFit
+
+    prior = map_fit.prior
+    mean, sd = _report._moments(_report._prior_parts(prior, prior.bounds))
+    params = {"loc": prior.loc, "mean": mean, "scale": prior.scale, "sd": sd}
+    sds = {"loc": 0.012, "mean": 0.0061, "scale": 0.0094, "sd": 0.0047}
+    pop = PopulationFit("truncnormal", params, sds, np.zeros(2), np.eye(2), -1.0, 5, True)
+    return dataclasses.replace(map_fit, population=pop)
+
+
+@pytest.fixture(scope="module")
+def learned_pm(pure_sim):
+    from bayesmix.priors import learn
+
+    return bayesmix.fit_map(pure_sim.frames, pure_sim.ref_a, pure_sim.ref_b,
+                            prior=learn("point_mass"))  # fmt: skip
+
+
+def _caption(page: str, alt: str) -> str:
+    """The caption of the figure whose alt text is ``alt``."""
+    alt = re.escape(html.escape(alt))
+    match = re.search(rf'<img alt="{alt}"[^>]*><figcaption>(.*?)</figcaption>', page, flags=re.S)
+    assert match, f"no figure {alt!r}"
+    return match.group(1)
+
+
+def _keep_figures(monkeypatch) -> list:
+    """Every figure the report draws, to read its legends and labels."""
+    figures, make = [], _report._figure
+
+    def keep(*args):
+        figures.append(make(*args))
+        return figures[-1]
+
+    monkeypatch.setattr(_report, "_figure", keep)
+    return figures
+
+
+def _texts(figures) -> list[str]:
+    from matplotlib.text import Text
+
+    return [t.get_text() for fig in figures for t in fig.findobj(Text)]
+
+
+def _hyper(res) -> list[str]:
+    """Each learned hyperparameter as the captions write it."""
+    pop = res.population
+    return [f"{k} = {v:.3g} ± {pop.sd[k]:.2g}" for k, v in pop.params.items()]
+
+
+def test_a_learned_prior_is_drawn_with_its_hyperparameters(tmp_path, learned_tn, map_fit,
+                                                          monkeypatch):  # fmt: skip
+    """prior='learn': the curve is labelled "learned prior", and the caption names the family,
+    every hyperparameter with its sd, and what it is (the frames' population, by maximum
+    marginal likelihood). A fixed prior keeps its wording."""
+    res = learned_tn
+    assert res.population is not None and res.population.family == "truncnormal"
+    figures = _keep_figures(monkeypatch)
+    page = bayesmix.report(res, tmp_path / "learned.html").read_text("utf-8")
+    caption = _caption(page, "distribution of the estimates over the prior")
+    assert "learned prior" in caption and "a truncated normal, learned from the 60 frames" in caption
+    assert "maximum marginal likelihood" in caption and "population the frames' weights" in caption
+    for words in _hyper(res):
+        assert words in caption and words in _section(page, "Summary")
+    texts = _texts(figures)
+    assert "learned prior" in texts and "The learned prior over the histogram of estimates" in texts
+
+    fixed = _report._distribution_fig(_report._View(map_fit, 0.9))
+    caption = _caption(fixed, "distribution of the estimates over the prior")
+    assert "learned" not in caption and "over the prior's density (TruncatedNormal(" in caption
+
+
+def test_point_masses_are_drawn_as_spikes_with_their_probabilities(tmp_path, learned_pm,
+                                                                   pure_sim, monkeypatch):  # fmt: skip
+    """A PointMassMixture: the continuous part's density times its probability, and each atom
+    a spike of its probability (right axis) with its value written beside it; the truth at the
+    bounds is named as missed by every equal-tailed interval; the intervals' text says when to
+    use the HDI."""
+    res = learned_pm
+    p_a, p_b = res.prior.atoms
+    figures = _keep_figures(monkeypatch)
+    page = _check_page(bayesmix.report(res, tmp_path / "pm.html", truth=pure_sim.x),
+                       [SECTIONS[0], "Truth vs estimate", *SECTIONS[1:]],
+                       [*WEIGHT_FIGURES, "estimate against truth and coverage"])  # fmt: skip
+    caption = _caption(page, "distribution of the estimates over the prior")
+    assert f"P(x = 1) = {p_a:.3g} (pure A), P(x = 0) = {p_b:.3g} (pure B)" in caption
+    assert f"1 &minus; &Sigma; atoms = {1 - p_a - p_b:.3g}" in caption
+    assert "probabilities, not densities" in caption and "right axis" in caption
+    for words in _hyper(res):
+        assert words in caption
+    texts = _texts(figures)
+    assert f"P(x = 1) = {p_a:.3g}" in texts and "probability of a pure phase" in texts
+    pure = int(np.sum((pure_sim.x == 0) | (pure_sim.x == 1)))
+    assert f"{pure} frame(s) have a true weight exactly at a bound" in page
+    band = _caption(page, "frames sorted by estimate, with their intervals")
+    assert "equal-tailed" in band and 'res.interval(0.9, kind="hdi")' in band
+    assert "res.prob_near_bound(tol)" in band
+
+
+def test_point_masses_of_three_references(monkeypatch):
+    """K = 3: each panel draws its reference's marginal, a spike at 1 (its own pure phase) and
+    at 0 (the others' sum), and the caption lists every pure phase's probability. The figures
+    are drawn from the numbers a view holds (a learned K = 3 fit takes seconds to compile;
+    ``test_simplex`` and ``test_learn*`` fit them)."""
+    from types import SimpleNamespace
+
+    from bayesmix.priors import Dirichlet, PointMassMixture
+
+    prior = PointMassMixture((0.2, 0.1, 0.3), Dirichlet(1.0))
+    mean = prior.sample(np.random.default_rng(2), 90)
+    learned = _report._Learned("point_mass", {f"p_pure_{k}": (p, 0.03)
+                                              for k, p in enumerate(prior.atoms)}, _report._MML)
+    v = SimpleNamespace(names=("fe2", "fe3", "oxide"), center=mean, lo=np.clip(mean - 0.1, 0, 1),
+                        hi=np.clip(mean + 0.1, 0, 1), prior_obj=prior, prior=repr(prior),
+                        bounds=(0.0, 1.0), learned=learned, prior_draws=[], idata=None)  # fmt: skip
+    figures = _keep_figures(monkeypatch)
+    page = _report._simplex_weights_html(v, 0.9)
+    caption = _caption(page, "distribution of each reference's estimates over the prior")
+    assert "The pure phases' probabilities: fe2 0.2, fe3 0.1, oxide 0.3." in caption
+    assert "learned prior" in caption and "p_pure_0 = 0.2 ± 0.03" in caption
+    assert "1 &minus; &Sigma; atoms = 0.4" in caption
+    texts = _texts(figures)
+    for own, others in ((0.2, 0.4), (0.1, 0.5), (0.3, 0.3)):
+        assert f"P(x = 1) = {own:.3g}" in texts and f"P(x = 0) = {others:.3g}" in texts
+    parts = _report._prior_parts(prior, (0.0, 1.0), 1)
+    np.testing.assert_allclose(parts.atoms, [(1.0, 0.1), (0.0, 0.2 + 0.3)], rtol=1e-15)
+
+
+def test_a_report_of_a_results_file_keeps_the_learned_prior(tmp_path, learned_pm):
+    """The file's metadata (prior_learned, prior_<name>, prior_<name>_sd) is the learned prior's
+    record: the report of the table read back says so, with the same numbers."""
+    path = bayesmix.write_results(learned_pm, tmp_path / "pm.csv")
+    table = bayesmix.read_results(path)
+    assert table.attrs["prior_learned"] == "point_mass"
+    page = bayesmix.report(table, tmp_path / "file.html").read_text("utf-8")
+    caption = _caption(page, "distribution of the estimates over the prior")
+    assert "learned prior" in caption and "maximum marginal likelihood" in caption
+    for words in _hyper(learned_pm):
+        assert words in caption
+    with pytest.raises(bayesmix.InputError, match="report needs a MapResult"):
+        bayesmix.report([1, 2], tmp_path / "no.html")
+
+
+def test_prior_moments_count_the_point_masses(learned_pm):
+    """The mean and sd of a PointMassMixture (the red lines of the pull and sd plots) include
+    its atoms: against the exact moments (scipy's truncated normal mixed with the atoms) and
+    against 200,000 draws of the prior (within 4 Monte Carlo sds)."""
+    from scipy import stats
+
+    from bayesmix.priors import Dirichlet, PointMassMixture, TruncatedNormal
+
+    def exact(prior):
+        c = prior.continuous
+        tn = stats.truncnorm((c.low - c.loc) / c.scale, (c.high - c.loc) / c.scale, c.loc,
+                             c.scale)  # fmt: skip
+        # Pure A is x = 1 (adds p_A to both moments); pure B is x = 0 (adds nothing).
+        pa, w = prior.atoms[0], prior.continuous_weight
+        mean = w * tn.mean() + pa
+        second = w * (tn.var() + tn.mean() ** 2) + pa
+        return mean, np.sqrt(second - mean**2)
+
+    def close(got, draws):
+        """Within 4 Monte Carlo sds of the draws' mean and sd (the sd's by the delta method,
+        from the fourth central moment)."""
+        d = draws - draws.mean()
+        var, n = d.var(), d.size
+        se_mean = np.sqrt(var / n)
+        se_sd = np.sqrt((np.mean(d**4) - var**2) / (4.0 * var * n))
+        assert abs(got[0] - draws.mean()) < 4 * se_mean
+        assert abs(got[1] - np.sqrt(var)) < 4 * se_sd
+
+    rng = np.random.default_rng(3)
+    for prior in (PointMassMixture((0.2, 0.1), TruncatedNormal(0.4, 0.2)),
+                  PointMassMixture((0.05, 0.6), TruncatedNormal(0.8, 0.5)), learned_pm.prior):  # fmt: skip
+        got = _report._moments(_report._prior_parts(prior, (0.0, 1.0)))
+        np.testing.assert_allclose(got, exact(prior), atol=2e-5)
+        close(got, prior.sample(rng, 200_000))
+    v = _report._View(learned_pm, 0.9)
+    np.testing.assert_allclose(_report._prior_moments(v), exact(learned_pm.prior), atol=2e-5)
+    # K = 3: each weight's marginal, atoms at 1 (its phase) and 0 (the others'), by sampling.
+    prior = PointMassMixture((0.2, 0.1, 0.3), Dirichlet(1.0))
+    draws = prior.sample(rng, 200_000)
+    for k in range(3):
+        close(_report._moments(_report._prior_parts(prior, (0.0, 1.0), k)), draws[:, k])
