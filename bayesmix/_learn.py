@@ -58,7 +58,15 @@ from bayesmix._posterior import (
 from bayesmix._precision import x64
 from bayesmix._stats import FrameStats, GainStats, SimplexStats, bucket_size, pad_stats
 from bayesmix._truncnorm import log_diff_ndtr, tn_moments, tn_quantile
-from bayesmix.priors import Beta, Dirichlet, Learn, PointMassMixture, TruncatedNormal, Uniform
+from bayesmix.priors import (
+    Beta,
+    Dirichlet,
+    Learn,
+    PointMassMixture,
+    TruncatedNormal,
+    Uniform,
+    _unvalidated,
+)
 
 __all__ = ["FAMILIES", "FINE_LEVELS", "GridRule", "SimplexRule", "evidence_of", "gain_rule",
            "learn_prior", "log_evidence", "simplex_point_mass", "simplex_rule"]
@@ -88,18 +96,6 @@ def _clustered(v, at_lo, at_hi):
     t = p / (p + q)
     dt = (k_lo * p / v * q + k_hi * p * q / (1.0 - v)) / (p + q) ** 2
     return t, dt
-
-
-def _unchecked(cls: type, *leaves: Any) -> Any:
-    """A prior with (possibly traced) parameters, without the validation of its constructor."""
-    obj = object.__new__(cls)
-    for name, value in zip(_FIELDS[cls], leaves, strict=True):
-        object.__setattr__(obj, name, value)
-    return obj
-
-
-_FIELDS = {TruncatedNormal: ("loc", "scale", "low", "high"), Beta: ("a", "b"),
-           Dirichlet: ("alpha",), PointMassMixture: ("atoms", "continuous")}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,9 +148,9 @@ def evidence_of(prior: Any, data: Any, sigma2: jnp.ndarray) -> jnp.ndarray:
     return log_evidence(prior, data, sigma2)
 
 
-def _base(stats: Any, sigma2: jnp.ndarray) -> jnp.ndarray:
-    """The likelihood's factor that does not depend on the weights."""
-    return -0.5 * stats.n * jnp.log(2.0 * jnp.pi * sigma2) - 0.5 * stats.rss / sigma2
+def _base(n: jnp.ndarray, sse: jnp.ndarray, sigma2: jnp.ndarray) -> jnp.ndarray:
+    """The Gaussian log likelihood of ``n`` pixels with squared residuals ``sse``."""
+    return -0.5 * n * jnp.log(2.0 * jnp.pi * sigma2) - 0.5 * sse / sigma2
 
 
 @_evidence_for((TruncatedNormal, Uniform), FrameStats)
@@ -179,20 +175,13 @@ def _ev_beta(prior, stats, sigma2):
     log_l = -0.5 * stats.dd[:, None] * (x - stats.xhat[:, None]) ** 2 / sigma2
     lp = prior.log_prob(jnp.clip(x, 0.0, 1.0))
     log_w = jnp.log(jnp.asarray(w))[None, :] + jnp.log(dt) + jnp.log(b - a)[:, None]
-    return _base(stats, sigma2) + logsumexp(log_l + lp + log_w, axis=1)
-
-
-def _unchecked_uniform() -> Uniform:
-    obj = object.__new__(Uniform)
-    object.__setattr__(obj, "low", 0.0)
-    object.__setattr__(obj, "high", 1.0)
-    return obj
+    return _base(stats.n, stats.rss, sigma2) + logsumexp(log_l + lp + log_w, axis=1)
 
 
 def _point_mass_parts(prior: PointMassMixture, stats: FrameStats, sigma2):
     """Log of (prior weight x marginal likelihood) of pure A (x = 1), pure B (x = 0) and the
     continuous part, each (N,)."""
-    base = _base(stats, sigma2)
+    base = _base(stats.n, stats.rss, sigma2)
     atoms = jnp.stack([jnp.asarray(a) for a in prior.atoms])
     log_c = jnp.log1p(-jnp.sum(atoms))
     la = jnp.log(atoms[0]) + base - 0.5 * stats.dd * (1.0 - stats.xhat) ** 2 / sigma2
@@ -233,7 +222,7 @@ def _rule1(w, chol, rss, n, sigma2):
     ht = u.T @ h @ u
     that = jnp.linalg.solve(ht, u.T @ h @ (w - ek))
     d = ek + u @ that - w
-    base = -0.5 * n * jnp.log(2.0 * jnp.pi * sigma2) - 0.5 * (rss + d @ h @ d) / sigma2
+    base = _base(n, rss + d @ h @ d, sigma2)
     cov = sigma2 * jnp.linalg.inv(ht)
     m1, s1 = that[0], jnp.sqrt(cov[0, 0])
     slope = cov[0, 1] / cov[0, 0]
@@ -270,8 +259,7 @@ def _rule1(w, chol, rss, n, sigma2):
     logw = logw + base + jnp.log(2.0 * jnp.pi) + 0.5 * jnp.linalg.slogdet(cov)[1]
     eye = jnp.eye(3)
     dv = eye - w[None, :]
-    log_vertex = -0.5 * n * jnp.log(2.0 * jnp.pi * sigma2) - 0.5 * (
-        rss + jnp.einsum("ki,ij,kj->k", dv, h, dv)) / sigma2
+    log_vertex = _base(n, rss + jnp.einsum("ki,ij,kj->k", dv, h, dv), sigma2)
     return x, logw, log_vertex
 
 
@@ -322,14 +310,12 @@ class GridRule(NamedTuple):
     """A frame's likelihood of x (the gain integrated out) as quadrature nodes.
 
     ``x`` (N, G) Gauss-Legendre nodes over the range where the likelihood lives (found as the
-    fast path's gain posteriors find it); ``logw`` (N, G) log of node weight times likelihood;
-    ``log_ends`` (N, 2) the log likelihood at x = 1 and x = 0 (pure A, pure B), on the same
-    scale. Each row is shifted by a constant of its own, which the prior does not see.
+    fast path's gain posteriors find it); ``logw`` (N, G) log of node weight times likelihood.
+    Each row is shifted by a constant of its own, which the prior does not see.
     """
 
     x: jnp.ndarray
     logw: jnp.ndarray
-    log_ends: jnp.ndarray
 
 
 def _gain_rule1(st1: GainStats, sigma2):
@@ -344,9 +330,7 @@ def _gain_rule1(st1: GainStats, sigma2):
     u, w = _legendre01(_OUTER_NODES)
     x = a + (b - a) * jnp.asarray(u)
     lp = logf(x)
-    top = jnp.max(lp)
-    ends = logf(jnp.array([1.0, 0.0], x.dtype)) - top
-    return x, jnp.log(jnp.asarray(w) * jnp.maximum(b - a, 1e-300)) + lp - top, ends
+    return x, jnp.log(jnp.asarray(w) * jnp.maximum(b - a, 1e-300)) + lp - jnp.max(lp)
 
 
 @jax.jit
@@ -365,14 +349,6 @@ def gain_rule(stats: GainStats, sigma2: float) -> GridRule:
 def _ev_grid(prior, rule, sigma2):
     eps = jnp.finfo(rule.x.dtype).eps
     return logsumexp(rule.logw + prior.log_prob(jnp.clip(rule.x, eps, 1.0 - eps)), axis=1)
-
-
-@_evidence_for((PointMassMixture,), GridRule)
-def _ev_grid_point_mass(prior, rule, sigma2):
-    atoms = jnp.stack([jnp.asarray(a) for a in prior.atoms])
-    cont = jnp.log1p(-jnp.sum(atoms)) + log_evidence(prior.continuous, rule, sigma2)
-    parts = jnp.log(atoms)[None, :] + rule.log_ends
-    return jnp.logaddexp(logsumexp(parts, axis=1), cont)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,7 +506,7 @@ class TruncNormalFamily:
 
     @staticmethod
     def prior(theta):
-        return _unchecked(TruncatedNormal, _sigmoid(theta[0]), jnp.exp(theta[1]), 0.0, 1.0)
+        return _unvalidated(TruncatedNormal, _sigmoid(theta[0]), jnp.exp(theta[1]), 0.0, 1.0)
 
     @classmethod
     def natural(cls, theta) -> dict:
@@ -560,7 +536,7 @@ class BetaFamily:
 
     @staticmethod
     def prior(theta):
-        return _unchecked(Beta, 1.0 + jnp.exp(theta[0]), 1.0 + jnp.exp(theta[1]))
+        return _unvalidated(Beta, 1.0 + jnp.exp(theta[0]), 1.0 + jnp.exp(theta[1]))
 
     @classmethod
     def natural(cls, theta) -> dict:
@@ -590,7 +566,7 @@ class PointMassFamily:
     @staticmethod
     def prior(theta):
         p = jax.nn.softmax(jnp.concatenate([theta[:2], jnp.zeros(1, theta.dtype)]))
-        return _unchecked(PointMassMixture, (p[0], p[1]), TruncNormalFamily.prior(theta[2:]))
+        return _unvalidated(PointMassMixture, (p[0], p[1]), TruncNormalFamily.prior(theta[2:]))
 
     @classmethod
     def natural(cls, theta) -> dict:
@@ -619,7 +595,7 @@ class DirichletFamily:
 
     @staticmethod
     def prior(theta):
-        return _unchecked(Dirichlet, 1.0 + jnp.exp(theta))
+        return _unvalidated(Dirichlet, 1.0 + jnp.exp(theta))
 
     @classmethod
     def natural(cls, theta) -> dict:
@@ -648,8 +624,8 @@ class SimplexPointMassFamily:
     @staticmethod
     def prior(theta):
         p = jax.nn.softmax(jnp.concatenate([theta, jnp.zeros(1, theta.dtype)]))
-        flat = _unchecked(Dirichlet, jnp.ones(3, theta.dtype))
-        return _unchecked(PointMassMixture, (p[0], p[1], p[2]), flat)
+        flat = _unvalidated(Dirichlet, jnp.ones(3, theta.dtype))
+        return _unvalidated(PointMassMixture, (p[0], p[1], p[2]), flat)
 
     @classmethod
     def natural(cls, theta) -> dict:
@@ -665,7 +641,7 @@ class SimplexPointMassFamily:
 FAMILIES: dict[str, tuple[type | None, type | None]] = {
     "truncnormal": (TruncNormalFamily, None),
     "beta": (BetaFamily, None),
-    "dirichlet": (BetaFamily, DirichletFamily),
+    "dirichlet": (None, DirichletFamily),  # two references: Learn.resolve makes it 'beta'
     "point_mass": (PointMassFamily, SimplexPointMassFamily),
 }
 

@@ -552,17 +552,12 @@ def _fit_learned(stats, basis, *, model, sigma, sigma_method, max_iter, tol, fra
     gained = isinstance(stats, GainStats)
     if sigma is not None:
         s2 = float(sigma) ** 2
-    elif gained:
-        # sigma under a flat prior: with every pixel in, the prior moves it by O(N / n), and
-        # it is learned again under the learned prior below.
-        flat = _fit_stats(stats if basis is None else basis,
-                          model=dataclasses.replace(model, prior=Uniform()), sigma=None,
-                          sigma_method="marginal", max_iter=max_iter, tol=tol, frame=frame,
-                          device=device, map_shape=map_shape, draws=draws, seed=seed)  # fmt: skip
-        s2 = flat.sigma**2
     elif simplex:
         s2, _, _ = _simplex_sigma2(stats, model, None, "marginal", max_iter, tol)
-    else:  # the least-squares start; the iteration moves it by O(N / n)
+    else:
+        # The least-squares estimate: within O(N / n) of the marginal mode. Two references
+        # learn it jointly from here; with a gain the rule is built at it and sigma is learned
+        # again under the learned prior below.
         s2 = float(np.sum(stats.rss)) / max(float(np.sum(stats.dof_residual)), 1.0)
     learned, s2, population = learn_prior(
         stats, model.prior, sigma2=s2, sigma_fixed=sigma is not None,

@@ -46,7 +46,7 @@ from bayesmix._precision import x64
 from bayesmix._results import MapResult
 from bayesmix._stats import BasisStats, FrameStats, GainStats, SimplexStats
 from bayesmix.noise import PerFrame, PoissonGaussian, StudentT, check_noise, noise_spec
-from bayesmix.priors import Dirichlet, Learn, SigmaPrior, XPrior
+from bayesmix.priors import Dirichlet, Learn, SigmaPrior, XPrior, _unvalidated
 from bayesmix.temporal import Independent, check_temporal, temporal_spec
 
 __all__ = ["sample", "sample_stats"]
@@ -1116,7 +1116,7 @@ def _learn_model(stats, x_ref, sse_ref, ig, affine, u_scale, pop, prior):
     ``loc ~ Uniform(low, high)``, ``scale ~ HalfNormal(LEARN_SCALE_PRIOR_SD (high - low))``;
     sigma and the likelihood as in :func:`_model`. ``prior`` is the fast path's learned prior:
     its bounds, and its type, rebuilt with the sampled (loc, scale) as traced leaves
-    (``tree_unflatten``: no validation), so that the population's density is the prior's own
+    (``priors._unvalidated``: no validation), so that the population's density is the prior's own
     ``log_prob``.
 
     Each frame is either centred (``affine.centred``): x_i from its logit coordinate as in
@@ -1148,8 +1148,7 @@ def _learn_model(stats, x_ref, sse_ref, ig, affine, u_scale, pop, prior):
                    + log_scale)  # fmt: skip
     numpyro.deterministic("prior_loc", loc)
     numpyro.deterministic("prior_scale", scale)
-    population = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(prior),
-                                              (loc, scale, lo, hi))  # fmt: skip
+    population = _unvalidated(type(prior), loc, scale, lo, hi)
     # Centred frames.
     tc = affine.loc + affine.scale * w
     log_s = jax.nn.log_sigmoid(tc)
@@ -1299,12 +1298,15 @@ def _learn_setup(fit: MapResult, pop: Any, centring: str) -> tuple[_LearnFrame, 
 def _correlation(cov: Any) -> float:
     """The correlation of the last two coordinates of a covariance matrix (0 when there is
     none to read), bounded by 0.95 in size."""
-    try:
-        c = np.asarray(cov, np.float64)[-2:, -2:]
-        rho = float(c[0, 1] / math.sqrt(c[0, 0] * c[1, 1]))
-    except (TypeError, ValueError, IndexError, ZeroDivisionError):
+    c = np.asarray(cov if cov is not None else np.zeros((0, 0)), np.float64)
+    if c.ndim != 2 or c.shape[0] < 2:
         return 0.0
-    return min(max(rho, -0.95), 0.95) if math.isfinite(rho) else 0.0
+    c = c[-2:, -2:]
+    # A coordinate held at an edge of its range has no variance (PopulationFit.at_edge).
+    if not (np.all(np.isfinite(c)) and c[0, 0] > 0 and c[1, 1] > 0):
+        return 0.0
+    rho = float(c[0, 1] / math.sqrt(c[0, 0] * c[1, 1]))
+    return min(max(rho, -0.95), 0.95)
 
 
 def _sample_learn(fit: MapResult, *, num_chains, num_warmup, num_samples, seed, progress,
@@ -1366,8 +1368,8 @@ def _sample_learn(fit: MapResult, *, num_chains, num_warmup, num_samples, seed, 
             "prior_scale_prior": f"half_normal({LEARN_SCALE_PRIOR_SD * (hi - lo):.6g})",
             "prior_loc_map": float(pop.params["loc"]),
             "prior_scale_map": float(pop.params["scale"]),
-            "prior_loc_map_sd": _finite_or(pop.sd.get("loc"), math.nan),
-            "prior_scale_map_sd": _finite_or(pop.sd.get("scale"), math.nan),
+            "prior_loc_map_sd": float(pop.sd["loc"]),
+            "prior_scale_map_sd": float(pop.sd["scale"]),
             "prior_centring": centring,
             "n_centred": int(np.sum(np.asarray(affine.centred) > 0)),
         },

@@ -633,8 +633,8 @@ def _interval_words(v: _View, prob: float) -> str:
     interval where posteriors pile up at a bound, and the probability of lying near a bound."""
     pct = percent(prob)
     eq = (f" The intervals are equal-tailed (the results files' columns): each leaves "
-          f"{50.0 * (1.0 - prob):.6g}% of the posterior on either side, so it never contains "
-          "a bound.")  # fmt: skip
+          f"{50.0 * (1.0 - prob):.6g}% of the posterior on either side, so it contains a bound "
+          "only where the prior puts a point mass on it.")  # fmt: skip
     if v.idata is not None:
         return eq + (
             " Where a posterior piles up at a bound (frames at a bound, nearly pure phases) use "
@@ -642,13 +642,12 @@ def _interval_words(v: _View, prob: float) -> str:
             f"hdi_prob={prob:g})</code>: the shortest interval holding {pct}, the only one that "
             "can contain the bound itself."
         )
-    near = ("; <code>res.prob_near_bound(tol)</code> gives each frame's probability of lying "
-            "within tol of a bound" if hasattr(MapResult, "prob_near_bound") else "")  # fmt: skip
     return eq + (
         " Where a posterior piles up at a bound (frames at a bound, nearly pure phases) use the "
         f'highest-density interval, <code>res.interval({prob:g}, kind="hdi")</code>: the '
-        f"shortest interval holding {pct}, the only one that can contain the bound itself"
-        f"{near}."
+        f"shortest interval holding {pct}, the only one that can contain the bound itself; "
+        "<code>res.prob_near_bound(tol)</code> gives each frame's probability of lying within "
+        "tol of a bound."
     )
 
 
@@ -836,12 +835,12 @@ def _truth_html(v: _View, truth: np.ndarray, prob: float) -> str:
     lo, hi = v.bounds
     pure = int(np.sum((truth == lo) | (truth == hi)))
     if pure:
-        # Equal-tailed intervals exclude the bounds: such frames are missed by construction.
+        # Equal-tailed intervals exclude the bounds (unless the prior has an atom there).
         table += (
             f"<p>{pure} frame(s) have a true weight exactly at a bound (pure phases): an "
-            "equal-tailed interval never contains a bound, so they count as misses; the "
-            f'highest-density interval (<code>res.interval({prob:g}, kind="hdi")</code>) can '
-            "cover them.</p>"
+            "equal-tailed interval contains a bound only where the prior puts a point mass on "
+            "it, so without one they count as misses; the highest-density interval "
+            f'(<code>res.interval({prob:g}, kind="hdi")</code>) can cover them.</p>'
         )
     verdict = ("consistent with calibrated intervals (within 2 binomial sd)" if abs(z) <= 2
                else "more than 2 binomial sd from the nominal level: the intervals are "

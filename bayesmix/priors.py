@@ -574,19 +574,30 @@ class InverseGamma:
         return (self.concentration, self.scale)
 
 
+_PYTREE_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _unvalidated(cls: type, *values: object) -> object:
+    """A prior of type ``cls`` with these parameters (in field order), without its
+    constructor's checks: for parameters made inside jitted code, which may be traced (a
+    population learned or sampled from the frames), and for unflattening."""
+    obj = object.__new__(cls)
+    for f, v in zip(_PYTREE_FIELDS[cls], values, strict=True):
+        object.__setattr__(obj, f, v)
+    return obj
+
+
 def _register_pytree(cls: type, fields: tuple[str, ...]) -> None:
     """Register a prior as a pytree whose leaves are its parameters: jitted code then takes the
     prior as a traced argument (its type, not its numbers, selects the compiled program), and
     ``log_prob`` runs on traced parameters. Unflattening skips validation, which already ran."""
+    _PYTREE_FIELDS[cls] = fields
 
     def flatten(prior: object) -> tuple[tuple[object, ...], None]:
         return tuple(getattr(prior, f) for f in fields), None
 
     def unflatten(_: None, leaves: tuple[object, ...]) -> object:
-        obj = object.__new__(cls)
-        for f, v in zip(fields, leaves, strict=True):
-            object.__setattr__(obj, f, v)
-        return obj
+        return _unvalidated(cls, *leaves)
 
     jax.tree_util.register_pytree_node(cls, flatten, unflatten)
 

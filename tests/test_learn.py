@@ -148,11 +148,6 @@ def test_frame_evidence_matches_quadrature(prior):
     np.testing.assert_allclose(got, want, rtol=0, atol=tol)
 
 
-def _simplex_frames(rng, n, k=3):
-    refs = [rng.uniform(0.0, 1.0, (6, 6)) for _ in range(k)]
-    return refs
-
-
 def test_three_reference_evidence_matches_dblquad():
     """The 2-D rule on the simplex (outer Gauss-Legendre on the zoomed range, inner in the
     conditional's quantile) against scipy dblquad of the Gaussian likelihood times the
@@ -162,7 +157,7 @@ def test_three_reference_evidence_matches_dblquad():
     from bayesmix._precision import x64
 
     rng = np.random.default_rng(5)
-    refs = _simplex_frames(rng, 4)
+    refs = [rng.uniform(0.0, 1.0, (6, 6)) for _ in range(3)]
     r = np.stack(refs).reshape(3, -1)
     xs = np.array([[0.3, 0.3, 0.4], [0.02, 0.5, 0.48], [0.9, 0.2, -0.1], [1.0, 0.0, 0.0]])
     frames = (xs @ r).reshape(4, 6, 6) + rng.normal(0, 0.2, (4, 6, 6))

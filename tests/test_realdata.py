@@ -123,7 +123,7 @@ def test_stxm_learned_prior_is_the_broad_population_of_iron_fractions(stxm, full
     0.588 +/- 0.0035, sd 0.270) is far broader than the default's 0.15. The iron-rich fifth
     keeps its answer (median within the design note's [0.80, 0.92], measured 0.902); the
     iron-poor half, which says little, now returns to that broad population: their posterior
-    sd grows from 0.148 to 0.286 (median), an honest 'cannot tell' where the default prior
+    sd grows from 0.148 to 0.269 (median), an honest 'cannot tell' where the default prior
     claimed 0.15. sigma moves by less than 3 of its sds (measured 1.3)."""
     od, fe3, fe2, _ = stxm
     res, _ = full_fit

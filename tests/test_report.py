@@ -324,9 +324,8 @@ def test_a_learned_prior_is_drawn_with_its_hyperparameters(tmp_path, learned_tn,
 def test_point_masses_are_drawn_as_spikes_with_their_probabilities(tmp_path, learned_pm,
                                                                    pure_sim, monkeypatch):  # fmt: skip
     """A PointMassMixture: the continuous part's density times its probability, and each atom
-    a spike of its probability (right axis) with its value written beside it; the truth at the
-    bounds is named as missed by every equal-tailed interval; the intervals' text says when to
-    use the HDI."""
+    a spike of its probability (right axis) with its value written beside it; the frames with
+    the truth at a bound are counted; the intervals' text says when to use the HDI."""
     res = learned_pm
     p_a, p_b = res.prior.atoms
     figures = _keep_figures(monkeypatch)
